@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install the Debian packages bitfleet needs: the Mosquitto broker (tests, demo cluster) and
+# the offline Fashion-MNIST data set. Idempotent: does nothing when both are present.
+set -euo pipefail
+
+packages=(mosquitto dataset-fashion-mnist python3-venv)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "install ${missing[*]} as root (apt-get install)" >&2; exit 1; }
+  sudo="sudo"
+fi
+echo "installing system packages: ${missing[*]}"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"

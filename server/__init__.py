@@ -1,0 +1,1 @@
+"""bitfleet coordinator side: the ``bitfleet`` CLI, and (later) the REST service."""

@@ -1,0 +1,52 @@
+"""The ``bitfleet`` command line.
+
+Each subcommand lives in its own module exposing ``register(subparsers)``; the module's
+parser sets ``func`` to a ``run(args) -> int`` callable. Exit codes: 0 success, 1 a run
+that failed (e.g. a benchmark target missed is *not* a failure), 2 a user error (bad
+option, missing or malformed input), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from shared import __version__
+from shared.errors import BitfleetError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser tree; subcommand modules are imported here, once."""
+    from server.cli import bench_cmd, data_cmd, eval_cmd, train_cmd
+
+    parser = argparse.ArgumentParser(
+        prog="bitfleet",
+        description="Federated edge training of tiny quantized networks.",
+    )
+    parser.add_argument("--version", action="version", version=f"bitfleet {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (train_cmd, eval_cmd, data_cmd, bench_cmd):
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``bitfleet`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except BitfleetError as error:
+        print(f"bitfleet: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("bitfleet: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+

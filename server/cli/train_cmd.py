@@ -1,0 +1,203 @@
+"""``bitfleet train``: train a bit network (or the float baseline) on one machine."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from server.cli.output import ProgressBar, print_json
+from shared import kernels
+from shared.bitflip import BitFlipConfig, BitFlipTrainer, EpochReport
+from shared.datasets import Dataset, load_dataset, split_validation
+from shared.errors import ConfigError
+from shared.floatmlp import FloatConfig, FloatTrainer
+from shared.modelfile import Model, model_to_frame, save_model
+
+DEFAULT_HIDDEN = 512
+MAX_VALIDATION = 5000
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model locally",
+        description=(
+            "Train a binary/ternary network with bit-flip training (no gradients, integer "
+            "only) or the float32 backprop baseline. The best epoch is chosen on a "
+            "validation split carved from the end of the training data; the test split is "
+            "only used for the reported test accuracy."
+        ),
+    )
+    parser.add_argument("--algo", choices=("bitflip", "float"), default="bitflip")
+    parser.add_argument("--weights", choices=("binary", "ternary"), default="binary")
+    parser.add_argument(
+        "--layers",
+        help=f"layer sizes, e.g. 784,512,10 (default: features,{DEFAULT_HIDDEN},classes)",
+    )
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        help="fashion-mnist, digits, or a path to your own .npz, .csv or IDX data",
+    )
+    parser.add_argument("--data-dir", help="directory holding the data set's files")
+    parser.add_argument("--label-column", default="-1", help="CSV label column (index or name)")
+    parser.add_argument("--epochs", type=int, help="epochs (default 20 bitflip, 8 float)")
+    parser.add_argument(
+        "--state-bits",
+        type=int,
+        default=BitFlipConfig.state_bits,
+        help="bits of training state per weight, the weight's own included (default %(default)s)",
+    )
+    parser.add_argument("--lr", type=float, help="learning rate (default 2.0 bitflip, 0.05 float)")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument(
+        "--val-size",
+        type=int,
+        help=f"validation samples taken from the end of the training split "
+        f"(default: 10%% of it, at most {MAX_VALIDATION}; 0 disables epoch selection)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="write the trained model to this .bfm file")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.set_defaults(func=run)
+
+
+def parse_layers(text: str | None, dataset: Dataset) -> list[int]:
+    """``--layers`` as a list, or the default shape for the data set."""
+    if text is None:
+        return [dataset.num_features, DEFAULT_HIDDEN, dataset.num_classes]
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--layers {text!r} is not a comma-separated list of integers") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    label_column: int | str = int(args.label_column) if _is_int(args.label_column) else args.label_column
+    dataset = load_dataset(args.dataset, data_dir=args.data_dir, label_column=label_column)
+    layers = parse_layers(args.layers, dataset)
+    val_size = args.val_size if args.val_size is not None else min(MAX_VALIDATION, len(dataset.y_train) // 10)
+    if val_size > 0:
+        x_fit, y_fit, x_val, y_val = split_validation(dataset.x_train, dataset.y_train, val_size)
+    else:
+        x_fit, y_fit, x_val, y_val = dataset.x_train, dataset.y_train, None, None
+
+    trainer: BitFlipTrainer | FloatTrainer
+    if args.algo == "bitflip":
+        trainer = BitFlipTrainer(
+            layers,
+            BitFlipConfig(
+                encoding=args.weights,
+                state_bits=args.state_bits,
+                epochs=args.epochs or BitFlipConfig.epochs,
+                batch_size=args.batch_size,
+                lr=args.lr or BitFlipConfig.lr,
+                seed=args.seed,
+            ),
+        )
+        epochs, state_bits = trainer.config.epochs, trainer.config.state_bits
+    else:
+        trainer = FloatTrainer(
+            layers,
+            FloatConfig(
+                epochs=args.epochs or FloatConfig.epochs,
+                batch_size=args.batch_size,
+                lr=args.lr or FloatConfig.lr,
+                seed=args.seed,
+            ),
+        )
+        epochs, state_bits = trainer.config.epochs, 32
+    if epochs < 1 or args.batch_size < 1:
+        raise ConfigError("--epochs and --batch-size must be at least 1")
+
+    history: list[EpochReport] = []
+    progress = ProgressBar(total=1, label=f"train {args.algo}")
+
+    def on_epoch(report: EpochReport) -> None:
+        history.append(report)
+        if not args.json:
+            val = "-" if report.val_accuracy is None else f"{report.val_accuracy:.4f}"
+            progress.close()
+            print(
+                f"epoch {report.epoch:3d}  train {report.train_accuracy:.4f}  val {val}  "
+                f"{report.seconds:.1f}s",
+                flush=True,
+            )
+
+    def on_batch(done: int, total: int) -> None:
+        progress.total = total
+        progress.update(done)
+
+    started = time.monotonic()
+    model = trainer.fit(x_fit, y_fit, x_val, y_val, on_batch=on_batch, on_epoch=on_epoch)
+    train_seconds = time.monotonic() - started
+    progress.close()
+
+    summary = _summary(args, dataset, model, layers, history, train_seconds, len(y_fit))
+    summary["train_accuracy"] = model.accuracy(x_fit, y_fit)
+    summary["epochs"], summary["state_bits"] = epochs, state_bits
+    frame = model_to_frame(model, _provenance(summary))
+    summary["model_bytes"] = len(frame)
+    summary["compression_vs_float32"] = round(4 * model.params / len(frame), 2)
+    if args.out:
+        save_model(args.out, frame)
+        summary["model_path"] = args.out
+    if args.json:
+        print_json(summary)
+    else:
+        _print_summary(summary)
+    return 0
+
+
+def _summary(
+    args: argparse.Namespace,
+    dataset: Dataset,
+    model: Model,
+    layers: list[int],
+    history: list[EpochReport],
+    train_seconds: float,
+    fit_samples: int,
+) -> dict[str, Any]:
+    scored = [r for r in history if r.val_accuracy is not None]
+    best = max(scored, key=lambda r: r.val_accuracy or 0.0) if scored else history[-1]
+    return {
+        "algo": args.algo,
+        "weights": args.weights if args.algo == "bitflip" else "float32",
+        "dataset": dataset.name,
+        "layers": layers,
+        "seed": args.seed,
+        "test_accuracy": model.accuracy(dataset.x_test, dataset.y_test),
+        "val_accuracy": best.val_accuracy,
+        "best_epoch": best.epoch,
+        "train_seconds": round(train_seconds, 3),
+        "samples_per_second": round(fit_samples * len(history) / train_seconds, 1),
+        "params": model.params,
+        "float32_bytes": 4 * model.params,
+        "numba": kernels.HAVE_NUMBA,
+        "history": [
+            {"epoch": r.epoch, "train_accuracy": r.train_accuracy, "val_accuracy": r.val_accuracy}
+            for r in history
+        ],
+    }
+
+
+def _provenance(summary: dict[str, Any]) -> dict[str, Any]:
+    keys = ("algo", "dataset", "seed", "epochs", "state_bits", "test_accuracy", "val_accuracy")
+    return {key: summary[key] for key in keys}
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    print(
+        f"test accuracy {summary['test_accuracy']:.4f} (best epoch {summary['best_epoch']}, "
+        f"val {summary['val_accuracy']})\n"
+        f"{summary['params']} weights, model {summary['model_bytes']} bytes "
+        f"({summary['compression_vs_float32']}x smaller than float32), "
+        f"{summary['train_seconds']:.1f}s, {summary['samples_per_second']:.0f} samples/s"
+    )
+    if "model_path" in summary:
+        print(f"model written to {summary['model_path']}")
+
+
+def _is_int(text: str) -> bool:
+    return text.lstrip("-").isdigit()

@@ -1,0 +1,276 @@
+"""Bit-flip training: gradient-free, integer-only training of binary and ternary MLPs.
+
+After Di Castro et al., arXiv 2410.09734 ("Gradient-Free Neural Network Training on the
+Edge"); the rules are ours and documented in docs/algorithms.md. In short, per batch:
+
+1. Forward in integers: centred inputs, ``pre = a . W``, hidden ``h = sign(pre)``.
+2. Output error per sample, summing to zero: the strongest rival class ``j`` and the true
+   class ``y`` get ``-mag`` and ``+mag`` when ``s_j - s_y + margin >= 0`` (graded ``mag``).
+3. Hidden errors by logic from the layer above: ``e_h = e . W`` through the binary weights,
+   kept only inside a window of units near their threshold (``|pre| < mean|pre| / 2``).
+4. Votes ``D = e^T . a``: for each weight, the count of batch contributions ``a_i w_io``
+   pushing output ``o`` the wrong way minus those pushing it the right way.
+5. Each layer's votes are scaled by a power of two, stochastically rounded to integers and
+   added to a K-bit saturating counter per weight; the weight is the counter's sign (its
+   "flip" happens when the counter crosses zero). K = 1 is a bare binary weight.
+
+Everything in the training step is integer arithmetic (products run on an exact integer
+engine, :mod:`shared.intmath`); the only randomness is an integer PRNG under a seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from shared.errors import ConfigError
+from shared.intmath import int_matmul
+from shared.models import ENCODINGS, BitMLP, PackedLayer, validate_layer_sizes
+
+# Learning rates are fixed point with 8 fractional bits so the step stays integer.
+LR_FRACTION_BITS = 8
+
+
+@dataclass(frozen=True)
+class BitFlipConfig:
+    """Hyperparameters; defaults are the measured best (docs/algorithms.md)."""
+
+    encoding: str = "binary"
+    state_bits: int = 8
+    epochs: int = 20
+    batch_size: int = 100
+    lr: float = 2.0
+    lr_decay: float = 0.9
+    margin_divisor: int = 4
+    max_error: int = 4
+    window_divisor: int = 2
+    ternary_zero_fraction: int = 4
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.encoding not in ENCODINGS:
+            raise ConfigError(f"unknown weight encoding {self.encoding!r}; use one of {ENCODINGS}")
+        lowest = 2 if self.encoding == "ternary" else 1
+        if not lowest <= self.state_bits <= 16:
+            raise ConfigError(
+                f"--state-bits {self.state_bits} is out of range for {self.encoding} weights: "
+                f"use {lowest}..16 (the weight's own bits included)"
+            )
+        for name in ("epochs", "batch_size", "margin_divisor", "max_error", "window_divisor"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0 or not 0 < self.lr_decay <= 1:
+            raise ConfigError("lr must be > 0 and lr_decay in (0, 1]")
+
+    @property
+    def lr_fixed(self) -> int:
+        """The initial learning rate in 1/256 units (set once, outside the training step)."""
+        return max(1, round(self.lr * (1 << LR_FRACTION_BITS)))
+
+    @property
+    def decay_fixed(self) -> int:
+        return round(self.lr_decay * (1 << LR_FRACTION_BITS))
+
+
+@dataclass
+class EpochReport:
+    epoch: int
+    train_accuracy: float
+    val_accuracy: float | None
+    seconds: float
+
+
+@dataclass
+class CounterLayer:
+    """Training state of one layer: a K-bit saturating counter per weight."""
+
+    counters: NDArray[np.int16]
+    state_bits: int
+    encoding: str
+    zero_fraction: int
+
+    @property
+    def low(self) -> int:
+        return -(1 << (self.state_bits - 1))
+
+    @property
+    def high(self) -> int:
+        return (1 << (self.state_bits - 1)) - 1
+
+    @property
+    def ternary_threshold(self) -> int:
+        """Counters in ``[-t, t - 1]`` make a ternary weight 0 (t >= 1)."""
+        return max(1, (1 << (self.state_bits - 1)) // self.zero_fraction)
+
+    def weights(self) -> NDArray[np.int8]:
+        """The 1- or 2-bit weights this state stands for: all that is ever used or sent."""
+        c = self.counters
+        if self.encoding == "binary":
+            return np.where(c >= 0, 1, -1).astype(np.int8)
+        t = self.ternary_threshold
+        return (np.where(c >= t, 1, 0) - np.where(c < -t, 1, 0)).astype(np.int8)
+
+    def step(self, votes: NDArray[np.int64], lr_fixed: int, rng: np.random.Generator) -> None:
+        """Add the scaled, stochastically rounded votes and saturate.
+
+        The largest vote maps to about ``lr * 2**(K - 8)`` counter units: dividing by the
+        power of two just above ``max|votes|`` lets one learning rate serve every K.
+        """
+        peak = int(np.abs(votes).max(initial=0))
+        if peak == 0:
+            return
+        shift = peak.bit_length() + LR_FRACTION_BITS + 8 - self.state_bits
+        scaled = votes * lr_fixed
+        if shift > 0:
+            noise = rng.integers(0, 1 << shift, size=votes.shape, dtype=np.int64)
+            scaled = (scaled + noise) >> shift
+        else:
+            scaled = scaled << -shift
+        updated = self.counters.astype(np.int64) + scaled
+        np.clip(updated, self.low, self.high, out=updated)
+        self.counters = updated.astype(np.int16)
+
+
+@dataclass
+class BitFlipTrainer:
+    """Trains a :class:`BitMLP` on uint8 features with the bit-flip rules above."""
+
+    layer_sizes: list[int]
+    config: BitFlipConfig = field(default_factory=BitFlipConfig)
+
+    def __post_init__(self) -> None:
+        validate_layer_sizes(self.layer_sizes)
+        self.config.validate()
+        self.rng = np.random.default_rng(self.config.seed)
+        self.layers = [self._initial_layer(n_in, n_out) for n_in, n_out in self._shapes()]
+        self.input_offset = np.zeros(self.layer_sizes[0], dtype=np.uint8)
+        self.lr_fixed = self.config.lr_fixed
+
+    def _shapes(self) -> list[tuple[int, int]]:
+        return list(zip(self.layer_sizes[:-1], self.layer_sizes[1:]))
+
+    def _initial_layer(self, n_in: int, n_out: int) -> CounterLayer:
+        """Random weights in the weakest states, so the first votes can flip them."""
+        cfg = self.config
+        layer = CounterLayer(
+            np.zeros((n_out, n_in), dtype=np.int16), cfg.state_bits, cfg.encoding,
+            cfg.ternary_zero_fraction,
+        )
+        positive = self.rng.integers(0, 2, size=(n_out, n_in)).astype(bool)
+        if cfg.encoding == "binary":
+            layer.counters = np.where(positive, 0, -1).astype(np.int16)
+        else:
+            t = layer.ternary_threshold
+            layer.counters = np.where(positive, t, -t - 1).astype(np.int16)
+        return layer
+
+    def model(self) -> BitMLP:
+        """The current 1-/2-bit model (counters stay behind)."""
+        packed = [PackedLayer.from_values(layer.weights(), layer.encoding) for layer in self.layers]
+        return BitMLP(packed, self.input_offset.copy())
+
+    def fit(
+        self,
+        x: NDArray[np.uint8],
+        y: NDArray[np.integer],
+        x_val: NDArray[np.uint8] | None = None,
+        y_val: NDArray[np.integer] | None = None,
+        on_batch: Callable[[int, int], None] | None = None,
+        on_epoch: Callable[[EpochReport], None] | None = None,
+    ) -> BitMLP:
+        """Train for ``config.epochs``; return the epoch's model that scored best on validation.
+
+        Without a validation split the last epoch's model is returned. ``on_batch(done,
+        total)`` and ``on_epoch(report)`` feed progress displays.
+        """
+        import time
+
+        self._check_data(x, y)
+        self.input_offset = _rounded_mean(x)
+        cfg = self.config
+        batches_per_epoch = -(-len(x) // cfg.batch_size)
+        best_model, best_val = self.model(), -1.0
+        for epoch in range(cfg.epochs):
+            started = time.monotonic()
+            order = self.rng.permutation(len(x))
+            correct = 0
+            for index, start in enumerate(range(0, len(x), cfg.batch_size)):
+                batch = order[start : start + cfg.batch_size]
+                correct += self.train_batch(x[batch], np.asarray(y[batch]))
+                if on_batch is not None:
+                    on_batch(epoch * batches_per_epoch + index + 1, cfg.epochs * batches_per_epoch)
+            self.lr_fixed = max(1, (self.lr_fixed * cfg.decay_fixed) >> LR_FRACTION_BITS)
+            model = self.model()
+            val = None if x_val is None or y_val is None else model.accuracy(x_val, y_val)
+            if val is None or val > best_val:
+                best_model, best_val = model, -1.0 if val is None else val
+            if on_epoch is not None:
+                report = EpochReport(epoch + 1, correct / len(x), val, time.monotonic() - started)
+                on_epoch(report)
+        return best_model
+
+    def _check_data(self, x: NDArray[np.uint8], y: NDArray[np.integer]) -> None:
+        if x.ndim != 2 or x.shape[1] != self.layer_sizes[0]:
+            raise ConfigError(
+                f"the data has {x.shape[-1]} features but the first layer expects "
+                f"{self.layer_sizes[0]}: set --layers {x.shape[-1]},...,{self.layer_sizes[-1]}"
+            )
+        classes = int(np.max(y)) + 1 if len(y) else 0
+        if classes > self.layer_sizes[-1]:
+            raise ConfigError(
+                f"the data has {classes} classes but the last layer has "
+                f"{self.layer_sizes[-1]} outputs: set the last --layers size to {classes}"
+            )
+
+    def train_batch(self, x: NDArray[np.uint8], y: NDArray[np.integer]) -> int:
+        """One integer training step on a batch; returns how many it classified correctly."""
+        weights = [layer.weights() for layer in self.layers]
+        activations: list[NDArray[np.int16] | NDArray[np.int8]] = [
+            x.astype(np.int16) - self.input_offset.astype(np.int16)
+        ]
+        pre_activations = []
+        for w in weights:
+            pre = int_matmul(activations[-1], w.T)
+            pre_activations.append(pre)
+            activations.append(np.where(pre >= 0, 1, -1).astype(np.int8))
+        scores = pre_activations[-1]
+        error = self._output_error(scores, y)
+        for index in range(len(self.layers) - 1, -1, -1):
+            votes = int_matmul(error.T, activations[index])
+            if index > 0:
+                error = int_matmul(error, weights[index])
+                error *= _window(pre_activations[index - 1], self.config.window_divisor)
+            self.layers[index].step(votes, self.lr_fixed, self.rng)
+        return int(np.sum(np.argmax(scores, axis=1) == y))
+
+    def _output_error(self, scores: NDArray[np.int64], y: NDArray[np.integer]) -> NDArray[np.int64]:
+        """Zero-sum, graded error: +mag on the true class, -mag on the strongest rival."""
+        cfg = self.config
+        rows = np.arange(len(y))
+        margin = max(1, self.layer_sizes[-2] // cfg.margin_divisor)
+        quantum = max(1, margin // 2)
+        true_score = scores[rows, y]
+        rivals = scores.copy()
+        rivals[rows, y] = np.iinfo(np.int64).min
+        rival = np.argmax(rivals, axis=1)
+        gap = rivals[rows, rival] - true_score + margin
+        magnitude = np.clip((gap + quantum) // quantum, 1, cfg.max_error) * (gap >= 0)
+        error = np.zeros_like(scores)
+        error[rows, y] = magnitude
+        error[rows, rival] = -magnitude
+        return error
+
+
+def _window(pre: NDArray[np.int64], divisor: int) -> NDArray[np.bool_]:
+    """Units near threshold: ``|pre| < mean|pre| / divisor``, in integers."""
+    magnitude = np.abs(pre)
+    return magnitude * (divisor * magnitude.size) < int(magnitude.sum())
+
+
+def _rounded_mean(x: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """Per-feature training mean rounded to an integer (integer division, round half up)."""
+    total = x.sum(axis=0, dtype=np.int64)
+    return ((2 * total + len(x)) // (2 * len(x))).astype(np.uint8)

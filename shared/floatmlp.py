@@ -1,0 +1,151 @@
+"""Float32 backprop baseline: the full-precision counterpart every bit accuracy is shown beside.
+
+Plain numpy: ReLU hidden layers, softmax cross-entropy, SGD with momentum, inputs centred
+on the training mean and scaled to about [-1, 1]. Same layer sizes and validation protocol
+as the bit trainer, so the two numbers compare like for like.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from shared.bitflip import EpochReport
+from shared.models import validate_layer_sizes
+
+
+@dataclass(frozen=True)
+class FloatConfig:
+    epochs: int = 8
+    batch_size: int = 100
+    lr: float = 0.05
+    momentum: float = 0.9
+    lr_decay: float = 0.9
+    seed: int = 0
+
+
+@dataclass
+class FloatMLP:
+    weights: list[NDArray[np.float32]]
+    biases: list[NDArray[np.float32]]
+    input_mean: NDArray[np.float32]
+
+    @property
+    def layer_sizes(self) -> list[int]:
+        return [self.weights[0].shape[0]] + [w.shape[1] for w in self.weights]
+
+    @property
+    def params(self) -> int:
+        return sum(w.size + b.size for w, b in zip(self.weights, self.biases))
+
+    def prepare(self, x: NDArray[np.uint8]) -> NDArray[np.float32]:
+        return (x.astype(np.float32) - self.input_mean) / np.float32(255.0)
+
+    def forward(self, inputs: NDArray[np.float32]) -> list[NDArray[np.float32]]:
+        """Activations of every layer (inputs first, logits last)."""
+        activations = [inputs]
+        for index, (w, b) in enumerate(zip(self.weights, self.biases)):
+            z = activations[-1] @ w + b
+            activations.append(z if index == len(self.weights) - 1 else np.maximum(z, 0))
+        return activations
+
+    def predict(self, x: NDArray[np.uint8]) -> NDArray[np.int64]:
+        chunks = [
+            np.argmax(self.forward(self.prepare(x[i : i + 4096]))[-1], axis=1)
+            for i in range(0, len(x), 4096)
+        ]
+        return np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, np.int64)
+
+    def accuracy(self, x: NDArray[np.uint8], y: NDArray[np.integer]) -> float:
+        return float(np.mean(self.predict(x) == np.asarray(y))) if len(y) else 0.0
+
+
+@dataclass
+class FloatTrainer:
+    layer_sizes: list[int]
+    config: FloatConfig = field(default_factory=FloatConfig)
+
+    def __post_init__(self) -> None:
+        validate_layer_sizes(self.layer_sizes)
+        self.rng = np.random.default_rng(self.config.seed)
+
+    def _initial_model(self, x: NDArray[np.uint8]) -> FloatMLP:
+        """He-initialised weights, zero biases."""
+        weights = [
+            (self.rng.standard_normal((n_in, n_out)) * np.sqrt(2.0 / n_in)).astype(np.float32)
+            for n_in, n_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:])
+        ]
+        biases = [np.zeros(n, dtype=np.float32) for n in self.layer_sizes[1:]]
+        return FloatMLP(weights, biases, x.mean(axis=0).astype(np.float32))
+
+    def fit(
+        self,
+        x: NDArray[np.uint8],
+        y: NDArray[np.integer],
+        x_val: NDArray[np.uint8] | None = None,
+        y_val: NDArray[np.integer] | None = None,
+        on_batch: Callable[[int, int], None] | None = None,
+        on_epoch: Callable[[EpochReport], None] | None = None,
+    ) -> FloatMLP:
+        """SGD epochs; returns a copy of the model from the best validation epoch."""
+        cfg = self.config
+        model = self._initial_model(x)
+        velocity = [np.zeros_like(p) for p in model.weights + model.biases]
+        batches_per_epoch = -(-len(x) // cfg.batch_size)
+        best, best_val, lr = model, -1.0, cfg.lr
+        for epoch in range(cfg.epochs):
+            started = time.monotonic()
+            order = self.rng.permutation(len(x))
+            correct = 0
+            for index, start in enumerate(range(0, len(x), cfg.batch_size)):
+                batch = order[start : start + cfg.batch_size]
+                correct += self._step(model, velocity, x[batch], np.asarray(y[batch]), lr)
+                if on_batch is not None:
+                    on_batch(epoch * batches_per_epoch + index + 1, cfg.epochs * batches_per_epoch)
+            lr *= cfg.lr_decay
+            val = None if x_val is None or y_val is None else model.accuracy(x_val, y_val)
+            if val is None or val > best_val:
+                best = FloatMLP(
+                    [w.copy() for w in model.weights],
+                    [b.copy() for b in model.biases],
+                    model.input_mean,
+                )
+                best_val = -1.0 if val is None else val
+            if on_epoch is not None:
+                on_epoch(EpochReport(epoch + 1, correct / len(x), val, time.monotonic() - started))
+        return best
+
+    def _step(
+        self,
+        model: FloatMLP,
+        velocity: list[NDArray[np.float32]],
+        x: NDArray[np.uint8],
+        y: NDArray[np.integer],
+        lr: float,
+    ) -> int:
+        """One backprop step with momentum; returns the batch's correct count."""
+        activations = model.forward(model.prepare(x))
+        logits = activations[-1]
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        delta = probs
+        delta[np.arange(len(y)), y] -= 1.0
+        delta /= len(y)
+        grads_w: list[NDArray[np.float32]] = []
+        grads_b: list[NDArray[np.float32]] = []
+        for index in range(len(model.weights) - 1, -1, -1):
+            grads_w.insert(0, activations[index].T @ delta)
+            grads_b.insert(0, delta.sum(axis=0))
+            if index > 0:
+                delta = (delta @ model.weights[index].T) * (activations[index] > 0)
+        params = model.weights + model.biases
+        for param, vel, grad in zip(params, velocity, grads_w + grads_b):
+            vel *= np.float32(self.config.momentum)
+            vel -= lr * grad
+            param += vel
+        return int(np.sum(np.argmax(logits, axis=1) == y))
+

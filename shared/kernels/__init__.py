@@ -1,0 +1,42 @@
+"""Dense-layer kernels on packed bits, dispatched to numba when present, numpy otherwise.
+
+Set ``BITFLEET_NO_NUMBA=1`` to force the numpy path (what a board without numba wheels
+runs). Both paths give identical int32 results; ``tests/test_kernels.py`` proves it.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+from shared.kernels import reference
+
+
+def _load_fast() -> ModuleType | None:
+    if os.environ.get("BITFLEET_NO_NUMBA", "") not in ("", "0"):
+        return None
+    try:
+        from shared.kernels import fast
+    except ImportError:
+        return None
+    return fast
+
+
+fast = _load_fast()
+HAVE_NUMBA = fast is not None
+_active: ModuleType = fast if fast is not None else reference
+
+binary_dense = _active.binary_dense
+ternary_dense = _active.ternary_dense
+uint8_binary_dense = _active.uint8_binary_dense
+uint8_ternary_dense = _active.uint8_ternary_dense
+
+__all__ = [
+    "HAVE_NUMBA",
+    "binary_dense",
+    "fast",
+    "reference",
+    "ternary_dense",
+    "uint8_binary_dense",
+    "uint8_ternary_dense",
+]

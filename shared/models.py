@@ -1,0 +1,138 @@
+"""Bit networks: MLPs whose weights are 1 bit (binary) or 2 bits (ternary).
+
+The model is what an agent sends and a microcontroller runs: packed weight bits and one
+integer input offset per feature (the rounded training mean, so inputs are centred without
+any float). Every hidden unit is ``sign(pre-activation)`` with ``sign(0) = +1``; the last
+layer's integer sums are the class scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from shared import kernels
+from shared.bitpack import bit_planes, pack_binary, pack_bits, pack_ternary
+from shared.errors import ConfigError
+
+ENCODINGS = ("binary", "ternary")
+
+# Rows evaluated per kernel call: bounds the bit-plane buffers during inference.
+_EVAL_CHUNK = 1024
+
+
+@dataclass(frozen=True)
+class PackedLayer:
+    """One dense layer's weights, packed row per output unit.
+
+    ``positive`` holds the sign bits (1 = +1); ``nonzero`` is None for binary layers.
+    """
+
+    inputs: int
+    outputs: int
+    positive: NDArray[np.uint64]
+    nonzero: NDArray[np.uint64] | None = None
+
+    @property
+    def encoding(self) -> str:
+        return "binary" if self.nonzero is None else "ternary"
+
+    @classmethod
+    def from_values(cls, values: NDArray[np.integer], encoding: str) -> PackedLayer:
+        """Pack an ``(outputs, inputs)`` array of {-1, +1} or {-1, 0, +1} values."""
+        outputs, inputs = values.shape
+        if encoding == "binary":
+            return cls(inputs, outputs, pack_binary(values))
+        positive, nonzero = pack_ternary(values)
+        return cls(inputs, outputs, positive, nonzero)
+
+    def dense_uint8(self, planes: NDArray[np.uint64]) -> NDArray[np.int32]:
+        """Pre-activations for uint8 inputs given as bit-planes."""
+        if self.nonzero is None:
+            return kernels.uint8_binary_dense(planes, self.positive)
+        return kernels.uint8_ternary_dense(planes, self.positive, self.nonzero)
+
+    def dense_bits(self, x: NDArray[np.uint64]) -> NDArray[np.int32]:
+        """Pre-activations for packed binary activations."""
+        if self.nonzero is None:
+            return kernels.binary_dense(x, self.positive, self.inputs)
+        return kernels.ternary_dense(x, self.positive, self.nonzero)
+
+
+@dataclass
+class BitMLP:
+    """A trained (or initial) bit network, ready for packed-bit inference."""
+
+    layers: list[PackedLayer]
+    input_offset: NDArray[np.uint8]
+    _offset_terms: NDArray[np.int32] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        validate_layer_sizes(self.layer_sizes)
+        if self.input_offset.shape != (self.layers[0].inputs,):
+            raise ConfigError(
+                f"input offset has shape {self.input_offset.shape}, expected "
+                f"({self.layers[0].inputs},) to match the first layer"
+            )
+        for previous, layer in zip(self.layers, self.layers[1:]):
+            if layer.inputs != previous.outputs:
+                raise ConfigError(
+                    f"layer sizes do not chain: {previous.outputs} outputs feed {layer.inputs}"
+                )
+
+    @property
+    def layer_sizes(self) -> list[int]:
+        return [self.layers[0].inputs] + [layer.outputs for layer in self.layers]
+
+    @property
+    def encoding(self) -> str:
+        return self.layers[0].encoding
+
+    @property
+    def params(self) -> int:
+        return sum(layer.inputs * layer.outputs for layer in self.layers)
+
+    def _offsets(self) -> NDArray[np.int32]:
+        """``offset . W1`` per unit: subtracting it centres the inputs exactly."""
+        if self._offset_terms is None:
+            planes = bit_planes(self.input_offset[None, :])
+            self._offset_terms = self.layers[0].dense_uint8(planes)[0]
+        return self._offset_terms
+
+    def scores(self, x: NDArray[np.uint8]) -> NDArray[np.int32]:
+        """Integer class scores for uint8 inputs ``(batch, features)``."""
+        x = np.asarray(x, dtype=np.uint8)
+        if x.ndim != 2 or x.shape[1] != self.layers[0].inputs:
+            raise ConfigError(
+                f"inputs have shape {x.shape}, the model expects (batch, {self.layers[0].inputs})"
+            )
+        chunks = [self._scores_chunk(x[i : i + _EVAL_CHUNK]) for i in range(0, len(x), _EVAL_CHUNK)]
+        if not chunks:
+            return np.zeros((0, self.layers[-1].outputs), dtype=np.int32)
+        return np.concatenate(chunks)
+
+    def _scores_chunk(self, x: NDArray[np.uint8]) -> NDArray[np.int32]:
+        pre = self.layers[0].dense_uint8(bit_planes(x)) - self._offsets()[None, :]
+        for layer in self.layers[1:]:
+            pre = layer.dense_bits(pack_bits(pre >= 0))
+        return pre
+
+    def predict(self, x: NDArray[np.uint8]) -> NDArray[np.int64]:
+        """Predicted class per row (ties go to the lowest class index)."""
+        return np.argmax(self.scores(x), axis=1).astype(np.int64)
+
+    def accuracy(self, x: NDArray[np.uint8], y: NDArray[np.integer]) -> float:
+        if len(y) == 0:
+            return 0.0
+        return float(np.mean(self.predict(x) == np.asarray(y)))
+
+
+def validate_layer_sizes(sizes: list[int]) -> None:
+    """At least input and output sizes, every size positive."""
+    if len(sizes) < 2 or any(size < 1 for size in sizes):
+        raise ConfigError(
+            f"layer sizes {sizes} are not valid: give at least two positive sizes, "
+            "e.g. --layers 784,512,10"
+        )

@@ -1,0 +1,108 @@
+"""Packed-bit kernels: numba and numpy twins agree bit for bit with plain integer matmul."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from shared import bitpack, kernels
+from shared.intmath import int_matmul
+from shared.kernels import reference
+
+SHAPES = [(1, 1, 1), (3, 63, 5), (4, 64, 7), (5, 65, 3), (17, 130, 33), (64, 784, 100), (2, 200, 1)]
+TWINS = [reference] + ([kernels.fast] if kernels.fast is not None else [])
+
+
+def _random_case(shape: tuple[int, int, int], seed: int) -> dict[str, np.ndarray]:
+    batch, n, outputs = shape
+    rng = np.random.default_rng(seed)
+    return {
+        "pixels": rng.integers(0, 256, size=(batch, n), dtype=np.uint8),
+        "signs": rng.choice(np.array([-1, 1], dtype=np.int8), size=(batch, n)),
+        "binary": rng.choice(np.array([-1, 1], dtype=np.int8), size=(outputs, n)),
+        "ternary": rng.integers(-1, 2, size=(outputs, n)).astype(np.int8),
+    }
+
+
+def test_numba_is_present_in_the_test_environment() -> None:
+    assert kernels.HAVE_NUMBA, "install the 'fast' extra: the twins must be compared"
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("twin", TWINS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_kernels_match_integer_matmul(shape: tuple[int, int, int], twin: object) -> None:
+    case = _random_case(shape, seed=sum(shape))
+    n = shape[1]
+    x_bits = bitpack.pack_binary(case["signs"])
+    planes = bitpack.bit_planes(case["pixels"])
+    w_bits = bitpack.pack_binary(case["binary"])
+    positive, nonzero = bitpack.pack_ternary(case["ternary"])
+    expect = {
+        "binary": case["signs"].astype(np.int64) @ case["binary"].T,
+        "ternary": case["signs"].astype(np.int64) @ case["ternary"].T,
+        "uint8_binary": case["pixels"].astype(np.int64) @ case["binary"].T,
+        "uint8_ternary": case["pixels"].astype(np.int64) @ case["ternary"].T,
+    }
+    got = {
+        "binary": twin.binary_dense(x_bits, w_bits, n),  # type: ignore[attr-defined]
+        "ternary": twin.ternary_dense(x_bits, positive, nonzero),  # type: ignore[attr-defined]
+        "uint8_binary": twin.uint8_binary_dense(planes, w_bits),  # type: ignore[attr-defined]
+        "uint8_ternary": twin.uint8_ternary_dense(planes, positive, nonzero),  # type: ignore[attr-defined]
+    }
+    for name, result in got.items():
+        assert result.dtype == np.int32, name
+        np.testing.assert_array_equal(result, expect[name], err_msg=name)
+
+
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 784])
+def test_pack_unpack_round_trips_and_pads_with_zeros(n: int) -> None:
+    rng = np.random.default_rng(n)
+    binary = rng.choice(np.array([-1, 1], dtype=np.int8), size=(3, n))
+    ternary = rng.integers(-1, 2, size=(3, n)).astype(np.int8)
+    words = bitpack.pack_binary(binary)
+    assert words.dtype == np.uint64 and words.shape == (3, bitpack.words_for(n))
+    np.testing.assert_array_equal(bitpack.unpack_binary(words, n), binary)
+    np.testing.assert_array_equal(bitpack.unpack_ternary(*bitpack.pack_ternary(ternary), n), ternary)
+    padding = bitpack.unpack_bits(words, words.shape[1] * 64)[:, n:]
+    assert not padding.any()
+
+
+def test_bit_planes_rebuild_the_bytes() -> None:
+    pixels = np.arange(256, dtype=np.uint8).reshape(2, 128)
+    planes = bitpack.bit_planes(pixels)
+    bits = bitpack.unpack_bits(planes, 128).astype(np.int64)
+    rebuilt = sum(bits[:, k, :] << k for k in range(8))
+    np.testing.assert_array_equal(rebuilt, pixels)
+
+
+def test_int_matmul_is_exact_on_every_engine() -> None:
+    rng = np.random.default_rng(1)
+    small = rng.integers(-255, 256, size=(20, 30))
+    large = rng.integers(-(2**20), 2**20, size=(30, 10))
+    huge = rng.integers(-(2**40), 2**40, size=(30, 10))
+    for b in (rng.integers(-1, 2, size=(30, 10)), large, huge):
+        np.testing.assert_array_equal(int_matmul(small, b), small @ b)
+
+
+def test_kernels_fall_back_to_numpy_without_numba() -> None:
+    code = (
+        "import numpy as np\n"
+        "from shared import kernels\n"
+        "from shared.bitflip import BitFlipConfig, BitFlipTrainer\n"
+        "assert not kernels.HAVE_NUMBA and kernels.binary_dense is kernels.reference.binary_dense\n"
+        "rng = np.random.default_rng(0)\n"
+        "x = rng.integers(0, 256, size=(200, 70), dtype=np.uint8)\n"
+        "y = rng.integers(0, 3, size=200)\n"
+        "model = BitFlipTrainer([70, 16, 3], BitFlipConfig(epochs=1)).fit(x, y)\n"
+        "print(model.predict(x[:5]).tolist())\n"
+    )
+    env = {**os.environ, "BITFLEET_NO_NUMBA": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith("[")
