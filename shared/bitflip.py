@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
+from shared import kernels
 from shared.errors import ConfigError
 from shared.intmath import int_matmul
 from shared.models import ENCODINGS, BitMLP, PackedLayer, validate_layer_sizes
@@ -85,12 +86,21 @@ class EpochReport:
 
 @dataclass
 class CounterLayer:
-    """Training state of one layer: a K-bit saturating counter per weight."""
+    """Training state of one layer: a K-bit saturating counter per weight.
+
+    ``weights`` is kept in step with the counters by the update kernel; it is the 1- or
+    2-bit model this state stands for, and all that is ever used for inference or sent.
+    """
 
     counters: NDArray[np.int16]
     state_bits: int
     encoding: str
     zero_fraction: int
+    weights: NDArray[np.int8] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.weights = np.empty(self.counters.shape, dtype=np.int8)
+        self.step(np.zeros(self.counters.shape, dtype=np.int64), 1, 0)
 
     @property
     def low(self) -> int:
@@ -101,37 +111,25 @@ class CounterLayer:
         return (1 << (self.state_bits - 1)) - 1
 
     @property
-    def ternary_threshold(self) -> int:
-        """Counters in ``[-t, t - 1]`` make a ternary weight 0 (t >= 1)."""
+    def zero_threshold(self) -> int:
+        """Counters in ``[-t, t - 1]`` make a ternary weight 0; binary weights use t = 0."""
+        if self.encoding == "binary":
+            return 0
         return max(1, (1 << (self.state_bits - 1)) // self.zero_fraction)
 
-    def weights(self) -> NDArray[np.int8]:
-        """The 1- or 2-bit weights this state stands for: all that is ever used or sent."""
-        c = self.counters
-        if self.encoding == "binary":
-            return np.where(c >= 0, 1, -1).astype(np.int8)
-        t = self.ternary_threshold
-        return (np.where(c >= t, 1, 0) - np.where(c < -t, 1, 0)).astype(np.int8)
-
-    def step(self, votes: NDArray[np.int64], lr_fixed: int, rng: np.random.Generator) -> None:
+    def step(self, votes: NDArray[np.int64], lr_fixed: int, key: int) -> None:
         """Add the scaled, stochastically rounded votes and saturate.
 
         The largest vote maps to about ``lr * 2**(K - 8)`` counter units: dividing by the
         power of two just above ``max|votes|`` lets one learning rate serve every K.
+        ``key`` seeds the counter-based rounding noise.
         """
         peak = int(np.abs(votes).max(initial=0))
-        if peak == 0:
-            return
         shift = peak.bit_length() + LR_FRACTION_BITS + 8 - self.state_bits
-        scaled = votes * lr_fixed
-        if shift > 0:
-            noise = rng.integers(0, 1 << shift, size=votes.shape, dtype=np.int64)
-            scaled = (scaled + noise) >> shift
-        else:
-            scaled = scaled << -shift
-        updated = self.counters.astype(np.int64) + scaled
-        np.clip(updated, self.low, self.high, out=updated)
-        self.counters = updated.astype(np.int16)
+        kernels.counter_step(
+            self.counters, self.weights, votes, lr_fixed, shift if peak else 0, key,
+            self.low, self.high, self.zero_threshold,
+        )
 
 
 @dataclass
@@ -155,21 +153,17 @@ class BitFlipTrainer:
     def _initial_layer(self, n_in: int, n_out: int) -> CounterLayer:
         """Random weights in the weakest states, so the first votes can flip them."""
         cfg = self.config
-        layer = CounterLayer(
-            np.zeros((n_out, n_in), dtype=np.int16), cfg.state_bits, cfg.encoding,
-            cfg.ternary_zero_fraction,
-        )
         positive = self.rng.integers(0, 2, size=(n_out, n_in)).astype(bool)
-        if cfg.encoding == "binary":
-            layer.counters = np.where(positive, 0, -1).astype(np.int16)
-        else:
-            t = layer.ternary_threshold
-            layer.counters = np.where(positive, t, -t - 1).astype(np.int16)
-        return layer
+        probe = CounterLayer(
+            np.zeros((1, 1), np.int16), cfg.state_bits, cfg.encoding, cfg.ternary_zero_fraction
+        )
+        t = probe.zero_threshold
+        counters = np.where(positive, t, -t - 1).astype(np.int16)
+        return CounterLayer(counters, cfg.state_bits, cfg.encoding, cfg.ternary_zero_fraction)
 
     def model(self) -> BitMLP:
         """The current 1-/2-bit model (counters stay behind)."""
-        packed = [PackedLayer.from_values(layer.weights(), layer.encoding) for layer in self.layers]
+        packed = [PackedLayer.from_values(layer.weights, layer.encoding) for layer in self.layers]
         return BitMLP(packed, self.input_offset.copy())
 
     def fit(
@@ -227,7 +221,7 @@ class BitFlipTrainer:
 
     def train_batch(self, x: NDArray[np.uint8], y: NDArray[np.integer]) -> int:
         """One integer training step on a batch; returns how many it classified correctly."""
-        weights = [layer.weights() for layer in self.layers]
+        weights = [layer.weights for layer in self.layers]
         activations: list[NDArray[np.int16] | NDArray[np.int8]] = [
             x.astype(np.int16) - self.input_offset.astype(np.int16)
         ]
@@ -243,7 +237,8 @@ class BitFlipTrainer:
             if index > 0:
                 error = int_matmul(error, weights[index])
                 error *= _window(pre_activations[index - 1], self.config.window_divisor)
-            self.layers[index].step(votes, self.lr_fixed, self.rng)
+            key = int(self.rng.integers(0, 1 << 62))
+            self.layers[index].step(votes, self.lr_fixed, key)
         return int(np.sum(np.argmax(scores, axis=1) == y))
 
     def _output_error(self, scores: NDArray[np.int64], y: NDArray[np.integer]) -> NDArray[np.int64]:

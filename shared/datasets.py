@@ -255,6 +255,7 @@ def _read_npz(path: Path) -> dict[str, NDArray[Any]]:
 
 
 def _open_text(path: Path) -> TextIO:
+    """CSV files may be gzipped, like the digits file inside scikit-learn."""
     return gzip.open(path, "rt") if path.suffix == ".gz" else path.open()
 
 

@@ -42,7 +42,7 @@ def test_counters_stay_in_k_bits_and_weights_are_1_or_2_bits(encoding: str, stat
         assert layer.counters.dtype == np.int16
         assert layer.counters.min() >= -(2 ** (state_bits - 1))
         assert layer.counters.max() <= 2 ** (state_bits - 1) - 1
-        assert set(np.unique(layer.weights()).tolist()) <= allowed
+        assert set(np.unique(layer.weights).tolist()) <= allowed
     if state_bits > 2:
         assert any(len(np.unique(layer.counters)) > 4 for layer in trainer.layers)
 
@@ -51,7 +51,7 @@ def test_ternary_training_uses_the_zero_state() -> None:
     x, y = _toy()
     trainer = BitFlipTrainer([50, 20, 3], BitFlipConfig("ternary", state_bits=2, epochs=3))
     trainer.fit(x, y)
-    assert any((layer.weights() == 0).any() for layer in trainer.layers)
+    assert any((layer.weights == 0).any() for layer in trainer.layers)
 
 
 def test_packed_inference_equals_the_integer_training_forward() -> None:
@@ -60,7 +60,7 @@ def test_packed_inference_equals_the_integer_training_forward() -> None:
     model = trainer.fit(x, y)
     activation = x.astype(np.int64) - trainer.input_offset.astype(np.int64)
     for index, layer in enumerate(trainer.layers):
-        pre = activation @ layer.weights().T.astype(np.int64)
+        pre = activation @ layer.weights.T.astype(np.int64)
         activation = np.where(pre >= 0, 1, -1) if index < len(trainer.layers) - 1 else pre
     np.testing.assert_array_equal(model.scores(x), activation)
 

@@ -106,3 +106,33 @@ def test_kernels_fall_back_to_numpy_without_numba() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().startswith("[")
+
+
+@pytest.mark.parametrize("shift", [-2, 0, 5, 20, 40])
+@pytest.mark.parametrize("zero_threshold", [0, 1, 32])
+def test_counter_step_twins_are_bit_exact(shift: int, zero_threshold: int) -> None:
+    rng = np.random.default_rng(abs(shift) + 100 * zero_threshold)
+    shape = (37, 101)
+    votes = rng.integers(-500, 501, size=shape)
+    start = rng.integers(-128, 128, size=shape).astype(np.int16)
+    results = []
+    for twin in TWINS:
+        counters, weights = start.copy(), np.zeros(shape, dtype=np.int8)
+        twin.counter_step(counters, weights, votes, 3, shift, 12345, -128, 127, zero_threshold)  # type: ignore[attr-defined]
+        results.append((counters, weights))
+    counters, weights = results[0]
+    assert counters.min() >= -128 and counters.max() <= 127
+    expected_weights = (counters >= zero_threshold).astype(np.int8) - (counters < -zero_threshold)
+    np.testing.assert_array_equal(weights, expected_weights)
+    for other_counters, other_weights in results[1:]:
+        np.testing.assert_array_equal(other_counters, counters)
+        np.testing.assert_array_equal(other_weights, weights)
+
+
+def test_counter_step_rounding_is_unbiased() -> None:
+    votes = np.full((200, 500), 3, dtype=np.int64)
+    counters = np.zeros(votes.shape, dtype=np.int16)
+    weights = np.zeros(votes.shape, dtype=np.int8)
+    kernels.counter_step(counters, weights, votes, 1, 3, 99, -8, 7, 0)
+    assert abs(counters.mean() - 3 / 8) < 0.01
+    assert set(np.unique(counters).tolist()) == {0, 1}

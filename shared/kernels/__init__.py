@@ -1,4 +1,4 @@
-"""Dense-layer kernels on packed bits, dispatched to numba when present, numpy otherwise.
+"""Hot kernels (packed-bit dense layers, the counter update), dispatched to numba when present, numpy otherwise.
 
 Set ``BITFLEET_NO_NUMBA=1`` to force the numpy path (what a board without numba wheels
 runs). Both paths give identical int32 results; ``tests/test_kernels.py`` proves it.
@@ -30,10 +30,12 @@ binary_dense = _active.binary_dense
 ternary_dense = _active.ternary_dense
 uint8_binary_dense = _active.uint8_binary_dense
 uint8_ternary_dense = _active.uint8_ternary_dense
+counter_step = _active.counter_step
 
 __all__ = [
     "HAVE_NUMBA",
     "binary_dense",
+    "counter_step",
     "fast",
     "reference",
     "ternary_dense",

@@ -142,3 +142,56 @@ def uint8_ternary_dense(
         planes, _t(positive & nonzero), _t(~positive & nonzero)
     )
     return result
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+@numba.njit(inline="always")
+def _splitmix64(counter: Any) -> Any:  # pragma: no cover - compiled
+    z = counter + _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+@numba.njit(cache=True, nogil=True)
+def _counter_step(
+    counters: Any, weights: Any, votes: Any, multiplier: int, shift: int, key: Any,
+    low: int, high: int, zero_threshold: int,
+) -> None:  # pragma: no cover - compiled
+    flat_c = counters.reshape(-1)
+    flat_w = weights.reshape(-1)
+    flat_v = votes.reshape(-1)
+    noise_shift = np.uint64(64 - shift) if shift > 0 else np.uint64(0)
+    for i in range(flat_v.size):
+        scaled = flat_v[i] * multiplier
+        if shift > 0:
+            noise = np.int64(_splitmix64(np.uint64(i) + key) >> noise_shift)
+            scaled = (scaled + noise) >> shift
+        else:
+            scaled = scaled << -shift
+        c = np.int64(flat_c[i]) + scaled
+        c = min(max(c, low), high)
+        flat_c[i] = c
+        flat_w[i] = (1 if c >= zero_threshold else 0) - (1 if c < -zero_threshold else 0)
+
+
+def counter_step(
+    counters: NDArray[np.int16],
+    weights: NDArray[np.int8],
+    votes: NDArray[np.int64],
+    multiplier: int,
+    shift: int,
+    key: int,
+    low: int,
+    high: int,
+    zero_threshold: int,
+) -> None:
+    """See :func:`shared.kernels.reference.counter_step`."""
+    _counter_step(
+        counters, weights, np.ascontiguousarray(votes, dtype=np.int64), multiplier, shift,
+        np.uint64(key), low, high, zero_threshold,
+    )

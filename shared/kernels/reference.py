@@ -65,3 +65,51 @@ def uint8_ternary_dense(
         plane = np.ascontiguousarray(planes[:, k, :])
         out += (_popcount_rows(plane, plus, "and") - _popcount_rows(plane, minus, "and")) << k
     return out
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def splitmix64(counter: NDArray[np.uint64]) -> NDArray[np.uint64]:
+    """Counter-based integer PRNG: a fixed bijective hash of each counter value.
+
+    Random bits depend only on (key, index), so the numpy and numba twins draw the same
+    numbers without sharing any generator state.
+    """
+    with np.errstate(over="ignore"):
+        z = counter + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _MIX1
+        z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+def counter_step(
+    counters: NDArray[np.int16],
+    weights: NDArray[np.int8],
+    votes: NDArray[np.int64],
+    multiplier: int,
+    shift: int,
+    key: int,
+    low: int,
+    high: int,
+    zero_threshold: int,
+) -> None:
+    """Saturating counter update with unbiased stochastic rounding, in place.
+
+    ``counters += floor((votes * multiplier + u) / 2**shift)`` with ``u`` uniform in
+    ``[0, 2**shift)`` from :func:`splitmix64` of ``key + flat index``, clipped to
+    ``[low, high]``; then ``weights = +1 if c >= t, -1 if c < -t, else 0`` with
+    ``t = zero_threshold`` (0 gives binary weights).
+    """
+    scaled = votes.astype(np.int64) * multiplier
+    if shift > 0:
+        index = np.arange(votes.size, dtype=np.uint64).reshape(votes.shape)
+        noise = splitmix64(index + np.uint64(key)) >> np.uint64(64 - shift)
+        scaled = (scaled + noise.astype(np.int64)) >> shift
+    else:
+        scaled = scaled << -shift
+    updated = np.clip(counters.astype(np.int64) + scaled, low, high)
+    counters[...] = updated
+    weights[...] = (updated >= zero_threshold).astype(np.int8) - (updated < -zero_threshold)
