@@ -1,0 +1,1 @@
+"""bitfleet edge agent: runs on the boards, trains locally, uploads packed payloads."""

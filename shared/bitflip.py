@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 from numpy.typing import NDArray
@@ -127,8 +128,15 @@ class CounterLayer:
         peak = int(np.abs(votes).max(initial=0))
         shift = peak.bit_length() + LR_FRACTION_BITS + 8 - self.state_bits
         kernels.counter_step(
-            self.counters, self.weights, votes, lr_fixed, shift if peak else 0, key,
-            self.low, self.high, self.zero_threshold,
+            self.counters,
+            self.weights,
+            votes,
+            lr_fixed,
+            shift if peak else 0,
+            key,
+            self.low,
+            self.high,
+            self.zero_threshold,
         )
 
 
@@ -148,7 +156,7 @@ class BitFlipTrainer:
         self.lr_fixed = self.config.lr_fixed
 
     def _shapes(self) -> list[tuple[int, int]]:
-        return list(zip(self.layer_sizes[:-1], self.layer_sizes[1:]))
+        return list(pairwise(self.layer_sizes))
 
     def _initial_layer(self, n_in: int, n_out: int) -> CounterLayer:
         """Random weights in the weakest states, so the first votes can flip them."""

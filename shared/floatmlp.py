@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 from numpy.typing import NDArray
@@ -40,7 +41,7 @@ class FloatMLP:
 
     @property
     def params(self) -> int:
-        return sum(w.size + b.size for w, b in zip(self.weights, self.biases))
+        return sum(w.size + b.size for w, b in zip(self.weights, self.biases, strict=True))
 
     def prepare(self, x: NDArray[np.uint8]) -> NDArray[np.float32]:
         return (x.astype(np.float32) - self.input_mean) / np.float32(255.0)
@@ -48,7 +49,7 @@ class FloatMLP:
     def forward(self, inputs: NDArray[np.float32]) -> list[NDArray[np.float32]]:
         """Activations of every layer (inputs first, logits last)."""
         activations = [inputs]
-        for index, (w, b) in enumerate(zip(self.weights, self.biases)):
+        for index, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             z = activations[-1] @ w + b
             activations.append(z if index == len(self.weights) - 1 else np.maximum(z, 0))
         return activations
@@ -77,7 +78,7 @@ class FloatTrainer:
         """He-initialised weights, zero biases."""
         weights = [
             (self.rng.standard_normal((n_in, n_out)) * np.sqrt(2.0 / n_in)).astype(np.float32)
-            for n_in, n_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:])
+            for n_in, n_out in pairwise(self.layer_sizes)
         ]
         biases = [np.zeros(n, dtype=np.float32) for n in self.layer_sizes[1:]]
         return FloatMLP(weights, biases, x.mean(axis=0).astype(np.float32))
@@ -143,9 +144,8 @@ class FloatTrainer:
             if index > 0:
                 delta = (delta @ model.weights[index].T) * (activations[index] > 0)
         params = model.weights + model.biases
-        for param, vel, grad in zip(params, velocity, grads_w + grads_b):
+        for param, vel, grad in zip(params, velocity, grads_w + grads_b, strict=True):
             vel *= np.float32(self.config.momentum)
             vel -= lr * grad
             param += vel
         return int(np.sum(np.argmax(logits, axis=1) == y))
-

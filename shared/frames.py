@@ -43,7 +43,7 @@ _PREFIX = struct.Struct("<4sBBHI")
 _CRC = struct.Struct("<I")
 
 # Plain (unpacked) encodings and their little-endian dtypes.
-PLAIN_DTYPES = {
+PLAIN_DTYPES: dict[str, np.dtype[Any]] = {
     "uint8": np.dtype("u1"),
     "int8": np.dtype("i1"),
     "int16": np.dtype("<i2"),

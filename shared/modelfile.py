@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from shared.errors import ConfigError, ModelFileError
-from shared.frames import KIND_MODEL, Frame, Tensor, decode_frame, encode_frame
 from shared.floatmlp import FloatMLP
+from shared.frames import KIND_MODEL, Frame, Tensor, decode_frame, encode_frame
 from shared.models import BitMLP, PackedLayer
 
 MODEL_TYPE_BITMLP = "bitmlp"
@@ -25,7 +25,9 @@ def bitmlp_to_frame(model: BitMLP, meta: dict[str, Any] | None = None) -> bytes:
     for index, layer in enumerate(model.layers):
         planes = [layer.positive] if layer.nonzero is None else [layer.positive, layer.nonzero]
         tensors.append(
-            Tensor(f"dense_{index}", layer.encoding, (layer.outputs, layer.inputs), np.stack(planes))
+            Tensor(
+                f"dense_{index}", layer.encoding, (layer.outputs, layer.inputs), np.stack(planes)
+            )
         )
     header = {**(meta or {}), "model_type": MODEL_TYPE_BITMLP, "layers": model.layer_sizes}
     return encode_frame(KIND_MODEL, header, tensors)
@@ -57,7 +59,7 @@ def bitmlp_from_frame(frame: Frame) -> BitMLP:
 def floatmlp_to_frame(model: FloatMLP, meta: dict[str, Any] | None = None) -> bytes:
     """Encode the float32 baseline (for side-by-side evaluation, not for devices)."""
     tensors = [Tensor("input_mean", "float32", model.input_mean.shape, model.input_mean)]
-    for index, (w, b) in enumerate(zip(model.weights, model.biases)):
+    for index, (w, b) in enumerate(zip(model.weights, model.biases, strict=True)):
         tensors.append(Tensor(f"weight_{index}", "float32", w.shape, w))
         tensors.append(Tensor(f"bias_{index}", "float32", b.shape, b))
     header = {**(meta or {}), "model_type": MODEL_TYPE_FLOATMLP, "layers": model.layer_sizes}
@@ -75,7 +77,7 @@ def floatmlp_from_frame(frame: Frame) -> FloatMLP:
     sizes = [mean.shape[0]] + [w.shape[-1] for w in weights]
     if count == 0 or any(
         w.shape != (n_in, n_out) or b.shape != (n_out,)
-        for w, b, n_in, n_out in zip(weights, biases, sizes[:-1], sizes[1:])
+        for w, b, n_in, n_out in zip(weights, biases, sizes[:-1], sizes[1:], strict=True)
     ):
         raise ModelFileError("float network frame has tensors that do not chain")
     return FloatMLP(weights, biases, mean)

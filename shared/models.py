@@ -9,6 +9,7 @@ layer's integer sums are the class scores.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 from numpy.typing import NDArray
@@ -76,7 +77,7 @@ class BitMLP:
                 f"input offset has shape {self.input_offset.shape}, expected "
                 f"({self.layers[0].inputs},) to match the first layer"
             )
-        for previous, layer in zip(self.layers, self.layers[1:]):
+        for previous, layer in pairwise(self.layers):
             if layer.inputs != previous.outputs:
                 raise ConfigError(
                     f"layer sizes do not chain: {previous.outputs} outputs feed {layer.inputs}"

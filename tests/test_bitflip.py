@@ -25,15 +25,22 @@ def _toy(seed: int = 0, n: int = 400) -> tuple[np.ndarray, np.ndarray]:
 def test_same_seed_same_model_different_seed_different_model(encoding: str) -> None:
     x, y = _toy()
     frames = [
-        model_to_frame(BitFlipTrainer([50, 20, 3], BitFlipConfig(encoding, seed=s, epochs=2)).fit(x, y))
+        model_to_frame(
+            BitFlipTrainer([50, 20, 3], BitFlipConfig(encoding, seed=s, epochs=2)).fit(x, y)
+        )
         for s in (7, 7, 8)
     ]
     assert frames[0] == frames[1]
     assert frames[0] != frames[2]
 
 
-@pytest.mark.parametrize("encoding, state_bits", [("binary", 1), ("binary", 2), ("binary", 8), ("ternary", 2), ("ternary", 8)])
-def test_counters_stay_in_k_bits_and_weights_are_1_or_2_bits(encoding: str, state_bits: int) -> None:
+@pytest.mark.parametrize(
+    "encoding, state_bits",
+    [("binary", 1), ("binary", 2), ("binary", 8), ("ternary", 2), ("ternary", 8)],
+)
+def test_counters_stay_in_k_bits_and_weights_are_1_or_2_bits(
+    encoding: str, state_bits: int
+) -> None:
     x, y = _toy()
     trainer = BitFlipTrainer([50, 20, 3], BitFlipConfig(encoding, state_bits=state_bits, epochs=2))
     trainer.fit(x, y)
@@ -100,7 +107,7 @@ def test_bad_configs_are_refused_with_the_fix(config: BitFlipConfig, message: st
 
 def test_data_that_does_not_fit_the_layers_names_the_right_layers() -> None:
     x, y = _toy()
-    with pytest.raises(ConfigError, match="--layers 50,...,3"):
+    with pytest.raises(ConfigError, match=r"--layers 50,\.\.\.,3"):
         BitFlipTrainer([60, 20, 3]).fit(x, y)
     with pytest.raises(ConfigError, match="set the last --layers size to 3"):
         BitFlipTrainer([50, 20, 2]).fit(x, y)

@@ -62,7 +62,10 @@ def test_binary_784_512_10_file_is_at_least_25x_smaller_than_float32() -> None:
     [
         (lambda b: b[:10], "truncated"),
         (lambda b: b[:-1], "checksum"),
-        (lambda b: b[: len(b) // 2] + bytes([b[len(b) // 2] ^ 1]) + b[len(b) // 2 + 1 :], "checksum"),
+        (
+            lambda b: b[: len(b) // 2] + bytes([b[len(b) // 2] ^ 1]) + b[len(b) // 2 + 1 :],
+            "checksum",
+        ),
         (lambda b: b"XXXX" + b[4:], "magic"),
         (lambda b: b + b"\0", "checksum"),
         (lambda b: b"", "truncated"),
@@ -82,13 +85,41 @@ def test_wrong_version_names_the_fix() -> None:
 @pytest.mark.parametrize(
     "header, payload, message",
     [
-        ({"meta": {}, "tensors": [{"name": "a", "encoding": "uint8", "shape": [8]}]}, b"\0" * 4, "past the end"),
-        ({"meta": {}, "tensors": [{"name": "a", "encoding": "uint8", "shape": [2]}]}, b"\0" * 4, "unexpected bytes"),
-        ({"meta": {}, "tensors": [{"name": "a", "encoding": "uint8", "shape": [-1]}]}, b"", "invalid shape"),
-        ({"meta": {}, "tensors": [{"name": "a", "encoding": "uint8", "shape": [2**30]}]}, b"", "invalid shape"),
-        ({"meta": {}, "tensors": [{"name": "a", "encoding": "int4", "shape": [2]}]}, b"\0\0", "unknown tensor encoding"),
-        ({"meta": {}, "tensors": [{"name": "a", "encoding": "binary", "shape": [2]}]}, b"", "must be 2-D"),
-        ({"meta": {}, "tensors": [{"name": "a", "encoding": "binary", "shape": [1, 3]}]}, b"\xff" + b"\0" * 7, "padding"),
+        (
+            {"meta": {}, "tensors": [{"name": "a", "encoding": "uint8", "shape": [8]}]},
+            b"\0" * 4,
+            "past the end",
+        ),
+        (
+            {"meta": {}, "tensors": [{"name": "a", "encoding": "uint8", "shape": [2]}]},
+            b"\0" * 4,
+            "unexpected bytes",
+        ),
+        (
+            {"meta": {}, "tensors": [{"name": "a", "encoding": "uint8", "shape": [-1]}]},
+            b"",
+            "invalid shape",
+        ),
+        (
+            {"meta": {}, "tensors": [{"name": "a", "encoding": "uint8", "shape": [2**30]}]},
+            b"",
+            "invalid shape",
+        ),
+        (
+            {"meta": {}, "tensors": [{"name": "a", "encoding": "int4", "shape": [2]}]},
+            b"\0\0",
+            "unknown tensor encoding",
+        ),
+        (
+            {"meta": {}, "tensors": [{"name": "a", "encoding": "binary", "shape": [2]}]},
+            b"",
+            "must be 2-D",
+        ),
+        (
+            {"meta": {}, "tensors": [{"name": "a", "encoding": "binary", "shape": [1, 3]}]},
+            b"\xff" + b"\0" * 7,
+            "padding",
+        ),
         ({"meta": [], "tensors": []}, b"", "'meta' object"),
         ({"meta": {}, "tensors": ["x"]}, b"", "must be an object"),
     ],

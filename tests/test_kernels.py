@@ -66,7 +66,9 @@ def test_pack_unpack_round_trips_and_pads_with_zeros(n: int) -> None:
     words = bitpack.pack_binary(binary)
     assert words.dtype == np.uint64 and words.shape == (3, bitpack.words_for(n))
     np.testing.assert_array_equal(bitpack.unpack_binary(words, n), binary)
-    np.testing.assert_array_equal(bitpack.unpack_ternary(*bitpack.pack_ternary(ternary), n), ternary)
+    np.testing.assert_array_equal(
+        bitpack.unpack_ternary(*bitpack.pack_ternary(ternary), n), ternary
+    )
     padding = bitpack.unpack_bits(words, words.shape[1] * 64)[:, n:]
     assert not padding.any()
 

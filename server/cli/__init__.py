@@ -48,5 +48,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bitfleet: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-
-

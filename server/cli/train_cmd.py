@@ -74,10 +74,16 @@ def parse_layers(text: str | None, dataset: Dataset) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    label_column: int | str = int(args.label_column) if _is_int(args.label_column) else args.label_column
+    label_column: int | str = (
+        int(args.label_column) if _is_int(args.label_column) else args.label_column
+    )
     dataset = load_dataset(args.dataset, data_dir=args.data_dir, label_column=label_column)
     layers = parse_layers(args.layers, dataset)
-    val_size = args.val_size if args.val_size is not None else min(MAX_VALIDATION, len(dataset.y_train) // 10)
+    val_size = (
+        args.val_size
+        if args.val_size is not None
+        else min(MAX_VALIDATION, len(dataset.y_train) // 10)
+    )
     if val_size > 0:
         x_fit, y_fit, x_val, y_val = split_validation(dataset.x_train, dataset.y_train, val_size)
     else:

@@ -1,4 +1,4 @@
-"""Hot kernels (packed-bit dense layers, the counter update), dispatched to numba when present, numpy otherwise.
+"""Hot kernels (packed-bit dense layers, the counter update): numba when present, else numpy.
 
 Set ``BITFLEET_NO_NUMBA=1`` to force the numpy path (what a board without numba wheels
 runs). Both paths give identical int32 results; ``tests/test_kernels.py`` proves it.

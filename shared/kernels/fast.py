@@ -15,8 +15,7 @@ from numba.extending import intrinsic
 from numpy.typing import NDArray
 
 
-@intrinsic
-def _ctpop(typingctx: Any, value: Any) -> Any:
+def _ctpop_typing(typingctx: Any, value: Any) -> Any:
     """LLVM ctpop on a uint64, returned as int64 for easy accumulation."""
     signature = types.int64(types.uint64)
 
@@ -24,6 +23,9 @@ def _ctpop(typingctx: Any, value: Any) -> Any:
         return builder.ctpop(args[0])
 
     return signature, codegen
+
+
+_ctpop: Any = intrinsic(_ctpop_typing)
 
 
 # Every kernel walks one input row at a time and, for each packed word of it, sweeps all
@@ -102,7 +104,9 @@ def _uint8_ternary_dense(planes: Any, plus_t: Any, minus_t: Any) -> Any:  # prag
             for k in range(words):
                 xk = planes[b, p, k]
                 for o in range(outputs):
-                    diff = np.int32(_ctpop(xk & plus_t[k, o])) - np.int32(_ctpop(xk & minus_t[k, o]))
+                    diff = np.int32(_ctpop(xk & plus_t[k, o])) - np.int32(
+                        _ctpop(xk & minus_t[k, o])
+                    )
                     acc[o] += diff << p
         for o in range(outputs):
             out[b, o] = acc[o]
@@ -159,8 +163,15 @@ def _splitmix64(counter: Any) -> Any:  # pragma: no cover - compiled
 
 @numba.njit(cache=True, nogil=True)
 def _counter_step(
-    counters: Any, weights: Any, votes: Any, multiplier: int, shift: int, key: Any,
-    low: int, high: int, zero_threshold: int,
+    counters: Any,
+    weights: Any,
+    votes: Any,
+    multiplier: int,
+    shift: int,
+    key: Any,
+    low: int,
+    high: int,
+    zero_threshold: int,
 ) -> None:  # pragma: no cover - compiled
     flat_c = counters.reshape(-1)
     flat_w = weights.reshape(-1)
@@ -192,6 +203,13 @@ def counter_step(
 ) -> None:
     """See :func:`shared.kernels.reference.counter_step`."""
     _counter_step(
-        counters, weights, np.ascontiguousarray(votes, dtype=np.int64), multiplier, shift,
-        np.uint64(key), low, high, zero_threshold,
+        counters,
+        weights,
+        np.ascontiguousarray(votes, dtype=np.int64),
+        multiplier,
+        shift,
+        np.uint64(key),
+        low,
+        high,
+        zero_threshold,
     )

@@ -13,9 +13,7 @@ from numpy.typing import NDArray
 _ROW_CHUNK = 64
 
 
-def _popcount_rows(
-    x: NDArray[np.uint64], w: NDArray[np.uint64], combine: str
-) -> NDArray[np.int32]:
+def _popcount_rows(x: NDArray[np.uint64], w: NDArray[np.uint64], combine: str) -> NDArray[np.int32]:
     """popcount(combine(x[b], w[o])) summed over words, for every (b, o) pair."""
     out = np.empty((x.shape[0], w.shape[0]), dtype=np.int32)
     for start in range(0, x.shape[0], _ROW_CHUNK):
