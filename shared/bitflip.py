@@ -49,7 +49,7 @@ class BitFlipConfig:
     margin_divisor: int = 4
     max_error: int = 4
     window_divisor: int = 2
-    ternary_zero_fraction: int = 4
+    ternary_zero_fraction: int = 16
     seed: int = 0
 
     def validate(self) -> None:

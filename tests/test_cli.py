@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from server.cli import build_parser, main
+from shared.datasets import load_dataset
 
 TRAIN_FIELDS = {
     "test_accuracy",
@@ -98,6 +99,25 @@ def test_train_on_the_users_own_npz(capsys: pytest.CaptureFixture[str], tmp_path
         capsys, ["train", "--dataset", str(tmp_path / "mine.npz"), "--epochs", "3", "--json"]
     )
     assert summary["layers"] == [36, 512, 4] and summary["test_accuracy"] > 0.9
+
+
+def test_default_bitflip_lands_within_8_points_of_float_on_another_image_task(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The defaults generalize: 8x8 digits, saved as the user's own .npz, default flags."""
+    digits = load_dataset("digits")
+    path = tmp_path / "digits.npz"
+    np.savez(
+        path,
+        X=digits.x_train.reshape(-1, 8, 8),
+        y=digits.y_train,
+        X_test=digits.x_test.reshape(-1, 8, 8),
+        y_test=digits.y_test,
+    )
+    bits = _run_json(capsys, ["train", "--dataset", str(path), "--json"])
+    floats = _run_json(capsys, ["train", "--algo", "float", "--dataset", str(path), "--json"])
+    assert floats["test_accuracy"] > 0.9
+    assert bits["test_accuracy"] >= floats["test_accuracy"] - 0.08
 
 
 def test_a_corrupted_model_file_is_exit_2_with_a_message(
