@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seed=${1:-0}
 bitfleet=.venv/bin/bitfleet
-rows=("binary 1" "binary 2" "binary 4" "binary 6" "binary 8" "binary 12" "ternary 2" "ternary 8")
+rows=("binary 1" "binary 2" "binary 4" "binary 5" "binary 6" "binary 8" "binary 12" "ternary 2" "ternary 5" "ternary 8")
 printf '%-8s %3s %8s %8s %8s %6s %8s\n' weights K test val train epoch seconds
 report() {
   python3 -c 'import json,sys; d=json.load(sys.stdin); print("%-8s %3s %8.4f %8.4f %8.4f %6d %8.1f" % (

@@ -20,6 +20,7 @@ engine, :mod:`shared.intmath`); the only randomness is an integer PRNG under a s
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -41,7 +42,7 @@ class BitFlipConfig:
     """Hyperparameters; defaults are the measured best (docs/algorithms.md)."""
 
     encoding: str = "binary"
-    state_bits: int = 8
+    state_bits: int = 5
     epochs: int = 20
     batch_size: int = 100
     lr: float = 2.0
@@ -118,6 +119,18 @@ class CounterLayer:
             return 0
         return max(1, (1 << (self.state_bits - 1)) // self.zero_fraction)
 
+    def weakest(self, values: NDArray[np.integer]) -> NDArray[np.int16]:
+        """Counters in the weakest state that still reads as ``values``: one vote from a flip."""
+        t = self.zero_threshold
+        return np.select([values > 0, values < 0], [t, -t - 1], default=0).astype(np.int16)
+
+    def adopt(self, values: NDArray[np.integer]) -> None:
+        """Take new weight values (e.g. a voted global model), keeping the confidence of
+        counters that already agree and putting the others in the weakest state."""
+        agree = self.weights == values
+        self.counters = np.where(agree, self.counters, self.weakest(values)).astype(np.int16)
+        self.step(np.zeros(self.counters.shape, dtype=np.int64), 1, 0)
+
     def step(self, votes: NDArray[np.int64], lr_fixed: int, key: int) -> None:
         """Add the scaled, stochastically rounded votes and saturate.
 
@@ -161,13 +174,26 @@ class BitFlipTrainer:
     def _initial_layer(self, n_in: int, n_out: int) -> CounterLayer:
         """Random weights in the weakest states, so the first votes can flip them."""
         cfg = self.config
-        positive = self.rng.integers(0, 2, size=(n_out, n_in)).astype(bool)
-        probe = CounterLayer(
-            np.zeros((1, 1), np.int16), cfg.state_bits, cfg.encoding, cfg.ternary_zero_fraction
+        layer = CounterLayer(
+            np.zeros((n_out, n_in), np.int16),
+            cfg.state_bits,
+            cfg.encoding,
+            cfg.ternary_zero_fraction,
         )
-        t = probe.zero_threshold
-        counters = np.where(positive, t, -t - 1).astype(np.int16)
-        return CounterLayer(counters, cfg.state_bits, cfg.encoding, cfg.ternary_zero_fraction)
+        signs = self.rng.integers(0, 2, size=(n_out, n_in)) * 2 - 1
+        layer.adopt(signs)
+        return layer
+
+    def adopt(self, model: BitMLP) -> None:
+        """Continue from a (global) model: its weights and its input offset."""
+        if model.layer_sizes != self.layer_sizes or model.encoding != self.config.encoding:
+            raise ConfigError(
+                f"model {model.encoding} {model.layer_sizes} does not match the trainer's "
+                f"{self.config.encoding} {self.layer_sizes}"
+            )
+        for layer, packed in zip(self.layers, model.layers, strict=True):
+            layer.adopt(packed.values())
+        self.input_offset = model.input_offset.copy()
 
     def model(self) -> BitMLP:
         """The current 1-/2-bit model (counters stay behind)."""
@@ -182,16 +208,17 @@ class BitFlipTrainer:
         y_val: NDArray[np.integer] | None = None,
         on_batch: Callable[[int, int], None] | None = None,
         on_epoch: Callable[[EpochReport], None] | None = None,
+        keep_offset: bool = False,
     ) -> BitMLP:
         """Train for ``config.epochs``; return the epoch's model that scored best on validation.
 
-        Without a validation split the last epoch's model is returned. ``on_batch(done,
-        total)`` and ``on_epoch(report)`` feed progress displays.
+        Without a validation split the last epoch's model is returned. The input offset is
+        the data's rounded mean unless ``keep_offset`` (a federated round keeps the global
+        one). ``on_batch(done, total)`` and ``on_epoch(report)`` feed progress displays.
         """
-        import time
-
         self._check_data(x, y)
-        self.input_offset = _rounded_mean(x)
+        if not keep_offset:
+            self.input_offset = rounded_mean(x)
         cfg = self.config
         batches_per_epoch = -(-len(x) // cfg.batch_size)
         best_model, best_val = self.model(), -1.0
@@ -273,7 +300,7 @@ def _window(pre: NDArray[np.int64], divisor: int) -> NDArray[np.bool_]:
     return magnitude * (divisor * magnitude.size) < int(magnitude.sum())
 
 
-def _rounded_mean(x: NDArray[np.uint8]) -> NDArray[np.uint8]:
+def rounded_mean(x: NDArray[np.uint8]) -> NDArray[np.uint8]:
     """Per-feature training mean rounded to an integer (integer division, round half up)."""
     total = x.sum(axis=0, dtype=np.int64)
     return ((2 * total + len(x)) // (2 * len(x))).astype(np.uint8)

@@ -1,26 +1,31 @@
-"""The one binary frame format for every model file and (later) every wire message.
+"""The one binary frame format for every model file and every wire message.
 
 Layout (all integers little-endian)::
 
     0   magic  b"BFLT"
     4   u8     format version (1)
-    5   u8     kind (1 = model)
-    6   u16    flags (0; reserved)
+    5   u8     kind (1 = model, 2 = update)
+    6   u16    flags (bit 0: signed)
     8   u32    header length H (at most MAX_HEADER_BYTES)
     12  H      header: UTF-8 JSON {"meta": {...}, "tensors": [{"name", "encoding", "shape"}]}
     ..         payload: each tensor's bytes, in header order
+    ..  32     HMAC-SHA256 of everything before it, keyed by the sender's secret (if signed)
     -4  u32    CRC32 of everything before it
 
 Tensor sizes are derived from encoding and shape, never read from the frame, and the
-decoder checks every length against the bytes actually present: a truncated, padded,
-corrupted or hostile frame raises :class:`ModelFileError` and nothing else.
+decoder checks every length against the bytes actually present: a truncated, oversized,
+padded, corrupted, forged or hostile frame raises :class:`FrameError` (a
+:class:`ModelFileError`) whose ``reason`` names the defect, and nothing else.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from math import prod
 from typing import Any
@@ -34,7 +39,11 @@ from shared.errors import ModelFileError
 MAGIC = b"BFLT"
 FORMAT_VERSION = 1
 KIND_MODEL = 1
-KINDS = {KIND_MODEL: "model"}
+KIND_UPDATE = 2
+KINDS = {KIND_MODEL: "model", KIND_UPDATE: "update"}
+FLAG_SIGNED = 1
+SIGNATURE_BYTES = 32
+DEFAULT_MAX_FRAME_BYTES = 64 << 20
 MAX_HEADER_BYTES = 1 << 20
 MAX_DIM = 1 << 24
 MAX_ELEMENTS = 1 << 28
@@ -55,6 +64,14 @@ PACKED_PLANES = {"binary": 1, "ternary": 2}
 ENCODINGS = tuple(PLAIN_DTYPES) + tuple(PACKED_PLANES)
 
 
+class FrameError(ModelFileError):
+    """A frame that cannot be trusted; ``reason`` is a short label for metrics and logs."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class Tensor:
     """A named tensor. Packed encodings hold ``(planes, rows, words)`` uint64 data for a
@@ -71,111 +88,159 @@ class Frame:
     kind: int
     meta: dict[str, Any]
     tensors: dict[str, Tensor]
+    signed: bool = False
 
 
 def _stored_shape(encoding: str, shape: tuple[int, ...]) -> tuple[tuple[int, ...], np.dtype[Any]]:
     """The array shape and dtype a tensor occupies in the payload."""
     if encoding in PACKED_PLANES:
         if len(shape) != 2:
-            raise ModelFileError(f"a {encoding} tensor must be 2-D (rows, columns), got {shape}")
+            raise FrameError(
+                "shape", f"a {encoding} tensor must be 2-D (rows, columns), got {shape}"
+            )
         rows, columns = shape
         return (PACKED_PLANES[encoding], rows, words_for(columns)), np.dtype("<u8")
     if encoding in PLAIN_DTYPES:
         return shape, PLAIN_DTYPES[encoding]
-    raise ModelFileError(f"unknown tensor encoding {encoding!r}; known: {', '.join(ENCODINGS)}")
+    raise FrameError(
+        "encoding", f"unknown tensor encoding {encoding!r}; known: {', '.join(ENCODINGS)}"
+    )
 
 
-def encode_frame(kind: int, meta: dict[str, Any], tensors: list[Tensor]) -> bytes:
-    """Serialize a frame. ``meta`` must be JSON-serializable."""
+def encode_frame(
+    kind: int, meta: dict[str, Any], tensors: list[Tensor], secret: bytes | None = None
+) -> bytes:
+    """Serialize a frame, signed with ``secret`` when one is given.
+
+    ``meta`` must be JSON-serializable.
+    """
     entries = []
     payload = []
     for tensor in tensors:
         stored, dtype = _stored_shape(tensor.encoding, tensor.shape)
         data = np.ascontiguousarray(tensor.data, dtype=dtype)
         if data.shape != stored:
-            raise ModelFileError(
+            raise FrameError(
+                "shape",
                 f"tensor {tensor.name!r} holds {data.shape}, expected {stored} for "
-                f"{tensor.encoding} {tensor.shape}"
+                f"{tensor.encoding} {tensor.shape}",
             )
         entries.append({"name": tensor.name, "encoding": tensor.encoding, "shape": tensor.shape})
         payload.append(data.tobytes())
     header = json.dumps({"meta": meta, "tensors": entries}, sort_keys=True).encode()
-    body = _PREFIX.pack(MAGIC, FORMAT_VERSION, kind, 0, len(header)) + header + b"".join(payload)
+    flags = FLAG_SIGNED if secret is not None else 0
+    body = _PREFIX.pack(MAGIC, FORMAT_VERSION, kind, flags, len(header)) + header
+    body += b"".join(payload)
+    if secret is not None:
+        body += hmac.new(secret, body, hashlib.sha256).digest()
     return body + _CRC.pack(zlib.crc32(body))
 
 
-def decode_frame(data: bytes) -> Frame:
-    """Parse and verify a frame; any defect raises :class:`ModelFileError`."""
+SecretLookup = Callable[[dict[str, Any]], bytes]
+
+
+def decode_frame(
+    data: bytes,
+    *,
+    secret_for: SecretLookup | None = None,
+    max_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+) -> Frame:
+    """Parse and verify a frame; any defect raises :class:`FrameError`.
+
+    With ``secret_for`` the frame must be signed: it is called with the frame's ``meta``
+    (e.g. to look up the sending agent's secret; it raises its own FrameError for an
+    unknown sender) and the HMAC must match. Tensors are only read after that check.
+    """
     minimum = _PREFIX.size + _CRC.size
+    if len(data) > max_bytes:
+        raise FrameError(
+            "oversized", f"frame of {len(data)} bytes exceeds the {max_bytes}-byte limit"
+        )
     if len(data) < minimum:
-        raise ModelFileError(f"frame is truncated: {len(data)} bytes, at least {minimum} needed")
+        raise FrameError(
+            "truncated", f"frame is truncated: {len(data)} bytes, at least {minimum} needed"
+        )
     magic, version, kind, flags, header_len = _PREFIX.unpack_from(data)
     if magic != MAGIC:
-        raise ModelFileError("not a bitfleet model or frame (bad magic bytes)")
+        raise FrameError("magic", "not a bitfleet model or frame (bad magic bytes)")
     if version != FORMAT_VERSION:
-        raise ModelFileError(
+        raise FrameError(
+            "version",
             f"frame format version {version} is not supported (this bitfleet reads "
-            f"version {FORMAT_VERSION}); upgrade bitfleet or re-export the model"
+            f"version {FORMAT_VERSION}); upgrade bitfleet or re-export the model",
         )
     if kind not in KINDS:
-        raise ModelFileError(f"unknown frame kind {kind}")
-    if flags != 0:
-        raise ModelFileError(f"unsupported frame flags {flags:#x}")
+        raise FrameError("kind", f"unknown frame kind {kind}")
+    if flags & ~FLAG_SIGNED:
+        raise FrameError("flags", f"unsupported frame flags {flags:#x}")
+    signed = bool(flags & FLAG_SIGNED)
+    end = len(data) - _CRC.size - (SIGNATURE_BYTES if signed else 0)
+    if header_len > MAX_HEADER_BYTES:
+        raise FrameError("oversized", f"header of {header_len} bytes exceeds {MAX_HEADER_BYTES}")
+    if _PREFIX.size + header_len > end:
+        raise FrameError(
+            "truncated", f"frame is truncated: its {header_len}-byte header does not fit"
+        )
     (stored_crc,) = _CRC.unpack_from(data, len(data) - _CRC.size)
     if zlib.crc32(data[: -_CRC.size]) != stored_crc:
-        raise ModelFileError("checksum mismatch: the file is corrupted or truncated")
-    if header_len > MAX_HEADER_BYTES or _PREFIX.size + header_len > len(data) - _CRC.size:
-        raise ModelFileError(f"header length {header_len} does not fit the frame")
+        raise FrameError("checksum", "checksum mismatch: the file is corrupted or truncated")
     header = _parse_header(data[_PREFIX.size : _PREFIX.size + header_len])
-    tensors = _read_tensors(header["tensors"], data, _PREFIX.size + header_len)
-    return Frame(kind, header["meta"], tensors)
+    if secret_for is not None:
+        if not signed:
+            raise FrameError("unsigned", "frame is not signed; sign it with the sender's secret")
+        expected = hmac.new(secret_for(header["meta"]), data[:end], hashlib.sha256).digest()
+        if not hmac.compare_digest(expected, data[end : end + SIGNATURE_BYTES]):
+            raise FrameError("forged", "signature does not match the sender's secret")
+    tensors = _read_tensors(header["tensors"], data, _PREFIX.size + header_len, end)
+    return Frame(kind, header["meta"], tensors, signed)
 
 
 def _parse_header(raw: bytes) -> dict[str, Any]:
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelFileError(f"frame header is not valid JSON: {error}") from None
+        raise FrameError("header", f"frame header is not valid JSON: {error}") from None
     if (
         not isinstance(header, dict)
         or not isinstance(header.get("meta"), dict)
         or not isinstance(header.get("tensors"), list)
     ):
-        raise ModelFileError("frame header must hold a 'meta' object and a 'tensors' list")
+        raise FrameError("header", "frame header must hold a 'meta' object and a 'tensors' list")
     return header
 
 
-def _read_tensors(entries: list[Any], data: bytes, offset: int) -> dict[str, Tensor]:
-    end = len(data) - _CRC.size
+def _read_tensors(entries: list[Any], data: bytes, offset: int, end: int) -> dict[str, Tensor]:
     tensors: dict[str, Tensor] = {}
     for entry in entries:
         name, encoding, shape = _check_entry(entry)
         if name in tensors:
-            raise ModelFileError(f"tensor {name!r} appears twice")
+            raise FrameError("header", f"tensor {name!r} appears twice")
         stored, dtype = _stored_shape(encoding, shape)
         size = prod(stored) * dtype.itemsize
         if offset + size > end:
-            raise ModelFileError(f"tensor {name!r} runs past the end of the frame (truncated)")
+            raise FrameError(
+                "truncated", f"tensor {name!r} runs past the end of the frame (truncated)"
+            )
         array = np.frombuffer(data, dtype=dtype, count=prod(stored), offset=offset).reshape(stored)
         if encoding in PACKED_PLANES and _has_padding_bits(array, shape[1]):
-            raise ModelFileError(f"tensor {name!r} has nonzero padding bits")
+            raise FrameError("padding", f"tensor {name!r} has nonzero padding bits")
         tensors[name] = Tensor(name, encoding, shape, array)
         offset += size
     if offset != end:
-        raise ModelFileError(f"{end - offset} unexpected bytes after the last tensor")
+        raise FrameError("length", f"{end - offset} unexpected bytes after the last tensor")
     return tensors
 
 
 def _check_entry(entry: Any) -> tuple[str, str, tuple[int, ...]]:
     if not isinstance(entry, dict):
-        raise ModelFileError("tensor entry must be an object")
+        raise FrameError("header", "tensor entry must be an object")
     name, encoding, shape = entry.get("name"), entry.get("encoding"), entry.get("shape")
     if not isinstance(name, str) or not isinstance(encoding, str) or not isinstance(shape, list):
-        raise ModelFileError(f"tensor entry {entry!r} needs a name, an encoding and a shape")
+        raise FrameError("header", f"tensor entry {entry!r} needs a name, an encoding and a shape")
     if not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= MAX_DIM for d in shape):
-        raise ModelFileError(f"tensor {name!r} has an invalid shape {shape}")
+        raise FrameError("shape", f"tensor {name!r} has an invalid shape {shape}")
     if not shape or prod(shape) > MAX_ELEMENTS:
-        raise ModelFileError(f"tensor {name!r} shape {shape} is empty or too large")
+        raise FrameError("shape", f"tensor {name!r} shape {shape} is empty or too large")
     return name, encoding, tuple(shape)
 
 

@@ -15,7 +15,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from shared import kernels
-from shared.bitpack import bit_planes, pack_binary, pack_bits, pack_ternary
+from shared.bitpack import (
+    bit_planes,
+    pack_binary,
+    pack_bits,
+    pack_ternary,
+    unpack_binary,
+    unpack_ternary,
+)
 from shared.errors import ConfigError
 
 ENCODINGS = ("binary", "ternary")
@@ -48,6 +55,12 @@ class PackedLayer:
             return cls(inputs, outputs, pack_binary(values))
         positive, nonzero = pack_ternary(values)
         return cls(inputs, outputs, positive, nonzero)
+
+    def values(self) -> NDArray[np.int8]:
+        """The ``(outputs, inputs)`` weight values in {-1, +1} or {-1, 0, +1}."""
+        if self.nonzero is None:
+            return unpack_binary(self.positive, self.inputs)
+        return unpack_ternary(self.positive, self.nonzero, self.inputs)
 
     def dense_uint8(self, planes: NDArray[np.uint64]) -> NDArray[np.int32]:
         """Pre-activations for uint8 inputs given as bit-planes."""
@@ -123,6 +136,18 @@ class BitMLP:
     def predict(self, x: NDArray[np.uint8]) -> NDArray[np.int64]:
         """Predicted class per row (ties go to the lowest class index)."""
         return np.argmax(self.scores(x), axis=1).astype(np.int64)
+
+    def hinge_loss(self, x: NDArray[np.uint8], y: NDArray[np.integer]) -> float:
+        """Mean amount by which the strongest rival beats the true class, per unit of the
+        last layer's fan-in: 0 when every sample is classified correctly."""
+        scores = self.scores(x).astype(np.int64)
+        if len(scores) == 0:
+            return 0.0
+        rows = np.arange(len(scores))
+        true = scores[rows, np.asarray(y)]
+        scores[rows, np.asarray(y)] = np.iinfo(np.int64).min
+        gap = np.maximum(scores.max(axis=1) - true, 0)
+        return float(gap.mean() / self.layers[-1].inputs)
 
     def accuracy(self, x: NDArray[np.uint8], y: NDArray[np.integer]) -> float:
         if len(y) == 0:
