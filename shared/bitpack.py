@@ -38,6 +38,15 @@ def unpack_bits(words: NDArray[np.uint64], n: int) -> NDArray[np.bool_]:
     return np.unpackbits(as_bytes, axis=-1, count=n, bitorder="little").astype(bool)
 
 
+def has_padding_bits(words: NDArray[np.uint64], columns: int) -> bool:
+    """True if any row's last word sets bits beyond ``columns`` (the padding must be zero)."""
+    used = columns % WORD_BITS
+    if used == 0:
+        return False
+    padding = np.uint64(((1 << WORD_BITS) - 1) ^ ((1 << used) - 1))
+    return bool(np.any(words[..., -1] & padding))
+
+
 def pack_binary(values: NDArray[np.integer]) -> NDArray[np.uint64]:
     """Pack {-1, +1} values (any integer dtype; >= 0 counts as +1)."""
     return pack_bits(np.asarray(values) >= 0)

@@ -34,6 +34,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from shared.errors import ConfigError, DataError
+from shared.shifts import Shift, parse_shift
 
 BUILTIN_DATASETS = ("fashion-mnist", "digits")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -47,9 +48,9 @@ MNIST_FILES = (
 HOLDOUT_FRACTION = 0.2
 HOLDOUT_SEED = 20240607
 ACCEPTED_SPECS = (
-    "'fashion-mnist', 'digits', or a path to an .npz file (X, y, optional X_test, y_test), "
-    "a .csv file, an IDX images file (optionally .gz) or a directory holding the four "
-    "MNIST-named IDX files"
+    "'fashion-mnist', 'digits' (either with a shift such as ':rotate30'), or a path to an "
+    ".npz file (X, y, optional X_test, y_test), a .csv file, an IDX images file (optionally "
+    ".gz) or a directory holding the four MNIST-named IDX files"
 )
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, zipfile.BadZipFile)
@@ -78,20 +79,31 @@ def load_dataset(
 ) -> Dataset:
     """Load a built-in data set by name, or the user's own file, from local disk only.
 
-    ``data_dir`` overrides where Fashion-MNIST is looked for; ``label_column`` (an index or
-    a header name) picks the label column of a CSV file.
+    A built-in name may carry a domain shift, ``NAME:SHIFT`` (e.g. ``fashion-mnist:rotate30``,
+    see :mod:`shared.shifts`). ``data_dir`` overrides where Fashion-MNIST is looked for;
+    ``label_column`` (an index or a header name) picks the label column of a CSV file.
     """
     name, colon, variant = spec.partition(":")
     if colon and name in BUILTIN_DATASETS:
-        raise DataError(
-            f"unknown variant {variant!r} of {name}: shifted domains are not available yet; "
-            f"use plain {name!r}"
-        )
+        transform = parse_shift(variant)  # a bad name fails before any loading
+        return _shifted(load_dataset(name, data_dir), spec, transform)
     if spec == "fashion-mnist":
         return _load_fashion_mnist(data_dir)
     if spec == "digits":
         return _load_digits()
     return _load_user_data(Path(spec), label_column)
+
+
+def _shifted(base: Dataset, spec: str, transform: Shift) -> Dataset:
+    """A built-in data set under a domain shift, applied to both splits alike."""
+    return Dataset(
+        spec,
+        transform(base.x_train),
+        base.y_train,
+        transform(base.x_test),
+        base.y_test,
+        base.num_classes,
+    )
 
 
 def split_validation(

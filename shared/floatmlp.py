@@ -16,6 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from shared.bitflip import EpochReport
+from shared.errors import ConfigError
 from shared.models import validate_layer_sizes
 
 
@@ -27,6 +28,8 @@ class FloatConfig:
     momentum: float = 0.9
     lr_decay: float = 0.9
     seed: int = 0
+    # Layers updated, counted from the output (0 = all): fine-tuning only the last k.
+    train_layers: int = 0
 
 
 @dataclass
@@ -64,18 +67,43 @@ class FloatMLP:
     def accuracy(self, x: NDArray[np.uint8], y: NDArray[np.integer]) -> float:
         return float(np.mean(self.predict(x) == np.asarray(y))) if len(y) else 0.0
 
+    def copy(self) -> FloatMLP:
+        return FloatMLP(
+            [w.copy() for w in self.weights], [b.copy() for b in self.biases], self.input_mean
+        )
+
 
 @dataclass
 class FloatTrainer:
+    """Backprop training from scratch, or fine-tuning of ``init`` (its input mean is kept)."""
+
     layer_sizes: list[int]
     config: FloatConfig = field(default_factory=FloatConfig)
+    init: FloatMLP | None = None
 
     def __post_init__(self) -> None:
         validate_layer_sizes(self.layer_sizes)
+        if self.init is not None and self.init.layer_sizes != self.layer_sizes:
+            raise ConfigError(
+                f"the initial model has layers {self.init.layer_sizes}, not {self.layer_sizes}"
+            )
+        if not 0 <= self.config.train_layers <= len(self.layer_sizes) - 1:
+            raise ConfigError(
+                f"train_layers must be 0 (all) to {len(self.layer_sizes) - 1}, "
+                f"got {self.config.train_layers}"
+            )
         self.rng = np.random.default_rng(self.config.seed)
 
+    @property
+    def first_trained(self) -> int:
+        """Index of the first layer that is updated."""
+        layers = len(self.layer_sizes) - 1
+        return layers - self.config.train_layers if self.config.train_layers else 0
+
     def _initial_model(self, x: NDArray[np.uint8]) -> FloatMLP:
-        """He-initialised weights, zero biases."""
+        """A copy of ``init``, else He-initialised weights and zero biases."""
+        if self.init is not None:
+            return self.init.copy()
         weights = [
             (self.rng.standard_normal((n_in, n_out)) * np.sqrt(2.0 / n_in)).astype(np.float32)
             for n_in, n_out in pairwise(self.layer_sizes)
@@ -110,11 +138,7 @@ class FloatTrainer:
             lr *= cfg.lr_decay
             val = None if x_val is None or y_val is None else model.accuracy(x_val, y_val)
             if val is None or val > best_val:
-                best = FloatMLP(
-                    [w.copy() for w in model.weights],
-                    [b.copy() for b in model.biases],
-                    model.input_mean,
-                )
+                best = model.copy()
                 best_val = -1.0 if val is None else val
             if on_epoch is not None:
                 on_epoch(EpochReport(epoch + 1, correct / len(x), val, time.monotonic() - started))
@@ -136,16 +160,24 @@ class FloatTrainer:
         delta = probs
         delta[np.arange(len(y)), y] -= 1.0
         delta /= len(y)
-        grads_w: list[NDArray[np.float32]] = []
-        grads_b: list[NDArray[np.float32]] = []
-        for index in range(len(model.weights) - 1, -1, -1):
-            grads_w.insert(0, activations[index].T @ delta)
-            grads_b.insert(0, delta.sum(axis=0))
-            if index > 0:
+        layers = len(model.weights)
+        for index in range(layers - 1, self.first_trained - 1, -1):
+            grad_w = activations[index].T @ delta
+            grad_b = delta.sum(axis=0)
+            if index > self.first_trained:
                 delta = (delta @ model.weights[index].T) * (activations[index] > 0)
-        params = model.weights + model.biases
-        for param, vel, grad in zip(params, velocity, grads_w + grads_b, strict=True):
-            vel *= np.float32(self.config.momentum)
-            vel -= lr * grad
-            param += vel
+            self._apply(model.weights[index], velocity[index], grad_w, lr)
+            self._apply(model.biases[index], velocity[layers + index], grad_b, lr)
         return int(np.sum(np.argmax(logits, axis=1) == y))
+
+    def _apply(
+        self,
+        param: NDArray[np.float32],
+        vel: NDArray[np.float32],
+        grad: NDArray[np.float32],
+        lr: float,
+    ) -> None:
+        """SGD with momentum on one tensor, in place."""
+        vel *= np.float32(self.config.momentum)
+        vel -= lr * grad
+        param += vel

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from shared.bitpack import words_for
+from shared.bitpack import has_padding_bits, words_for
 from shared.errors import ModelFileError
 
 MAGIC = b"BFLT"
@@ -222,7 +222,7 @@ def _read_tensors(entries: list[Any], data: bytes, offset: int, end: int) -> dic
                 "truncated", f"tensor {name!r} runs past the end of the frame (truncated)"
             )
         array = np.frombuffer(data, dtype=dtype, count=prod(stored), offset=offset).reshape(stored)
-        if encoding in PACKED_PLANES and _has_padding_bits(array, shape[1]):
+        if encoding in PACKED_PLANES and has_padding_bits(array, shape[1]):
             raise FrameError("padding", f"tensor {name!r} has nonzero padding bits")
         tensors[name] = Tensor(name, encoding, shape, array)
         offset += size
@@ -242,11 +242,3 @@ def _check_entry(entry: Any) -> tuple[str, str, tuple[int, ...]]:
     if not shape or prod(shape) > MAX_ELEMENTS:
         raise FrameError("shape", f"tensor {name!r} shape {shape} is empty or too large")
     return name, encoding, tuple(shape)
-
-
-def _has_padding_bits(words: NDArray[np.uint64], columns: int) -> bool:
-    used = columns % 64
-    if used == 0:
-        return False
-    mask = np.uint64(((1 << 64) - 1) ^ ((1 << used) - 1))
-    return bool(np.any(words[..., -1] & mask))

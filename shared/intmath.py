@@ -17,7 +17,10 @@ _FLOAT64_EXACT = 2**53
 
 
 def _max_abs(a: NDArray[np.integer]) -> int:
-    return int(np.abs(a).max(initial=0))
+    """From min and max: ``np.abs`` wraps the most negative value (abs(int8 -128) == -128)."""
+    if a.size == 0:
+        return 0
+    return max(-int(a.min()), int(a.max()))
 
 
 def int_matmul(a: NDArray[np.integer], b: NDArray[np.integer]) -> NDArray[np.int64]:

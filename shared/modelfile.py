@@ -1,4 +1,4 @@
-"""Model files (``.bfm``): bit networks to and from frames, and to and from disk."""
+"""Model files (``.bfm``): bit, fixed-point and float networks to and from frames and disk."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ from typing import Any
 import numpy as np
 
 from shared.errors import ConfigError, ModelFileError
+from shared.fixedpoint import FixedLayer, FixedMLP
 from shared.floatmlp import FloatMLP
 from shared.frames import KIND_MODEL, Frame, Tensor, decode_frame, encode_frame
 from shared.models import BitMLP, PackedLayer
 
 MODEL_TYPE_BITMLP = "bitmlp"
 MODEL_TYPE_FLOATMLP = "floatmlp"
-Model = BitMLP | FloatMLP
+MODEL_TYPE_FIXEDMLP = "fixedmlp"
+Model = BitMLP | FloatMLP | FixedMLP
 
 
 def bitmlp_to_frame(model: BitMLP, meta: dict[str, Any] | None = None) -> bytes:
@@ -83,16 +85,81 @@ def floatmlp_from_frame(frame: Frame) -> FloatMLP:
     return FloatMLP(weights, biases, mean)
 
 
+def fixedmlp_to_frame(model: FixedMLP, meta: dict[str, Any] | None = None) -> bytes:
+    """Encode a fixed-point network: int8/int16 weights, int32 biases, int32 exponents.
+
+    ``exponents`` is a ``(layers, 3)`` int32 tensor of (input, weight, output) exponents.
+    """
+    encoding = f"int{model.weight_bits}"
+    exponents = np.array(
+        [(layer.input_exp, layer.weight_exp, layer.output_exp) for layer in model.layers],
+        dtype=np.int32,
+    )
+    tensors = [
+        Tensor("input_offset", "uint8", model.input_offset.shape, model.input_offset),
+        Tensor("exponents", "int32", exponents.shape, exponents),
+    ]
+    for index, layer in enumerate(model.layers):
+        tensors.append(Tensor(f"weight_{index}", encoding, layer.weights.shape, layer.weights))
+        tensors.append(Tensor(f"bias_{index}", "int32", layer.bias.shape, layer.bias))
+    header = {
+        **(meta or {}),
+        "model_type": MODEL_TYPE_FIXEDMLP,
+        "layers": model.layer_sizes,
+        "weight_bits": model.weight_bits,
+    }
+    return encode_frame(KIND_MODEL, header, tensors)
+
+
+def fixedmlp_from_frame(frame: Frame) -> FixedMLP:
+    """Rebuild a fixed-point network, checking encodings, shapes and exponents."""
+    tensors = frame.tensors
+    exponents = tensors.get("exponents")
+    offset = tensors.get("input_offset")
+    if exponents is None or exponents.encoding != "int32" or len(exponents.shape) != 2:
+        raise ModelFileError("fixed-point frame lacks a 2-D int32 'exponents' tensor")
+    if offset is None or offset.encoding != "uint8":
+        raise ModelFileError("fixed-point frame lacks a uint8 'input_offset' tensor")
+    count = exponents.shape[0]
+    if exponents.shape[1] != 3 or len(tensors) != 2 + 2 * count:
+        raise ModelFileError(f"fixed-point frame needs weights and biases for {count} layers")
+    layers = []
+    for index, (input_exp, weight_exp, output_exp) in enumerate(exponents.data.tolist()):
+        weight, bias = tensors.get(f"weight_{index}"), tensors.get(f"bias_{index}")
+        if weight is None or bias is None or weight.encoding not in ("int8", "int16"):
+            raise ModelFileError(f"fixed-point frame lacks int8/int16 weight_{index} or bias")
+        if bias.encoding != "int32":
+            raise ModelFileError(f"fixed-point bias_{index} must be int32")
+        layers.append(
+            FixedLayer(
+                np.array(weight.data),
+                np.array(bias.data),
+                input_exp,
+                weight_exp,
+                output_exp,
+            )
+        )
+    try:
+        return FixedMLP(layers, np.array(offset.data))
+    except ConfigError as error:
+        raise ModelFileError(f"fixed-point frame is inconsistent: {error}") from None
+
+
 def model_to_frame(model: Model, meta: dict[str, Any] | None = None) -> bytes:
     if isinstance(model, BitMLP):
         return bitmlp_to_frame(model, meta)
+    if isinstance(model, FixedMLP):
+        return fixedmlp_to_frame(model, meta)
     return floatmlp_to_frame(model, meta)
 
 
 def model_from_frame(frame: Frame) -> Model:
     """Whichever model type the frame holds."""
-    if frame.meta.get("model_type") == MODEL_TYPE_FLOATMLP:
+    model_type = frame.meta.get("model_type")
+    if model_type == MODEL_TYPE_FLOATMLP:
         return floatmlp_from_frame(frame)
+    if model_type == MODEL_TYPE_FIXEDMLP:
+        return fixedmlp_from_frame(frame)
     return bitmlp_from_frame(frame)
 
 

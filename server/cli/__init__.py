@@ -23,7 +23,17 @@ EXIT_INTERRUPTED = 130
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser tree; subcommand modules are imported here, once."""
-    from server.cli import bench_cmd, data_cmd, eval_cmd, train_cmd
+    from server.cli import (
+        agents_cmd,
+        bench_cmd,
+        coordinator_cmd,
+        data_cmd,
+        eval_cmd,
+        jobs_cmd,
+        lastmile_cmd,
+        pretrain_cmd,
+        train_cmd,
+    )
 
     parser = argparse.ArgumentParser(
         prog="bitfleet",
@@ -31,7 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"bitfleet {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (train_cmd, eval_cmd, data_cmd, bench_cmd):
+    modules = (
+        train_cmd,
+        pretrain_cmd,
+        lastmile_cmd,
+        eval_cmd,
+        data_cmd,
+        bench_cmd,
+        coordinator_cmd,
+        jobs_cmd,
+        agents_cmd,
+    )
+    for module in modules:
         module.register(subparsers)
     return parser
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from server.cli import bench_aggregate
 from server.cli.output import print_json
 from shared import kernels
 from shared.bitflip import BitFlipConfig, BitFlipTrainer
@@ -36,6 +37,7 @@ def register(subparsers: Any) -> None:
     kernels_parser.add_argument("--repeats", type=int, default=50, help="timed calls per kernel")
     kernels_parser.add_argument("--json", action="store_true", help="print one JSON object")
     kernels_parser.set_defaults(func=run_kernels)
+    bench_aggregate.register(benches)
 
 
 @contextlib.contextmanager

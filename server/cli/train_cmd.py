@@ -1,4 +1,4 @@
-"""``bitfleet train``: train a bit network (or the float baseline) on one machine."""
+"""``bitfleet train``: train a bit network, the float baseline, or adapt a fixed-point model."""
 
 from __future__ import annotations
 
@@ -6,13 +6,18 @@ import argparse
 import time
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from server.cli.output import ProgressBar, print_json
+from server.cli.qzo_options import add_qzo_arguments, load_fixed_model, memory_fields, qzo_config
 from shared import kernels
 from shared.bitflip import BitFlipConfig, BitFlipTrainer, EpochReport
 from shared.datasets import Dataset, load_dataset, split_validation
 from shared.errors import ConfigError
 from shared.floatmlp import FloatConfig, FloatTrainer
 from shared.modelfile import Model, model_to_frame, save_model
+from shared.qzo import QZOConfig, QZOTrainer
 
 DEFAULT_HIDDEN = 512
 MAX_VALIDATION = 5000
@@ -24,12 +29,17 @@ def register(subparsers: Any) -> None:
         help="train a model locally",
         description=(
             "Train a binary/ternary network with bit-flip training (no gradients, integer "
-            "only) or the float32 backprop baseline. The best epoch is chosen on a "
-            "validation split carved from the end of the training data; the test split is "
-            "only used for the reported test accuracy."
+            "only) or the float32 backprop baseline, or adapt a pretrained fixed-point model "
+            "with forward gradients (--algo forward --init FILE: QZO-FF, integer only). The "
+            "best epoch is chosen on a validation split carved from the end of the training "
+            "data (forward training keeps its last epoch); the test split is only used for "
+            "the reported test accuracy."
         ),
     )
-    parser.add_argument("--algo", choices=("bitflip", "float"), default="bitflip")
+    parser.add_argument("--algo", choices=("bitflip", "float", "forward"), default="bitflip")
+    parser.add_argument(
+        "--init", help="pretrained fixed-point model to adapt (--algo forward; see pretrain)"
+    )
     parser.add_argument("--weights", choices=("binary", "ternary"), default="binary")
     parser.add_argument(
         "--layers",
@@ -42,14 +52,22 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--data-dir", help="directory holding the data set's files")
     parser.add_argument("--label-column", default="-1", help="CSV label column (index or name)")
-    parser.add_argument("--epochs", type=int, help="epochs (default 20 bitflip, 8 float)")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        help=f"epochs (default 20 bitflip, 8 float, {QZOConfig.epochs} forward)",
+    )
     parser.add_argument(
         "--state-bits",
         type=int,
         default=BitFlipConfig.state_bits,
         help="bits of training state per weight, the weight's own included (default %(default)s)",
     )
-    parser.add_argument("--lr", type=float, help="learning rate (default 2.0 bitflip, 0.05 float)")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        help=f"learning rate (default 2.0 bitflip, 0.05 float, {QZOConfig.lr} forward)",
+    )
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument(
         "--val-size",
@@ -60,17 +78,30 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="write the trained model to this .bfm file")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_qzo_arguments(parser, with_common=False)
     parser.set_defaults(func=run)
 
 
-def parse_layers(text: str | None, dataset: Dataset) -> list[int]:
+def parse_layers(text: str | None, dataset: Dataset, hidden: int = DEFAULT_HIDDEN) -> list[int]:
     """``--layers`` as a list, or the default shape for the data set."""
     if text is None:
-        return [dataset.num_features, DEFAULT_HIDDEN, dataset.num_classes]
+        return [dataset.num_features, hidden, dataset.num_classes]
     try:
         return [int(part) for part in text.split(",")]
     except ValueError:
         raise ConfigError(f"--layers {text!r} is not a comma-separated list of integers") from None
+
+
+def carve_validation(
+    x: NDArray[np.uint8], y: NDArray[np.int64], val_size: int | None
+) -> tuple[
+    NDArray[np.uint8], NDArray[np.int64], NDArray[np.uint8] | None, NDArray[np.int64] | None
+]:
+    """Split off the validation tail (default 10 %, at most 5,000; 0 means none)."""
+    size = val_size if val_size is not None else min(MAX_VALIDATION, len(y) // 10)
+    if size > 0:
+        return split_validation(x, y, size)
+    return x, y, None, None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,19 +109,26 @@ def run(args: argparse.Namespace) -> int:
         int(args.label_column) if _is_int(args.label_column) else args.label_column
     )
     dataset = load_dataset(args.dataset, data_dir=args.data_dir, label_column=label_column)
-    layers = parse_layers(args.layers, dataset)
-    val_size = (
-        args.val_size
-        if args.val_size is not None
-        else min(MAX_VALIDATION, len(dataset.y_train) // 10)
-    )
-    if val_size > 0:
-        x_fit, y_fit, x_val, y_val = split_validation(dataset.x_train, dataset.y_train, val_size)
-    else:
-        x_fit, y_fit, x_val, y_val = dataset.x_train, dataset.y_train, None, None
+    x_fit, y_fit, x_val, y_val = carve_validation(dataset.x_train, dataset.y_train, args.val_size)
+    if (args.algo == "forward") != (args.init is not None):
+        raise ConfigError("--init FILE goes with --algo forward, and --algo forward needs it")
 
-    trainer: BitFlipTrainer | FloatTrainer
-    if args.algo == "bitflip":
+    trainer: BitFlipTrainer | FloatTrainer | QZOTrainer
+    extra: dict[str, Any] = {}
+    if args.algo == "forward":
+        initial = load_fixed_model(args.init)
+        layers = initial.layer_sizes
+        config = qzo_config(args, args.epochs or QZOConfig.epochs, args.lr or QZOConfig.lr)
+        trainer = QZOTrainer(initial.copy(), config)
+        epochs, state_bits = config.epochs, initial.weight_bits
+        extra = {
+            "init": args.init,
+            "weights": f"int{initial.weight_bits}",
+            "zero_shot_accuracy": initial.accuracy(dataset.x_test, dataset.y_test),
+            **memory_fields(initial, config, x_fit, y_fit),
+        }
+    elif args.algo == "bitflip":
+        layers = parse_layers(args.layers, dataset)
         trainer = BitFlipTrainer(
             layers,
             BitFlipConfig(
@@ -104,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         )
         epochs, state_bits = trainer.config.epochs, trainer.config.state_bits
     else:
+        layers = parse_layers(args.layers, dataset)
         trainer = FloatTrainer(
             layers,
             FloatConfig(
@@ -141,6 +180,9 @@ def run(args: argparse.Namespace) -> int:
     progress.close()
 
     summary = _summary(args, dataset, model, layers, history, train_seconds, len(y_fit))
+    summary.update(extra)
+    if isinstance(trainer, QZOTrainer):
+        summary["forward_passes"] = trainer.forward_passes
     summary["train_accuracy"] = model.accuracy(x_fit, y_fit)
     summary["epochs"], summary["state_bits"] = epochs, state_bits
     frame = model_to_frame(model, _provenance(summary))
@@ -167,6 +209,8 @@ def _summary(
 ) -> dict[str, Any]:
     scored = [r for r in history if r.val_accuracy is not None]
     best = max(scored, key=lambda r: r.val_accuracy or 0.0) if scored else history[-1]
+    if args.algo == "forward":
+        best = history[-1]  # forward training returns its last epoch (see shared/qzo.py)
     return {
         "algo": args.algo,
         "weights": args.weights if args.algo == "bitflip" else "float32",

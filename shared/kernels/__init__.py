@@ -1,7 +1,7 @@
-"""Hot kernels (packed-bit dense layers, the counter update): numba when present, else numpy.
+"""Hot kernels (packed-bit and fixed-point dense layers, training updates): numba or numpy.
 
 Set ``BITFLEET_NO_NUMBA=1`` to force the numpy path (what a board without numba wheels
-runs). Both paths give identical int32 results; ``tests/test_kernels.py`` proves it.
+runs). Both paths give identical integer results; ``tests/test_kernels.py`` proves it.
 """
 
 from __future__ import annotations
@@ -31,12 +31,20 @@ ternary_dense = _active.ternary_dense
 uint8_binary_dense = _active.uint8_binary_dense
 uint8_ternary_dense = _active.uint8_ternary_dense
 counter_step = _active.counter_step
+carry_save_add = _active.carry_save_add
+bitsliced_add = _active.bitsliced_add
+fixed_dense = _active.fixed_dense
+add_perturbations = _active.add_perturbations
 
 __all__ = [
     "HAVE_NUMBA",
+    "add_perturbations",
     "binary_dense",
+    "bitsliced_add",
+    "carry_save_add",
     "counter_step",
     "fast",
+    "fixed_dense",
     "reference",
     "ternary_dense",
     "uint8_binary_dense",

@@ -1,4 +1,4 @@
-"""Plain-numpy twins of the dense-layer kernels: the definition the numba kernels must match.
+"""Plain-numpy twins of the hot kernels: the definition the numba kernels must match.
 
 All results are exact int32. These run anywhere numpy >= 2.0 runs (``np.bitwise_count``),
 and serve as the fallback where numba has no wheels (32-bit Raspberry Pi OS).
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.typing import NDArray
+
+from shared.intmath import int_matmul
 
 # Rows of the batch processed at once: bounds the (rows, outputs, words) temporaries.
 _ROW_CHUNK = 64
@@ -111,3 +113,138 @@ def counter_step(
     updated = np.clip(counters.astype(np.int64) + scaled, low, high)
     counters[...] = updated
     weights[...] = (updated >= zero_threshold).astype(np.int8) - (updated < -zero_threshold)
+
+
+# --- Fixed-point (QZO-FF) kernels --------------------------------------------------------
+
+# Elements processed at once by the perturbation twins: bounds their hash temporaries so
+# the numpy path, too, trains in little more memory than it infers in.
+_PERTURB_CHUNK = 4096
+_LOW32 = np.uint64(0xFFFFFFFF)
+
+
+def fixed_dense(
+    a: NDArray[np.int8],
+    w: NDArray[np.integer],
+    bias: NDArray[np.int32],
+    shift: int,
+    relu: bool,
+    out: NDArray[np.integer],
+) -> None:
+    """``out = saturate(round_shift(relu?(a . w + bias), shift))`` into ``out``'s dtype.
+
+    ``a`` is int8 ``(batch, inputs)``, ``w`` int8/int16 ``(inputs, outputs)``. The sum is
+    exact; ``shift > 0`` divides by ``2**shift`` rounding half up (an arithmetic shift),
+    ``shift < 0`` multiplies; the result saturates to the range of ``out`` (int8 for hidden
+    activations, int32 for the class scores).
+    """
+    acc = int_matmul(a, w) + bias.astype(np.int64)
+    if relu:
+        np.maximum(acc, 0, out=acc)
+    if shift > 0:
+        acc += 1 << (shift - 1)
+        acc >>= shift
+    elif shift < 0:
+        acc <<= -shift
+    info = np.iinfo(out.dtype)
+    np.clip(acc, info.min, info.max, out=acc)
+    out[...] = acc
+
+
+def _rademacher(counter: NDArray[np.uint64], threshold: int) -> NDArray[np.int64]:
+    """Sparse Rademacher draws: +-1 with probability ``threshold / 2**32``, else 0.
+
+    The low 32 bits of the hash decide whether the entry is nonzero, the top bit its sign.
+    """
+    bits = splitmix64(counter)
+    sign = (bits >> np.uint64(63)).astype(np.int64) * 2 - 1
+    return sign * ((bits & _LOW32) < np.uint64(threshold))
+
+
+def add_perturbations(
+    w: NDArray[np.integer],
+    keys: NDArray[np.uint64],
+    coefs: NDArray[np.int64],
+    offset: int,
+    threshold: int,
+    multiplier: int,
+    shift: int,
+    round_key: int,
+    stochastic: bool,
+    low: int,
+    high: int,
+) -> None:
+    """``w += round(multiplier * sum_k coefs[k] * z_k / 2**shift)``, saturated, in place.
+
+    ``z_k`` is regenerated, never stored: entry ``i`` (flat index of ``w``) is the sparse
+    Rademacher draw of :func:`splitmix64` at counter ``keys[k] + offset + i``. The division
+    rounds half up, or stochastically (unbiased: ``+ u``, ``u`` uniform in ``[0, 2**shift)``
+    from counter ``round_key + offset + i``) when ``stochastic``. Entries whose combined draw
+    is 0 are left untouched (a sparse update touches only perturbed weights). One kernel
+    serves applying a perturbation (one key, ``shift = 0``), undoing it, and the
+    sign-m-SPSA update.
+    """
+    flat = w.reshape(-1)
+    half = np.int64(1 << (shift - 1)) if shift > 0 else np.int64(0)
+    for start in range(0, flat.size, _PERTURB_CHUNK):
+        stop = min(flat.size, start + _PERTURB_CHUNK)
+        index = np.arange(start, stop, dtype=np.uint64) + np.uint64(offset)
+        total = np.zeros(stop - start, dtype=np.int64)
+        for key, coef in zip(keys.tolist(), coefs.tolist(), strict=True):
+            total += coef * _rademacher(index + np.uint64(key), threshold)
+        touched = total != 0
+        total *= multiplier
+        if shift > 0:
+            if stochastic:
+                noise = splitmix64(index + np.uint64(round_key)) >> np.uint64(64 - shift)
+                total += noise.astype(np.int64)
+            else:
+                total += half
+            total >>= shift
+        total += flat[start:stop]
+        np.clip(total, low, high, out=total)
+        flat[start:stop] = np.where(touched, total, flat[start:stop])
+
+
+def carry_save_add(
+    acc: NDArray[np.uint64],
+    pend: NDArray[np.uint64],
+    x: NDArray[np.uint64],
+    feeds: NDArray[np.int64],
+) -> None:
+    """Add the bit-vector ``x`` to carry-save bit-sliced counters, once per feed, in place.
+
+    Lane ``i`` of the counters holds ``sum_j 2**j * (acc[j] + pend[j] if level j is
+    pending else acc[j])`` (bit ``i`` of each plane); the caller tracks which levels are
+    pending. Each feed row ``(level, stop)`` adds ``x << level``: levels ``level .. stop-1``
+    must be pending, and each compresses (acc, pend, carry) 3:2 with a full adder, leaving
+    the sum bit in ``acc[j]`` and freeing ``pend[j]``; the last carry is parked in the free
+    ``pend[stop]``. Like incrementing a binary counter this touches two levels on average,
+    where a ripple-carry add would sweep every plane (Harley-Seal's trick, applied over time).
+    """
+    for level, stop in feeds.tolist():
+        carry = x
+        for j in range(level, stop):
+            a, b = acc[j], pend[j]
+            half = a ^ b
+            next_carry = (a & b) | (half & carry)
+            np.bitwise_xor(half, carry, out=a)
+            carry = next_carry
+        pend[stop] = carry
+
+
+def bitsliced_add(planes: NDArray[np.uint64], x: NDArray[np.uint64], start_plane: int) -> None:
+    """Ripple-carry add ``x << start_plane`` to plain bit-sliced counters ``(P, lanes)``, in place.
+
+    Lane ``i`` counts ``sum_p 2**p * bit_i(planes[p])``. The caller guarantees the sums fit
+    in P planes (a carry out of the top plane is lost); the ripple stops at the first plane
+    where no lane carries.
+    """
+    carry = x
+    for p in range(start_plane, planes.shape[0]):
+        plane = planes[p]
+        next_carry = plane & carry
+        plane ^= carry
+        carry = next_carry
+        if not carry.any():
+            return

@@ -1,0 +1,28 @@
+"""How an agent's bytes travel: MQTT (preferred) or HTTP (fallback), behind one interface."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from shared.protocol import AgentStatus, Task, UploadReceipt
+
+
+class Transport(Protocol):
+    """What the agent's training loop needs from a transport, and nothing more."""
+
+    name: str
+
+    def start(self, status: AgentStatus) -> None:
+        """Connect and announce ``status`` (reconnecting on its own if the link drops)."""
+
+    def announce(self, status: AgentStatus) -> None: ...
+
+    def next_task(self, timeout: float) -> Task | None:
+        """The current task, waiting up to ``timeout`` seconds; None if there is none."""
+
+    def fetch_model(self, task: Task, timeout: float) -> bytes: ...
+
+    def upload(self, task: Task, frame: bytes, timeout: float) -> UploadReceipt | None:
+        """Send an update; the coordinator's receipt, or None if none came in time."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,54 @@
+"""The HTTP fallback transport: poll for tasks, download models, post updates."""
+
+from __future__ import annotations
+
+import time
+
+from shared.httpclient import ApiClient, ApiError
+from shared.protocol import AgentStatus, Task, UploadReceipt, encode_message, parse_message
+
+
+class HttpTransport:
+    name = "http"
+
+    def __init__(self, url: str, agent_id: str, secret: str, poll_s: float = 1.0) -> None:
+        self.api = ApiClient(url, f"{agent_id}:{secret}")
+        self.poll_s = poll_s
+
+    def start(self, status: AgentStatus) -> None:
+        self.announce(status)
+
+    def announce(self, status: AgentStatus) -> None:
+        self.api.request(
+            "POST",
+            "/api/v1/fleet/status",
+            data=encode_message(status),
+            content_type="application/json",
+        )
+
+    def next_task(self, timeout: float) -> Task | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self.api.request("GET", "/api/v1/fleet/task")
+            if reply.status == 200:
+                return parse_message(Task, reply.body)
+            if time.monotonic() + self.poll_s > deadline:
+                return None
+            time.sleep(self.poll_s)
+
+    def fetch_model(self, task: Task, timeout: float) -> bytes:
+        path = f"/api/v1/fleet/jobs/{task.job_id}/rounds/{task.round}/model"
+        return self.api.request("GET", path).body
+
+    def upload(self, task: Task, frame: bytes, timeout: float) -> UploadReceipt | None:
+        path = f"/api/v1/fleet/jobs/{task.job_id}/rounds/{task.round}/updates"
+        try:
+            reply = self.api.request("POST", path, data=frame)
+        except ApiError as error:
+            if isinstance(error.body, dict) and "accepted" in error.body:
+                return parse_message(UploadReceipt, error.body)
+            raise
+        return parse_message(UploadReceipt, reply.body)
+
+    def close(self) -> None:
+        """Nothing to tear down: every request is its own connection."""

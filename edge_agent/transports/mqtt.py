@@ -1,0 +1,184 @@
+"""The MQTT transport: retained tasks and models in, chunked signed updates out.
+
+Presence is a retained status with an "offline" Last Will; subscriptions are made in
+``on_connect`` so every reconnect restores them (paho backs off 1 s .. 30 s between tries).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from shared.chunks import DEFAULT_CHUNK_BYTES, Reassembler, split_frame
+from shared.errors import BitfleetError
+from shared.protocol import (
+    AgentStatus,
+    Task,
+    UploadReceipt,
+    agent_events_topic,
+    agent_status_topic,
+    agent_tasks_topic,
+    encode_message,
+    parse_message,
+    parse_mqtt_url,
+    round_model_topic,
+    update_topic,
+)
+
+log = logging.getLogger("bitfleet.agent.mqtt")
+QOS = 1
+
+
+class TransportTimeout(BitfleetError):
+    """The broker did not deliver what the agent waited for in time."""
+
+
+class MqttTransport:
+    name = "mqtt"
+
+    def __init__(
+        self,
+        url: str,
+        agent_id: str,
+        secret: str,
+        max_message_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> None:
+        self.address = parse_mqtt_url(url)
+        self.agent_id = agent_id
+        self.max_message_bytes = max_message_bytes
+        self.connected = threading.Event()
+        self._changed = threading.Condition()
+        self._task: Task | None = None
+        self._models: dict[str, bytes] = {}
+        self._receipts: dict[tuple[str, int], UploadReceipt] = {}
+        self._status: AgentStatus | None = None
+        self._model_subscription: str | None = None
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"bitfleet-{agent_id}", protocol=mqtt.MQTTv5
+        )
+        self.client.username_pw_set(agent_id, secret)
+        if self.address.tls:
+            self.client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+        offline = encode_message(AgentStatus(agent_id, "offline"))
+        self.client.will_set(agent_status_topic(agent_id), offline, qos=QOS, retain=True)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    # connection
+    def start(self, status: AgentStatus) -> None:
+        self._status = status
+        self.client.connect_async(self.address.host, self.address.port, keepalive=30)
+        self.client.loop_start()
+
+    def announce(self, status: AgentStatus) -> None:
+        self._status = status
+        if self.connected.is_set():
+            self._publish_status()
+
+    def _publish_status(self) -> None:
+        if self._status is not None:
+            topic = agent_status_topic(self.agent_id)
+            self.client.publish(topic, encode_message(self._status), qos=QOS, retain=True)
+
+    def close(self) -> None:
+        """Say offline explicitly (a clean disconnect does not fire the Last Will)."""
+        if self.connected.is_set():
+            offline = encode_message(AgentStatus(self.agent_id, "offline"))
+            info = self.client.publish(
+                agent_status_topic(self.agent_id), offline, qos=QOS, retain=True
+            )
+            info.wait_for_publish(timeout=5)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        if reason.is_failure:
+            log.error("broker refused agent %s: %s (check id and secret)", self.agent_id, reason)
+            return
+        client.subscribe(
+            [(agent_tasks_topic(self.agent_id), QOS), (agent_events_topic(self.agent_id), QOS)]
+        )
+        if self._model_subscription is not None:  # a model download in progress
+            client.subscribe(self._model_subscription, QOS)
+        self._publish_status()
+        self.connected.set()
+        log.info("connected to broker %s:%d", self.address.host, self.address.port)
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        self.connected.clear()
+        log.warning("disconnected from the broker (%s); reconnecting", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            with self._changed:
+                self._store(message.topic, message.payload)
+                self._changed.notify_all()
+        except BitfleetError as error:
+            log.warning("ignored message on %s: %s", message.topic, error)
+
+    def _store(self, topic: str, payload: bytes) -> None:
+        if topic == agent_tasks_topic(self.agent_id):
+            self._task = parse_message(Task, payload) if payload else None
+        elif topic == agent_events_topic(self.agent_id):
+            receipt = parse_message(UploadReceipt, payload)
+            self._receipts[(receipt.job_id, receipt.round)] = receipt
+        elif payload:
+            self._models[topic] = payload
+
+    # work
+    def next_task(self, timeout: float) -> Task | None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._task is not None, timeout)
+            return self._task
+
+    def fetch_model(self, task: Task, timeout: float) -> bytes:
+        """Subscribe to the round's retained model (or its chunks) and reassemble it."""
+        base = round_model_topic(task.job_id, task.round)
+        topics = (
+            [base] if task.model_chunks == 1 else [f"{base}/{i}" for i in range(task.model_chunks)]
+        )
+        subscription = base if task.model_chunks == 1 else f"{base}/+"
+        with self._changed:
+            self._models = {}
+        self._model_subscription = subscription
+        self.client.subscribe(subscription, QOS)
+        try:
+            with self._changed:
+                complete = self._changed.wait_for(
+                    lambda: all(t in self._models for t in topics), timeout
+                )
+                parts = [self._models[t] for t in topics] if complete else []
+        finally:
+            self._model_subscription = None
+            self.client.unsubscribe(subscription)
+        if not complete:
+            raise TransportTimeout(f"model of {task.job_id} round {task.round} did not arrive")
+        reassembler = Reassembler()
+        frame = None
+        for part in parts:
+            frame = reassembler.feed(part, source=base)
+        if frame is None:
+            raise TransportTimeout(f"model of {task.job_id} round {task.round} is incomplete")
+        return frame
+
+    def upload(self, task: Task, frame: bytes, timeout: float) -> UploadReceipt | None:
+        topic = update_topic(task.job_id, task.round, self.agent_id)
+        key = (task.job_id, task.round)
+        with self._changed:
+            self._receipts.pop(key, None)
+        for chunk in split_frame(frame, self.max_message_bytes):
+            self.client.publish(topic, chunk, qos=QOS)
+        with self._changed:
+            self._changed.wait_for(lambda: key in self._receipts, timeout)
+            return self._receipts.get(key)

@@ -1,0 +1,52 @@
+"""Authentication: an admin bearer token for the control API, agent credentials for the fleet.
+
+Agents authenticate with ``Authorization: Bearer AGENT_ID:SECRET`` (the pair enrollment
+handed out; the same secret signs their frames and logs them in to the broker).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+bearer = HTTPBearer(auto_error=False)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise HTTPException(
+            401,
+            "missing credentials: send 'Authorization: Bearer TOKEN'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return credentials.credentials
+
+
+def admin_guard(admin_token: str | None) -> Callable[..., None]:
+    """A dependency that admits the admin token (or everyone, with --insecure)."""
+
+    def check(credentials: Credentials) -> None:
+        if admin_token is None:
+            return
+        if not hmac.compare_digest(_token(credentials).encode(), admin_token.encode()):
+            raise HTTPException(403, "the admin token is not valid for this coordinator")
+
+    return check
+
+
+def agent_identity(request: Request, credentials: Credentials) -> str:
+    """The authenticated agent id, or 401/403."""
+    agent_id, _, secret = _token(credentials).partition(":")
+    known = request.app.state.engine.store.agent_secret(agent_id) if agent_id else None
+    if known is None or not hmac.compare_digest(known.encode(), secret.encode()):
+        raise HTTPException(
+            403,
+            "agent credentials refused: unknown or revoked agent id, or wrong secret; "
+            "enroll again with 'bitfleet agents add'",
+        )
+    return agent_id

@@ -1,0 +1,135 @@
+"""Control API for administrators: jobs and agent enrollment (``/api/v1/jobs``, ``/agents``)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Query, Request, Response
+
+from server.api.schemas import AgentView, Enrollment, EnrollRequest, Error, JobCreated, JobView
+from server.engine import NotFound, RoundEngine
+from server.jobspec import EXAMPLE_JOB, JobSpec
+from shared.protocol import check_id
+
+FRAME_MEDIA_TYPE = "application/vnd.bitfleet.frame"
+ERRORS: dict[int | str, dict[str, object]] = {
+    401: {"model": Error, "description": "no credentials"},
+    403: {"model": Error, "description": "wrong admin token"},
+}
+
+router = APIRouter(prefix="/api/v1", responses=ERRORS)
+
+
+def _engine(request: Request) -> RoundEngine:
+    engine: RoundEngine = request.app.state.engine
+    return engine
+
+
+@router.post(
+    "/jobs",
+    status_code=201,
+    response_model=JobCreated,
+    tags=["jobs"],
+    summary="Submit a training job",
+    responses={422: {"model": Error, "description": "invalid job specification"}},
+)
+def create_job(
+    request: Request, spec: Annotated[JobSpec, Body(examples=[EXAMPLE_JOB])]
+) -> JobCreated:
+    job = _engine(request).create_job(spec)
+    return JobCreated(id=job.job_id, status=job.status)
+
+
+@router.get("/jobs", response_model=list[JobView], tags=["jobs"], summary="List jobs")
+def list_jobs(request: Request) -> list[JobView]:
+    engine = _engine(request)
+    return [
+        JobView.of(job, engine.store.list_metrics(job.job_id)) for job in engine.store.list_jobs()
+    ]
+
+
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobView,
+    tags=["jobs"],
+    summary="A job's status, current round and per-round metrics",
+    responses={404: {"model": Error}},
+)
+def get_job(request: Request, job_id: str) -> JobView:
+    engine = _engine(request)
+    return JobView.of(engine.job(job_id), engine.store.list_metrics(job_id))
+
+
+@router.post(
+    "/jobs/{job_id}/cancel",
+    response_model=JobView,
+    tags=["jobs"],
+    summary="Cancel a job",
+    responses={404: {"model": Error}, 409: {"model": Error, "description": "already finished"}},
+)
+def cancel_job(request: Request, job_id: str) -> JobView:
+    engine = _engine(request)
+    return JobView.of(engine.cancel_job(job_id), engine.store.list_metrics(job_id))
+
+
+@router.get(
+    "/jobs/{job_id}/model",
+    tags=["jobs"],
+    summary="Download the current (or a given round's) global model as a .bfm frame",
+    response_class=Response,
+    responses={200: {"content": {FRAME_MEDIA_TYPE: {}}}, 404: {"model": Error}},
+)
+def download_model(
+    request: Request,
+    job_id: str,
+    round: Annotated[
+        int | None, Query(ge=0, description="the model that opened this round")
+    ] = None,
+) -> Response:
+    frame = _engine(request).model(job_id, round)
+    return Response(
+        frame,
+        media_type=FRAME_MEDIA_TYPE,
+        headers={"Content-Disposition": f'attachment; filename="{job_id}.bfm"'},
+    )
+
+
+@router.post(
+    "/agents",
+    status_code=201,
+    response_model=Enrollment,
+    tags=["agents"],
+    summary="Enroll an agent: returns its id and secret (shown once)",
+    responses={409: {"model": Error, "description": "the id is taken"}, 422: {"model": Error}},
+)
+def enroll_agent(request: Request, body: EnrollRequest | None = None) -> Enrollment:
+    agent_id = check_id(
+        (body.agent_id if body and body.agent_id else None) or "agent-" + secrets.token_hex(4),
+        "agent id",
+    )
+    secret = secrets.token_urlsafe(24)
+    _engine(request).enroll(agent_id, secret)
+    return Enrollment(agent_id=agent_id, secret=secret)
+
+
+@router.get("/agents", response_model=list[AgentView], tags=["agents"], summary="List agents")
+def list_agents(request: Request) -> list[AgentView]:
+    engine = _engine(request)
+    online = set(engine.online_agents())
+    return [AgentView.of(a, a.agent_id in online) for a in engine.store.list_agents()]
+
+
+@router.post(
+    "/agents/{agent_id}/revoke",
+    response_model=AgentView,
+    tags=["agents"],
+    summary="Revoke an agent: its uploads and logins are refused from now on",
+    responses={404: {"model": Error}},
+)
+def revoke_agent(request: Request, agent_id: str) -> AgentView:
+    engine = _engine(request)
+    agent = engine.revoke(agent_id)
+    if agent is None:
+        raise NotFound(f"agent {agent_id!r} does not exist")
+    return AgentView.of(agent, False)

@@ -1,0 +1,101 @@
+"""Response and request bodies of the REST API (the job spec lives in ``server.jobspec``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from server.state.base import AgentRecord, JobRecord, RoundMetrics
+
+
+class Error(BaseModel):
+    detail: str = Field(description="what is wrong and how to fix it")
+
+
+class JobCreated(BaseModel):
+    id: str = Field(examples=["job-3f9a1c2b7d4e"])
+    status: str = Field(examples=["pending"])
+
+
+class RoundMetric(BaseModel):
+    round: int
+    test_accuracy: float
+    loss: float
+    uploads: int
+    bytes_up: int
+    bytes_down: int
+    seconds: float
+
+
+class JobView(BaseModel):
+    id: str
+    name: str
+    algorithm: str
+    status: str = Field(description="pending, running, completed, failed or cancelled")
+    round: int = Field(description="the round in progress (= rounds done)")
+    rounds: int
+    reason: str | None = Field(None, description="why the job failed or waits")
+    created_at: float
+    updated_at: float
+    metrics: list[RoundMetric] = Field(default_factory=list)
+    spec: dict[str, Any]
+
+    @classmethod
+    def of(cls, job: JobRecord, metrics: list[RoundMetrics]) -> JobView:
+        return cls(
+            id=job.job_id,
+            name=job.spec["name"],
+            algorithm=job.spec["algorithm"],
+            status=job.status,
+            round=job.round,
+            rounds=job.spec["rounds"],
+            reason=job.reason,
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+            metrics=[RoundMetric(**m.as_dict()) for m in metrics],
+            spec=job.spec,
+        )
+
+
+class EnrollRequest(BaseModel):
+    agent_id: str | None = Field(
+        None,
+        description="a name for the agent (lowercase, digits, '-', '_'); default: generated",
+        examples=["pi-kitchen"],
+    )
+
+
+class Enrollment(BaseModel):
+    agent_id: str
+    secret: str = Field(description="shown once: the agent's key for signing and the broker")
+
+
+class AgentView(BaseModel):
+    agent_id: str
+    online: bool
+    revoked: bool
+    last_seen: float | None
+    transport: str | None
+    rounds_contributed: int
+    capabilities: dict[str, Any]
+
+    @classmethod
+    def of(cls, agent: AgentRecord, online: bool) -> AgentView:
+        return cls(
+            agent_id=agent.agent_id,
+            online=online,
+            revoked=agent.revoked,
+            last_seen=agent.last_seen,
+            transport=agent.transport,
+            rounds_contributed=agent.rounds_contributed,
+            capabilities=agent.capabilities,
+        )
+
+
+class Receipt(BaseModel):
+    job_id: str
+    round: int
+    agent_id: str
+    accepted: bool
+    reason: str = Field("", description="why an upload was refused (empty when accepted)")

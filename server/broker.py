@@ -1,0 +1,127 @@
+"""Mosquitto configuration owned by the coordinator: password file and per-agent ACL.
+
+Agents log in to the broker with their enrollment pair (user = agent id, password = secret)
+and may write only under their own id; the coordinator user reads and writes the whole
+tree. :func:`write_broker_files` writes a complete broker configuration (used by the demo
+cluster, the tests and the Docker image); :class:`BrokerCredentials` rewrites the password
+file after every enrollment or revocation and asks the broker to reload it (SIGHUP).
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import hashlib
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from server.state import StateStore
+from shared.chunks import DEFAULT_CHUNK_BYTES
+from shared.protocol import TOPIC_ROOT
+
+log = logging.getLogger("bitfleet.broker")
+
+PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default for its $7$ (PBKDF2-SHA512) hashes
+
+ACL_TEMPLATE = f"""# bitfleet broker ACL: agents write only under their own id.
+user {{coordinator}}
+topic readwrite {TOPIC_ROOT}/#
+
+pattern write {TOPIC_ROOT}/agents/%u/status
+pattern read {TOPIC_ROOT}/agents/%u/tasks
+pattern read {TOPIC_ROOT}/agents/%u/events
+pattern read {TOPIC_ROOT}/jobs/+/rounds/+/model
+pattern read {TOPIC_ROOT}/jobs/+/rounds/+/model/+
+pattern write {TOPIC_ROOT}/jobs/+/rounds/+/updates/%u
+"""
+
+
+def password_line(user: str, password: str, salt: bytes | None = None) -> str:
+    """A mosquitto password-file line (``$7$``: PBKDF2-SHA512)."""
+    salt = salt or os.urandom(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, PBKDF2_ITERATIONS)
+    encoded_salt = base64.b64encode(salt).decode()
+    encoded_hash = base64.b64encode(digest).decode()
+    return f"{user}:$7${PBKDF2_ITERATIONS}${encoded_salt}${encoded_hash}"
+
+
+def write_password_file(path: Path, users: dict[str, str]) -> None:
+    """Atomically replace the password file (0600)."""
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text("".join(password_line(u, p) + "\n" for u, p in sorted(users.items())))
+    temp.chmod(0o600)
+    os.replace(temp, path)
+
+
+@dataclass
+class BrokerFiles:
+    config: Path
+    passwords: Path
+    acl: Path
+    pid: Path
+
+
+def write_broker_files(
+    directory: Path,
+    port: int,
+    coordinator_user: str,
+    coordinator_password: str,
+    host: str = "127.0.0.1",
+    max_packet_bytes: int = 4 * DEFAULT_CHUNK_BYTES,
+) -> BrokerFiles:
+    """A mosquitto configuration: authenticated listener, password file, per-agent ACL."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = BrokerFiles(
+        directory / "mosquitto.conf",
+        directory / "passwords",
+        directory / "acl",
+        directory / "mosquitto.pid",
+    )
+    write_password_file(files.passwords, {coordinator_user: coordinator_password})
+    files.acl.write_text(ACL_TEMPLATE.format(coordinator=coordinator_user))
+    files.config.write_text(
+        # Run as the user owning these files (mosquitto started as root drops to its own
+        # user by default, which could not read the 0600 password file).
+        f"user {getpass.getuser()}\n"
+        f"listener {port} {host}\n"
+        "allow_anonymous false\n"
+        f"password_file {files.passwords}\n"
+        f"acl_file {files.acl}\n"
+        f"pid_file {files.pid}\n"
+        "persistence false\n"
+        f"max_packet_size {max_packet_bytes}\n"
+        "log_dest stderr\n"
+        "log_type error\nlog_type warning\nlog_type notice\n"
+    )
+    return files
+
+
+@dataclass
+class BrokerCredentials:
+    """Keeps the broker's password file equal to coordinator + enrolled, unrevoked agents."""
+
+    store: StateStore
+    password_file: Path
+    coordinator_user: str
+    coordinator_password: str
+    pid_file: Path | None = None
+
+    def sync(self) -> None:
+        users = {self.coordinator_user: self.coordinator_password}
+        for agent in self.store.list_agents():
+            secret = self.store.agent_secret(agent.agent_id)
+            if secret is not None:
+                users[agent.agent_id] = secret
+        write_password_file(self.password_file, users)
+        self._reload()
+
+    def _reload(self) -> None:
+        if self.pid_file is None:
+            return
+        try:
+            os.kill(int(self.pid_file.read_text().strip()), signal.SIGHUP)
+        except (OSError, ValueError) as error:
+            log.warning("could not signal the broker to reload its passwords: %s", error)

@@ -1,0 +1,68 @@
+"""``bitfleet agents``: enroll, list and revoke agents over the REST API."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from server.cli.client_options import add_client_options, client
+from server.cli.output import print_json
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "agents", help="enroll and manage agents", description="Manage edge agents."
+    )
+    actions = parser.add_subparsers(dest="agents_command", metavar="ACTION", required=True)
+    add = actions.add_parser("add", help="enroll an agent: prints its id and secret (once)")
+    add.add_argument("--id", dest="agent_id", help="agent id (default: generated)")
+    add.set_defaults(func=run_add)
+    listing = actions.add_parser("list", help="list agents with presence and contributions")
+    listing.set_defaults(func=run_list)
+    revoke = actions.add_parser("revoke", help="revoke an agent")
+    revoke.add_argument("agent_id")
+    revoke.set_defaults(func=run_revoke)
+    for action in (add, listing, revoke):
+        add_client_options(action)
+
+
+def run_add(args: argparse.Namespace) -> int:
+    body = {"agent_id": args.agent_id} if args.agent_id else {}
+    enrolled = client(args).request("POST", "/api/v1/agents", json_body=body).json()
+    if args.json:
+        print_json(enrolled)
+    else:
+        print(f"agent_id {enrolled['agent_id']}\nsecret   {enrolled['secret']}")
+        print("the secret is shown once; on the board run:")
+        print(
+            f"  bitfleet-agent enroll --coordinator {args.url} "
+            f"--agent-id {enrolled['agent_id']} --secret {enrolled['secret']}"
+        )
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    agents = client(args).request("GET", "/api/v1/agents").json()
+    if args.json:
+        print_json({"agents": agents})
+        return 0
+    print(f"{'agent':24s} {'state':8s} {'transport':9s} {'last seen':>10s} {'rounds':>6s}")
+    now = time.time()
+    for agent in agents:
+        state = "revoked" if agent["revoked"] else ("online" if agent["online"] else "offline")
+        seen = f"{now - agent['last_seen']:.0f}s ago" if agent["last_seen"] else "never"
+        print(
+            f"{agent['agent_id']:24s} {state:8s} {agent['transport'] or '-':9s} {seen:>10s} "
+            f"{agent['rounds_contributed']:6d}"
+        )
+    return 0
+
+
+def run_revoke(args: argparse.Namespace) -> int:
+    agent = client(args).request("POST", f"/api/v1/agents/{args.agent_id}/revoke").json()
+    if args.json:
+        print_json(agent)
+    else:
+        print(f"{agent['agent_id']} revoked")
+    return 0

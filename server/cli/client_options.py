@@ -1,0 +1,28 @@
+"""Options every API client subcommand shares: coordinator URL, admin token, --json."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from shared.httpclient import ApiClient
+
+URL_ENV = "BITFLEET_URL"
+TOKEN_ENV = "BITFLEET_ADMIN_TOKEN"
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def add_client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url",
+        default=os.environ.get(URL_ENV, DEFAULT_URL),
+        help=f"coordinator URL (env {URL_ENV}, default {DEFAULT_URL})",
+    )
+    parser.add_argument(
+        "--token", default=os.environ.get(TOKEN_ENV), help=f"admin token (env {TOKEN_ENV})"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def client(args: argparse.Namespace) -> ApiClient:
+    return ApiClient(args.url, args.token)

@@ -1,0 +1,147 @@
+"""``bitfleet coordinator``: run the coordinator service (REST API, round engine, MQTT)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from shared.chunks import DEFAULT_CHUNK_BYTES
+from shared.errors import ConfigError
+from shared.frames import DEFAULT_MAX_FRAME_BYTES
+from shared.protocol import parse_mqtt_url
+
+TOKEN_ENV = "BITFLEET_ADMIN_TOKEN"
+MQTT_URL_ENV = "BITFLEET_MQTT_URL"
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "coordinator",
+        help="run the coordinator service",
+        description=(
+            "Serve the REST API (jobs, agents, fleet) with uvicorn, drive training rounds, and "
+            "bridge to an MQTT broker when --mqtt-url is given (HTTP transport only otherwise)."
+        ),
+    )
+    parser.add_argument("--data-dir", required=True, help="state directory (SQLite database)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on")
+    parser.add_argument(
+        "--mqtt-url",
+        default=os.environ.get(MQTT_URL_ENV),
+        help=f"mqtt://[user:pass@]host:port of the broker (env {MQTT_URL_ENV})",
+    )
+    parser.add_argument(
+        "--admin-token",
+        default=os.environ.get(TOKEN_ENV),
+        help=f"bearer token for the control API (env {TOKEN_ENV})",
+    )
+    parser.add_argument(
+        "--insecure", action="store_true", help="serve the control API without a token (unsafe)"
+    )
+    parser.add_argument(
+        "--broker-passwd-file",
+        type=Path,
+        help="mosquitto password file to keep in step with enrolled agents",
+    )
+    parser.add_argument(
+        "--broker-pid-file", type=Path, help="signal this broker to reload its password file"
+    )
+    parser.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=DEFAULT_CHUNK_BYTES,
+        help="largest MQTT message; bigger frames travel in chunks (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-frame-bytes",
+        type=int,
+        default=DEFAULT_MAX_FRAME_BYTES,
+        help="largest update frame accepted (default %(default)s)",
+    )
+    parser.add_argument(
+        "--presence-timeout",
+        type=float,
+        default=30.0,
+        help="seconds after which a silent HTTP agent counts as offline",
+    )
+    parser.add_argument("--shared-subscription", help="MQTT 5 shared-subscription group")
+    parser.add_argument(
+        "--log-level", default="info", choices=("debug", "info", "warning", "error")
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.api.app import create_app
+    from server.broker import BrokerCredentials
+    from server.engine import EngineSettings, RoundEngine
+    from server.mqtt_bridge import MqttBridge
+    from server.state import open_store
+
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    if not args.admin_token and not args.insecure:
+        raise ConfigError(
+            f"no admin token: pass --admin-token or set {TOKEN_ENV} (or --insecure to run "
+            "without one, for local experiments only)"
+        )
+    if args.insecure:
+        logging.getLogger("bitfleet").warning(
+            "INSECURE: the control API accepts requests without a token"
+        )
+    broker = parse_mqtt_url(args.mqtt_url) if args.mqtt_url else None
+    store = open_store(args.data_dir)
+    engine = RoundEngine(
+        store,
+        EngineSettings(
+            presence_timeout_s=args.presence_timeout, max_frame_bytes=args.max_frame_bytes
+        ),
+    )
+    if args.broker_passwd_file is not None:
+        if broker is None or not broker.username or broker.password is None:
+            raise ConfigError(
+                "--broker-passwd-file needs --mqtt-url with the coordinator's user:pass"
+            )
+        credentials = BrokerCredentials(
+            store, args.broker_passwd_file, broker.username, broker.password, args.broker_pid_file
+        )
+        engine.credential_listeners.append(credentials.sync)
+        credentials.sync()
+    bridge = (
+        MqttBridge(
+            engine,
+            args.mqtt_url,
+            max_message_bytes=args.max_message_bytes,
+            shared_group=args.shared_subscription,
+        )
+        if args.mqtt_url
+        else None
+    )
+    app = create_app(engine, None if args.insecure else args.admin_token)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        engine.start()
+        if bridge is not None:
+            bridge.start()
+        yield
+        if bridge is not None:
+            bridge.stop()
+        engine.stop()
+        store.close()
+
+    app.router.lifespan_context = lifespan
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0

@@ -1,0 +1,237 @@
+"""``bitfleet lastmile``: the last-mile story side by side, in one command.
+
+Pretrained on clean data (float backprop, quantized to fixed point) -> zero-shot on a
+shifted test set -> after QZO-FF adaptation (integer forward passes only) on N shifted
+samples -> after float backprop fine-tuning on the same N samples.
+
+Data hygiene: the last ``samples + val_size`` images of the training split form the
+device's pool and are never used for pretraining; the first ``samples`` of the pool
+(shifted) are what both methods adapt on, its last ``val_size`` (shifted) choose the
+backprop learning rate and epoch, and the shifted test split is only scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from server.cli.output import ProgressBar, print_json
+from server.cli.pretrain_cmd import DEFAULT_HIDDEN, pretrain
+from server.cli.qzo_options import add_qzo_arguments, load_fixed_model, memory_fields, qzo_config
+from shared.datasets import BUILTIN_DATASETS, Dataset, load_dataset
+from shared.errors import ConfigError
+from shared.fixedpoint import FixedMLP, dequantize
+from shared.floatmlp import FloatConfig, FloatMLP, FloatTrainer
+from shared.qzo import QZOConfig, QZOTrainer
+from shared.shifts import SHIFT_NAMES, parse_shift
+
+DEFAULT_SAMPLES = 8000
+DEFAULT_VALIDATION = 2000
+# Backprop fine-tuning: every layer, a few epochs, the learning rate chosen on validation.
+BACKPROP_EPOCHS = 10
+BACKPROP_LRS = (0.01, 0.03, 0.1, 0.3)
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "lastmile",
+        help="pretrain, shift, adapt by QZO-FF and by backprop: accuracies side by side",
+        description=(
+            "The last-mile scenario in one run: a fixed-point model pretrained on clean "
+            "data, its zero-shot accuracy on a shifted test set, its accuracy after QZO-FF "
+            "adaptation (integer forward passes only) on N shifted samples, and after "
+            "float backprop fine-tuning of every layer on the same N samples."
+        ),
+    )
+    parser.add_argument(
+        "--shift", required=True, help=f"domain shift: {', '.join(SHIFT_NAMES)} (e.g. rotate30)"
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=DEFAULT_SAMPLES,
+        help="shifted training samples to adapt on (default %(default)s)",
+    )
+    parser.add_argument(
+        "--val-size",
+        type=int,
+        default=DEFAULT_VALIDATION,
+        help="shifted validation samples (default %(default)s)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--dataset",
+        default="fashion-mnist",
+        choices=BUILTIN_DATASETS,
+        help="base data set (default %(default)s)",
+    )
+    parser.add_argument("--data-dir", help="directory holding the data set's files")
+    parser.add_argument(
+        "--init", help="pretrained fixed-point model (default: pretrain one here, 8 epochs)"
+    )
+    parser.add_argument(
+        "--hidden",
+        type=int,
+        default=DEFAULT_HIDDEN,
+        help="hidden units of the model pretrained here (default %(default)s)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_qzo_arguments(parser, with_common=True)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    shift = parse_shift(args.shift)
+    base = load_dataset(args.dataset, data_dir=args.data_dir)
+    pool = args.samples + args.val_size
+    if args.samples < 1 or args.val_size < 1 or pool >= len(base.y_train):
+        raise ConfigError(
+            f"--samples {args.samples} plus --val-size {args.val_size} must be positive and "
+            f"leave pretraining data out of the {len(base.y_train)} training samples"
+        )
+    x_pool, y_pool = shift(base.x_train[-pool:]), base.y_train[-pool:]
+    x_adapt, y_adapt = x_pool[: args.samples], y_pool[: args.samples]
+    x_val, y_val = x_pool[args.samples :], y_pool[args.samples :]
+    x_test = shift(base.x_test)
+    timings: dict[str, float] = {}
+
+    clock = time.monotonic()
+    initial = _pretrained(args, base, pool)
+    timings["pretrain_seconds"] = time.monotonic() - clock
+    config = qzo_config(args, args.epochs, args.lr)
+
+    clock = time.monotonic()
+    trainer = QZOTrainer(initial.copy(), config)
+    adapted = trainer.fit(x_adapt, y_adapt, on_batch=_progress("QZO-FF adaptation"))
+    timings["forward_seconds"] = time.monotonic() - clock
+
+    clock = time.monotonic()
+    tuned, lr = _backprop(dequantize(initial), x_adapt, y_adapt, x_val, y_val, args.seed)
+    timings["backprop_seconds"] = time.monotonic() - clock
+
+    zero_shot = initial.accuracy(x_test, base.y_test)
+    forward = adapted.accuracy(x_test, base.y_test)
+    backprop = tuned.accuracy(x_test, base.y_test)
+    gain = backprop - zero_shot
+    result = {
+        "dataset": base.name,
+        "shift": args.shift,
+        "samples": args.samples,
+        "val_size": args.val_size,
+        "seed": args.seed,
+        "layers": initial.layer_sizes,
+        "weight_bits": initial.weight_bits,
+        "pretrained_accuracy": initial.accuracy(base.x_test, base.y_test),
+        "zero_shot_accuracy": zero_shot,
+        "forward_accuracy": forward,
+        "backprop_accuracy": backprop,
+        "recovered_fraction": round((forward - zero_shot) / gain, 4) if gain > 0 else None,
+        "forward_passes": trainer.forward_passes,
+        "forward_steps": trainer.step,
+        "forward_config": _config_fields(config),
+        "backprop_lr": lr,
+        "backprop_epochs": BACKPROP_EPOCHS,
+        **memory_fields(initial, config, x_adapt, y_adapt),
+        **{key: round(value, 3) for key, value in timings.items()},
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    if args.json:
+        print_json(result)
+    else:
+        _print_table(result)
+    return 0
+
+
+def _pretrained(args: argparse.Namespace, base: Dataset, pool: int) -> FixedMLP:
+    """The given model, or one pretrained here on the clean images outside the pool."""
+    if args.init:
+        model = load_fixed_model(args.init)
+        if model.layer_sizes[0] != base.num_features:
+            raise ConfigError(
+                f"{args.init} expects {model.layer_sizes[0]} features, {base.name} has "
+                f"{base.num_features}"
+            )
+        return model
+    layers = [base.num_features, args.hidden, base.num_classes]
+    config = FloatConfig(seed=args.seed)
+    _, fixed = pretrain(
+        base.x_train[:-pool],
+        base.y_train[:-pool],
+        layers,
+        16,
+        config,
+        on_batch=_progress("pretraining (float backprop, clean data)"),
+    )
+    return fixed
+
+
+def _backprop(
+    start: FloatMLP,
+    x: NDArray[np.uint8],
+    y: NDArray[np.int64],
+    x_val: NDArray[np.uint8],
+    y_val: NDArray[np.int64],
+    seed: int,
+) -> tuple[FloatMLP, float]:
+    """Fine-tune every layer; the learning rate (and epoch) with the best validation wins."""
+    candidates = []
+    for lr in BACKPROP_LRS:
+        config = FloatConfig(epochs=BACKPROP_EPOCHS, lr=lr, seed=seed)
+        model = FloatTrainer(start.layer_sizes, config, init=start).fit(
+            x, y, x_val, y_val, on_batch=_progress(f"backprop fine-tuning (lr {lr})")
+        )
+        candidates.append((model.accuracy(x_val, y_val), lr, model))
+    _, lr, model = max(candidates, key=lambda candidate: candidate[0])
+    return model, lr
+
+
+def _progress(label: str) -> Callable[[int, int], None]:
+    """An ``on_batch`` callback drawing a progress bar on stderr (when it is a terminal)."""
+    bar = ProgressBar(total=1, label=label)
+
+    def on_batch(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done)
+        if done == total:
+            bar.close()
+
+    return on_batch
+
+
+def _config_fields(config: QZOConfig) -> dict[str, Any]:
+    names = ("perturbations", "train_layers", "density", "eps", "lr", "schedule", "epochs")
+    return {
+        **{name: getattr(config, name) for name in names},
+        "batch_size": config.batch_size,
+        "stochastic_rounding": config.stochastic_rounding,
+        "train_bias": config.train_bias,
+    }
+
+
+def _print_table(r: dict[str, Any]) -> None:
+    recovered = r["recovered_fraction"]
+    share = "-" if recovered is None else f"{recovered * 100:.0f} %"
+    rows = [
+        ("pretrained, clean test", r["pretrained_accuracy"], ""),
+        (f"zero-shot, {r['shift']} test", r["zero_shot_accuracy"], ""),
+        (
+            "QZO-FF adaptation",
+            r["forward_accuracy"],
+            f"recovers {share} of backprop's gain; {r['forward_passes']:,} forward passes",
+        ),
+        ("backprop fine-tuning", r["backprop_accuracy"], f"float32, lr {r['backprop_lr']}"),
+    ]
+    print(f"last mile: {r['dataset']} -> {r['shift']}, {r['samples']} samples, seed {r['seed']}")
+    for name, accuracy, note in rows:
+        print(f"  {name:28s} {accuracy * 100:6.2f} %   {note}")
+    print(
+        f"  memory: training {r['peak_training_bytes']:,} B vs inference "
+        f"{r['peak_inference_bytes']:,} B ({r['memory_ratio']:.2f}x, batch {r['memory_batch']})"
+    )
+    print(f"  {r['seconds']:.1f}s in all")

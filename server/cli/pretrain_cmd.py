@@ -1,0 +1,137 @@
+"""``bitfleet pretrain``: the cloud side of the last mile.
+
+Trains a float32 MLP by backprop (where backprop is cheap) and quantizes it into a
+fixed-point model file that devices run and adapt with integer arithmetic only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from server.cli.output import ProgressBar, print_json
+from server.cli.train_cmd import carve_validation, parse_layers
+from shared.datasets import Dataset, load_dataset
+from shared.fixedpoint import WEIGHT_BITS, FixedMLP, quantize
+from shared.floatmlp import FloatConfig, FloatMLP, FloatTrainer
+from shared.modelfile import model_to_frame, save_model
+
+DEFAULT_HIDDEN = 128
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "pretrain",
+        help="train a float model by backprop and quantize it to a fixed-point model file",
+        description=(
+            "Train a float32 MLP by backprop and quantize it to int16 (or int8) weights with "
+            "a power-of-two scale per layer and int8 activations: the model devices run and "
+            "adapt with `bitfleet train --algo forward`. Reports the accuracy lost by "
+            "quantization on the test split."
+        ),
+    )
+    parser.add_argument("--dataset", required=True, help="fashion-mnist, digits or a file path")
+    parser.add_argument("--data-dir", help="directory holding the data set's files")
+    parser.add_argument(
+        "--layers", help=f"layer sizes (default: features,{DEFAULT_HIDDEN},classes)"
+    )
+    parser.add_argument("--weight-bits", type=int, choices=WEIGHT_BITS, default=16)
+    parser.add_argument("--epochs", type=int, default=FloatConfig.epochs)
+    parser.add_argument("--lr", type=float, default=FloatConfig.lr)
+    parser.add_argument("--batch-size", type=int, default=FloatConfig.batch_size)
+    parser.add_argument(
+        "--val-size", type=int, help="validation samples from the end of the training split"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, help="write the fixed-point model to this file")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.set_defaults(func=run)
+
+
+def pretrain(
+    x: NDArray[np.uint8],
+    y: NDArray[np.integer],
+    layers: list[int],
+    weight_bits: int,
+    config: FloatConfig,
+    val_size: int | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> tuple[FloatMLP, FixedMLP]:
+    """Backprop on ``x`` (epoch chosen on its validation tail), then quantize."""
+    x_fit, y_fit, x_val, y_val = carve_validation(x, y, val_size)
+    trainer = FloatTrainer(layers, config)
+    float_model = trainer.fit(x_fit, y_fit, x_val, y_val, on_batch=on_batch)
+    return float_model, quantize(float_model, x_fit, weight_bits)
+
+
+def run(args: argparse.Namespace) -> int:
+    dataset = load_dataset(args.dataset, data_dir=args.data_dir)
+    layers = parse_layers(args.layers, dataset, DEFAULT_HIDDEN)
+    config = FloatConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    progress = ProgressBar(total=1, label="pretrain")
+
+    def on_batch(done: int, total: int) -> None:
+        progress.total = total
+        progress.update(done)
+
+    started = time.monotonic()
+    float_model, fixed_model = pretrain(
+        dataset.x_train, dataset.y_train, layers, args.weight_bits, config, args.val_size, on_batch
+    )
+    seconds = time.monotonic() - started
+    progress.close()
+    summary = _summary(args, dataset, float_model, fixed_model, seconds)
+    frame = model_to_frame(fixed_model, _provenance(summary))
+    summary["model_bytes"] = save_model(args.out, frame)
+    if args.json:
+        print_json(summary)
+    else:
+        print(
+            f"float32 test accuracy {summary['float_test_accuracy']:.4f}, fixed-point "
+            f"(int{args.weight_bits} weights, int8 activations) "
+            f"{summary['fixed_test_accuracy']:.4f}: quantization costs "
+            f"{summary['quantization_loss'] * 100:.2f} points\n"
+            f"model {summary['model_bytes']} bytes written to {args.out} "
+            f"({summary['train_seconds']:.1f}s)"
+        )
+    return 0
+
+
+def _summary(
+    args: argparse.Namespace,
+    dataset: Dataset,
+    float_model: FloatMLP,
+    fixed_model: FixedMLP,
+    seconds: float,
+) -> dict[str, Any]:
+    float_accuracy = float_model.accuracy(dataset.x_test, dataset.y_test)
+    fixed_accuracy = fixed_model.accuracy(dataset.x_test, dataset.y_test)
+    return {
+        "algo": "pretrain",
+        "dataset": dataset.name,
+        "layers": fixed_model.layer_sizes,
+        "weight_bits": fixed_model.weight_bits,
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "float_test_accuracy": float_accuracy,
+        "fixed_test_accuracy": fixed_accuracy,
+        "test_accuracy": fixed_accuracy,
+        "quantization_loss": round(float_accuracy - fixed_accuracy, 6),
+        "exponents": [
+            [layer.input_exp, layer.weight_exp, layer.output_exp] for layer in fixed_model.layers
+        ],
+        "params": fixed_model.params,
+        "float32_bytes": 4 * float_model.params,
+        "train_seconds": round(seconds, 3),
+        "model_path": args.out,
+    }
+
+
+def _provenance(summary: dict[str, Any]) -> dict[str, Any]:
+    keys = ("algo", "dataset", "seed", "epochs", "float_test_accuracy", "test_accuracy")
+    return {key: summary[key] for key in keys}

@@ -1,0 +1,117 @@
+"""QZO-FF options and report fields shared by ``train --algo forward`` and ``lastmile``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from shared.errors import ConfigError
+from shared.fixedpoint import FixedMLP
+from shared.modelfile import load_model
+from shared.qzo import SCHEDULES, QZOConfig, measure_memory
+
+DEFAULTS = QZOConfig()
+
+
+def add_qzo_arguments(parser: argparse.ArgumentParser, with_common: bool) -> None:
+    """The QZO-FF flags; ``with_common`` adds --epochs/--lr/--batch-size too (train has its own)."""
+    group = parser.add_argument_group("forward-gradient training (QZO-FF)")
+    if with_common:
+        group.add_argument(
+            "--epochs",
+            type=int,
+            default=DEFAULTS.epochs,
+            help="passes over the samples (default %(default)s)",
+        )
+        group.add_argument(
+            "--lr",
+            type=float,
+            default=DEFAULTS.lr,
+            help="update per step at full agreement, in int16 weight steps (default %(default)s)",
+        )
+        group.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+    group.add_argument(
+        "--perturbations",
+        type=int,
+        default=DEFAULTS.perturbations,
+        help="m: perturbations averaged per step (default %(default)s)",
+    )
+    group.add_argument(
+        "--train-layers",
+        type=int,
+        default=DEFAULTS.train_layers,
+        help="train only the last k layers, 0 = all (default %(default)s)",
+    )
+    group.add_argument(
+        "--density",
+        type=float,
+        default=DEFAULTS.density,
+        help="fraction of weights perturbed and updated per step (default %(default)s)",
+    )
+    group.add_argument(
+        "--eps",
+        type=int,
+        default=DEFAULTS.eps,
+        help="perturbation size in int16 weight steps (default %(default)s)",
+    )
+    group.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default=DEFAULTS.schedule,
+        help="learning-rate schedule over all steps (default %(default)s)",
+    )
+    group.add_argument(
+        "--rounding",
+        choices=("stochastic", "nearest"),
+        default="stochastic" if DEFAULTS.stochastic_rounding else "nearest",
+        help="how updates below one integer step round (default %(default)s)",
+    )
+    group.add_argument(
+        "--train-bias",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULTS.train_bias,
+        help="perturb and update the biases of trained layers too (default %(default)s)",
+    )
+
+
+def qzo_config(args: argparse.Namespace, epochs: int, lr: float) -> QZOConfig:
+    return QZOConfig(
+        perturbations=args.perturbations,
+        train_layers=args.train_layers,
+        density=args.density,
+        eps=args.eps,
+        lr=lr,
+        schedule=args.schedule,
+        stochastic_rounding=args.rounding == "stochastic",
+        train_bias=args.train_bias,
+        epochs=epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+
+
+def load_fixed_model(path: str) -> FixedMLP:
+    """A pretrained fixed-point model file (what ``bitfleet pretrain`` writes)."""
+    model, meta = load_model(path)
+    if not isinstance(model, FixedMLP):
+        raise ConfigError(
+            f"{path} holds a {meta.get('model_type')} model; forward-gradient training needs "
+            "a fixed-point model: make one with `bitfleet pretrain --out FILE`"
+        )
+    return model
+
+
+def memory_fields(
+    model: FixedMLP, config: QZOConfig, x: NDArray[np.uint8], y: NDArray[np.integer]
+) -> dict[str, Any]:
+    """Peak training vs inference bytes, measured on one batch of ``x``."""
+    report = measure_memory(model, config, x[: config.batch_size], y[: config.batch_size])
+    return {
+        "peak_training_bytes": report.training_bytes,
+        "peak_inference_bytes": report.inference_bytes,
+        "memory_ratio": round(report.ratio, 3),
+        "memory_batch": min(len(y), config.batch_size),
+    }

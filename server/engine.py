@@ -1,0 +1,470 @@
+"""The round engine: jobs, rounds, agent selection, uploads, aggregation, evaluation.
+
+Transports (MQTT, HTTP) hand every upload to :meth:`RoundEngine.handle_upload` and every
+presence change to :meth:`RoundEngine.agent_presence`; the engine answers with receipts and
+publishes rounds through the :class:`Publisher` interface. All state lives in the store;
+the only in-memory state is each open round's tally, rebuilt from stored uploads on start,
+so a coordinator killed at any point resumes every job at its current round.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from server.algorithms import ALGORITHMS, Accumulator, JobAlgorithm
+from server.jobspec import JobSpec
+from server.metrics import Metrics
+from server.state import StateStore
+from server.state.base import AgentRecord, JobRecord, RoundMetrics, RoundRecord
+from shared.datasets import Dataset, load_dataset
+from shared.errors import BitfleetError, ConfigError
+from shared.frames import DEFAULT_MAX_FRAME_BYTES, Frame, FrameError, decode_frame
+from shared.protocol import Task, UploadReceipt
+
+log = logging.getLogger("bitfleet.engine")
+
+ACTIVE = ("pending", "running")
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+class NotFound(BitfleetError):
+    """A job, round model or agent that does not exist."""
+
+
+class JobConflict(BitfleetError):
+    """An operation the job's state does not allow (e.g. cancelling a finished job)."""
+
+
+class Publisher(Protocol):
+    """Pushes rounds and receipts to agents (the MQTT bridge); HTTP agents poll instead."""
+
+    def publish_round(
+        self, job_id: str, round_index: int, model: bytes, tasks: dict[str, Task]
+    ) -> None: ...
+
+    def withdraw_tasks(self, agent_ids: list[str]) -> None: ...
+
+    def publish_receipt(self, receipt: UploadReceipt) -> None: ...
+
+
+@dataclass
+class EngineSettings:
+    presence_timeout_s: float = 30.0
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    tick_s: float = 0.25
+    data_dir: str | None = None
+
+
+@dataclass
+class _OpenRound:
+    record: RoundRecord
+    model: Frame
+    accumulator: Accumulator
+    bytes_up: int = 0
+    accepted: set[str] = field(default_factory=set)
+
+
+class RoundEngine:
+    def __init__(
+        self,
+        store: StateStore,
+        settings: EngineSettings | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.settings = settings or EngineSettings()
+        self.metrics = metrics or Metrics()
+        self.clock = clock
+        self.publishers: list[Publisher] = []
+        self.credential_listeners: list[Callable[[], None]] = []
+        self._lock = threading.RLock()
+        self._open: dict[str, _OpenRound] = {}
+        self._datasets: dict[str, Dataset] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # lifecycle
+    def start(self) -> None:
+        """Rebuild open rounds from the store, then drive rounds on a timer thread."""
+        self.recover()
+        self._thread = threading.Thread(target=self._run, name="round-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.settings.tick_s):
+            try:
+                self.tick()
+            except Exception:  # keep driving other jobs; the error is logged with its job
+                log.exception("round engine tick failed")
+
+    def recover(self) -> None:
+        with self._lock:
+            for job in self.store.list_jobs(ACTIVE):
+                record = self.store.get_open_round(job.job_id)
+                if record is not None and record.round == job.round and record.selected:
+                    self._restore(job, record)
+
+    def _restore(self, job: JobRecord, record: RoundRecord) -> None:
+        spec = JobSpec.model_validate(job.spec)
+        algorithm = ALGORITHMS[spec.algorithm]
+        model = self._model_frame(job.job_id, record.round)
+        state = _OpenRound(record, model, algorithm.accumulator(model))
+        for upload in self.store.iter_uploads(job.job_id, record.round):
+            update = decode_frame(upload.payload)
+            state.accumulator.add(update, upload.samples if spec.weighted_votes else 1)
+            state.accepted.add(upload.agent_id)
+            state.bytes_up += len(upload.payload)
+        self._open[job.job_id] = state
+        log.info(
+            "job %s resumed at round %d with %d accepted uploads",
+            job.job_id,
+            record.round,
+            len(state.accepted),
+        )
+
+    # jobs
+    def create_job(self, spec: JobSpec) -> JobRecord:
+        algorithm = ALGORITHMS.get(spec.algorithm)
+        if algorithm is None:
+            raise ConfigError(f"algorithm {spec.algorithm!r} is not available on this coordinator")
+        dataset = self.dataset(spec.dataset)
+        layers = spec.model.layers
+        if layers[0] != dataset.num_features or layers[-1] < dataset.num_classes:
+            raise ConfigError(
+                f"model layers {layers} do not fit {spec.dataset}: it has "
+                f"{dataset.num_features} features and {dataset.num_classes} classes, so use "
+                f"[{dataset.num_features}, ..., {dataset.num_classes}]"
+            )
+        model = self._initial_model(spec, algorithm)
+        job_id = "job-" + secrets.token_hex(6)
+        job = self.store.create_job(job_id, spec.model_dump(), model)
+        log.info("job %s created: %s, %d rounds", job_id, spec.name, spec.rounds)
+        return job
+
+    def _initial_model(self, spec: JobSpec, algorithm: JobAlgorithm) -> bytes:
+        if spec.initial_model is None:
+            return algorithm.initial_model(spec)
+        try:
+            frame_bytes = base64.b64decode(spec.initial_model, validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError("initial_model must be base64 of a .bfm model file") from None
+        algorithm.check_initial(decode_frame(frame_bytes), spec)
+        return frame_bytes
+
+    def cancel_job(self, job_id: str) -> JobRecord:
+        with self._lock:
+            job = self.job(job_id)
+            if job.status in TERMINAL:
+                raise JobConflict(f"job {job_id} is already {job.status}")
+            self.store.set_job_status(job_id, "cancelled", "cancelled by the operator")
+            state = self._open.pop(job_id, None)
+            if state is not None:
+                self._withdraw(state.record.selected)
+            return self.job(job_id)
+
+    def job(self, job_id: str) -> JobRecord:
+        job = self.store.get_job(job_id)
+        if job is None:
+            raise NotFound(f"job {job_id!r} does not exist")
+        return job
+
+    def dataset(self, name: str) -> Dataset:
+        if name not in self._datasets:
+            self._datasets[name] = load_dataset(name, data_dir=self.settings.data_dir)
+        return self._datasets[name]
+
+    # agents
+    def enroll(self, agent_id: str, secret: str) -> AgentRecord:
+        agent = self.store.create_agent(agent_id, secret)
+        self._credentials_changed()
+        log.info("agent %s enrolled", agent_id)
+        return agent
+
+    def revoke(self, agent_id: str) -> AgentRecord | None:
+        """Revoke an agent; it is dropped from open rounds. None if it does not exist."""
+        if self.store.get_agent(agent_id) is None:
+            return None
+        with self._lock:
+            self.store.revoke_agent(agent_id)
+            self._withdraw([agent_id])
+        self._credentials_changed()
+        log.info("agent %s revoked", agent_id)
+        return self.store.get_agent(agent_id)
+
+    def _credentials_changed(self) -> None:
+        for listener in self.credential_listeners:
+            listener()
+
+    def online_agents(self) -> list[str]:
+        cutoff = self.clock() - self.settings.presence_timeout_s
+        return [
+            agent.agent_id
+            for agent in self.store.list_agents()
+            if not agent.revoked
+            and agent.online
+            and (agent.transport == "mqtt" or (agent.last_seen or 0) >= cutoff)
+        ]
+
+    def agent_presence(
+        self, agent_id: str, online: bool, transport: str, capabilities: dict[str, object] | None
+    ) -> bool:
+        """Record presence of an enrolled agent; False for unknown or revoked ones."""
+        if self.store.agent_secret(agent_id) is None:
+            return False
+        self.store.record_presence(agent_id, online, transport, capabilities)
+        return True
+
+    def task_for(self, agent_id: str) -> tuple[Task, bytes] | None:
+        """The agent's current task and model, if it is selected for an open round."""
+        with self._lock:
+            for job_id, state in self._open.items():
+                if agent_id in state.record.selected and agent_id not in state.accepted:
+                    job = self.job(job_id)
+                    return self._task(job, state.record), self._model_bytes(
+                        job_id, state.record.round
+                    )
+        return None
+
+    # rounds
+    def tick(self) -> None:
+        """Open rounds that can open, close rounds whose deadline passed."""
+        with self._lock:
+            for job in self.store.list_jobs(ACTIVE):
+                state = self._open.get(job.job_id)
+                if state is None:
+                    self._try_open(job, self._waiting_attempt(job))
+                elif self.clock() >= state.record.deadline:
+                    self._deadline(job, state)
+
+    def _waiting_attempt(self, job: JobRecord) -> int:
+        """The attempt a job waiting for agents is at (a retry that found too few agents)."""
+        record = self.store.get_open_round(job.job_id)
+        if record is not None and record.round == job.round and not record.selected:
+            return record.attempt
+        return 0
+
+    def _try_open(self, job: JobRecord, attempt: int) -> None:
+        spec = JobSpec.model_validate(job.spec)
+        online = self.online_agents()
+        if len(online) < spec.min_agents:
+            return
+        rng = np.random.default_rng([spec.seed, job.round, attempt])
+        count = min(spec.agents_per_round, len(online))
+        selected = sorted(rng.choice(sorted(online), size=count, replace=False).tolist())
+        deadline = self.clock() + spec.round_deadline_s
+        record = self.store.open_round(job.job_id, job.round, attempt, deadline, selected)
+        model = self._model_frame(job.job_id, job.round)
+        accumulator = ALGORITHMS[spec.algorithm].accumulator(model)
+        self._open[job.job_id] = _OpenRound(record, model, accumulator)
+        self.metrics.rounds_opened.inc()
+        log.info(
+            "job %s round %d opened (attempt %d) with %s", job.job_id, job.round, attempt, selected
+        )
+        self._publish(job, record, record.selected)
+
+    def republish(self) -> None:
+        """Publish every open round again (after a transport reconnects)."""
+        with self._lock:
+            for job_id, state in self._open.items():
+                waiting = [a for a in state.record.selected if a not in state.accepted]
+                self._publish(self.job(job_id), state.record, waiting)
+
+    def _publish(self, job: JobRecord, record: RoundRecord, agents: list[str]) -> None:
+        model = self._model_bytes(job.job_id, record.round)
+        task = self._task(job, record)
+        tasks = {agent: task for agent in agents}
+        self.metrics.bytes_out.inc(len(model) * len(tasks))
+        for publisher in self.publishers:
+            publisher.publish_round(job.job_id, record.round, model, tasks)
+
+    def _task(self, job: JobRecord, record: RoundRecord) -> Task:
+        spec = JobSpec.model_validate(job.spec)
+        return Task(
+            job_id=job.job_id,
+            round=record.round,
+            algorithm=spec.algorithm,
+            deadline=record.deadline,
+            local_epochs=spec.local_epochs,
+            seed=spec.seed,
+            hyperparameters=ALGORITHMS[spec.algorithm].round_hyperparameters(spec, record.round),
+        )
+
+    def _deadline(self, job: JobRecord, state: _OpenRound) -> None:
+        spec = JobSpec.model_validate(job.spec)
+        if len(state.accepted) >= spec.min_agents:
+            self._close(job, state)
+            return
+        del self._open[job.job_id]
+        self._withdraw(state.record.selected)
+        if spec.on_insufficient == "retry" and state.record.attempt < spec.max_retries:
+            log.warning(
+                "job %s round %d: %d of %d uploads by the deadline; retrying",
+                job.job_id,
+                job.round,
+                len(state.accepted),
+                spec.min_agents,
+            )
+            self.metrics.rounds_retried.inc()
+            self._retry(job, state.record.attempt + 1)
+            return
+        reason = (
+            f"round {job.round} received {len(state.accepted)} uploads by its deadline, fewer "
+            f"than min_agents={spec.min_agents}, after {state.record.attempt + 1} attempts"
+        )
+        self.store.set_job_status(job.job_id, "failed", reason)
+        self.metrics.jobs_failed.inc()
+        log.error("job %s failed: %s", job.job_id, reason)
+
+    def _retry(self, job: JobRecord, attempt: int) -> None:
+        self._try_open(job, attempt)
+        if job.job_id not in self._open:  # too few agents online: wait for them, as attempt N
+            self.store.open_round(job.job_id, job.round, attempt, float("inf"), [])
+            self.store.set_job_status(job.job_id, "running", "waiting for agents")
+
+    def _close(self, job: JobRecord, state: _OpenRound) -> None:
+        spec = JobSpec.model_validate(job.spec)
+        algorithm = ALGORITHMS[spec.algorithm]
+        started = self.clock()
+        next_model = algorithm.next_model(state.model, state.accumulator, job.round)
+        accuracy, loss = algorithm.evaluate(decode_frame(next_model), self.dataset(spec.dataset))
+        metrics = RoundMetrics(
+            round=job.round,
+            test_accuracy=accuracy,
+            loss=loss,
+            uploads=len(state.accepted),
+            bytes_up=state.bytes_up,
+            bytes_down=len(self._model_bytes(job.job_id, job.round)) * len(state.record.selected),
+            seconds=round(started - state.record.opened_at, 3),
+        )
+        final = job.round + 1 >= spec.rounds
+        self.store.close_round(job.job_id, job.round, next_model, metrics, final)
+        del self._open[job.job_id]
+        self._withdraw([a for a in state.record.selected if a not in state.accepted])
+        self.metrics.rounds_closed.inc()
+        self.metrics.round_seconds.observe(metrics.seconds)
+        log.info(
+            "job %s round %d closed: %d uploads, test accuracy %.4f",
+            job.job_id,
+            job.round,
+            metrics.uploads,
+            accuracy,
+        )
+        if final:
+            self.metrics.jobs_completed.inc()
+            log.info("job %s completed", job.job_id)
+        else:
+            self._try_open(self.job(job.job_id), attempt=0)
+
+    def _withdraw(self, agent_ids: list[str]) -> None:
+        for publisher in self.publishers:
+            publisher.withdraw_tasks(agent_ids)
+
+    # uploads
+    def handle_upload(
+        self, job_id: str, round_index: int, agent_id: str, data: bytes, transport: str
+    ) -> UploadReceipt:
+        """Verify, store and tally one upload; refusals are receipts, never exceptions."""
+        self.metrics.bytes_in.inc(len(data))
+        try:
+            reason = self._accept(job_id, round_index, agent_id, data)
+        except FrameError as error:
+            reason = error.reason
+            log.warning("upload from %s refused (%s): %s", agent_id, reason, error)
+        return self.receipt(job_id, round_index, agent_id, reason, transport)
+
+    def receipt(
+        self, job_id: str, round_index: int, agent_id: str, reason: str, transport: str
+    ) -> UploadReceipt:
+        """Count and announce the outcome of an upload (reason '' = accepted)."""
+        receipt = UploadReceipt(job_id, round_index, agent_id, reason == "", reason)
+        if receipt.accepted:
+            self.metrics.uploads_accepted.inc(transport=transport)
+        else:
+            self.metrics.uploads_refused.inc(reason=reason)
+        for publisher in self.publishers:
+            publisher.publish_receipt(receipt)
+        return receipt
+
+    def _accept(self, job_id: str, round_index: int, agent_id: str, data: bytes) -> str:
+        """'' when accepted, else the refusal reason."""
+        frame = decode_frame(
+            data, secret_for=self._secret_lookup(agent_id), max_bytes=self.settings.max_frame_bytes
+        )
+        if (frame.meta.get("job_id"), frame.meta.get("round")) != (job_id, round_index):
+            return "mismatch"
+        with self._lock:
+            job = self.store.get_job(job_id)
+            if job is None:
+                return "unknown_job"
+            if job.status not in ACTIVE:
+                return "job_not_running"
+            state = self._open.get(job_id)
+            if round_index < job.round or (state is None and round_index == job.round):
+                return "late"
+            if state is None or round_index > job.round:
+                return "wrong_round"
+            if agent_id not in state.record.selected:
+                return "not_selected"
+            if agent_id in state.accepted:
+                return "duplicate"
+            spec = JobSpec.model_validate(job.spec)
+            algorithm = ALGORITHMS[spec.algorithm]
+            algorithm.check_update(state.model, frame)
+            samples = int(frame.meta["samples"])
+            if not self.store.add_upload(job_id, round_index, agent_id, samples, data):
+                return "duplicate"
+            state.accumulator.add(frame, samples if spec.weighted_votes else 1)
+            state.accepted.add(agent_id)
+            state.bytes_up += len(data)
+            log.info(
+                "job %s round %d: upload from %s accepted (%d/%d)",
+                job_id,
+                round_index,
+                agent_id,
+                len(state.accepted),
+                spec.close_at,
+            )
+            if len(state.accepted) >= spec.close_at:
+                self._close(job, state)
+        return ""
+
+    def _secret_lookup(self, agent_id: str) -> Callable[[dict[str, object]], bytes]:
+        def lookup(meta: dict[str, object]) -> bytes:
+            if meta.get("agent_id") != agent_id:
+                raise FrameError("mismatch", "frame sender differs from the uploading agent")
+            secret = self.store.agent_secret(agent_id)
+            if secret is None:
+                raise FrameError("unknown_agent", f"agent {agent_id!r} is not enrolled")
+            return secret.encode()
+
+        return lookup
+
+    # models
+    def _model_bytes(self, job_id: str, round_index: int | None = None) -> bytes:
+        model = self.store.get_model(job_id, round_index)
+        if model is None:
+            raise NotFound(f"job {job_id!r} has no model for round {round_index}")
+        return model
+
+    def _model_frame(self, job_id: str, round_index: int) -> Frame:
+        return decode_frame(self._model_bytes(job_id, round_index))
+
+    def model(self, job_id: str, round_index: int | None = None) -> bytes:
+        self.job(job_id)
+        return self._model_bytes(job_id, round_index)

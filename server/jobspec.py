@@ -1,0 +1,91 @@
+"""The job specification: what ``POST /api/v1/jobs`` accepts, validated with pydantic."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+EXAMPLE_JOB: dict[str, Any] = {
+    "name": "fmnist-binary",
+    "algorithm": "bitflip",
+    "model": {"layers": [784, 512, 10], "weights": "binary"},
+    "dataset": "fashion-mnist",
+    "rounds": 10,
+    "agents_per_round": 5,
+    "min_agents": 3,
+    "round_deadline_s": 120,
+    "local_epochs": 1,
+    "seed": 1,
+}
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    layers: list[int] = Field(
+        min_length=2, max_length=16, description="layer sizes, input first, e.g. [784, 512, 10]"
+    )
+    weights: Literal["binary", "ternary", "int16", "int8"] = Field(
+        "binary", description="weight encoding: binary/ternary for bitflip, int16/int8 for forward"
+    )
+
+    @model_validator(mode="after")
+    def _sizes(self) -> ModelSpec:
+        if any(size < 1 or size > 1 << 16 for size in self.layers):
+            raise ValueError("every layer size must be between 1 and 65536")
+        return self
+
+
+class JobSpec(BaseModel):
+    """A federated training job. Only the example's fields are needed; the rest default."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_JOB]})
+
+    name: str = Field(min_length=1, max_length=200)
+    algorithm: Literal["bitflip", "forward"] = "bitflip"
+    model: ModelSpec
+    dataset: str = Field(
+        "fashion-mnist", description="held-out test split the coordinator evaluates on"
+    )
+    rounds: int = Field(10, ge=1, le=10_000)
+    agents_per_round: int = Field(5, ge=1, le=10_000)
+    min_agents: int = Field(1, ge=1, description="fewest uploads that may close a round")
+    quorum: int | None = Field(
+        None, ge=1, description="uploads that close a round early (default: agents_per_round)"
+    )
+    round_deadline_s: float = Field(120.0, gt=0, le=7 * 86400)
+    local_epochs: int = Field(1, ge=1, le=1000)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    weighted_votes: bool = Field(True, description="weight each vote by the agent's samples")
+    on_insufficient: Literal["retry", "fail"] = Field(
+        "retry", description="a round short of min_agents at its deadline is retried or fails"
+    )
+    max_retries: int = Field(3, ge=0, le=100)
+    hyperparameters: dict[str, Any] = Field(
+        default_factory=dict, description="trainer options, e.g. {'state_bits': 5, 'lr': 2.0}"
+    )
+    initial_model: str | None = Field(
+        None, description="base64 of a .bfm model frame to start from (forward jobs)"
+    )
+
+    @model_validator(mode="after")
+    def _counts(self) -> JobSpec:
+        if self.min_agents > self.agents_per_round:
+            raise ValueError(
+                f"min_agents ({self.min_agents}) cannot exceed agents_per_round "
+                f"({self.agents_per_round})"
+            )
+        if self.quorum is not None and not self.min_agents <= self.quorum <= self.agents_per_round:
+            raise ValueError("quorum must lie between min_agents and agents_per_round")
+        bit_weights = self.model.weights in ("binary", "ternary")
+        if (self.algorithm == "bitflip") != bit_weights:
+            raise ValueError(
+                f"algorithm {self.algorithm!r} does not train {self.model.weights!r} weights: "
+                "bitflip trains binary/ternary, forward trains int16/int8"
+            )
+        return self
+
+    @property
+    def close_at(self) -> int:
+        return self.quorum or self.agents_per_round

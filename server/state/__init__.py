@@ -1,0 +1,16 @@
+"""Coordinator state: one interface (``base.StateStore``), SQLite behind it by default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from server.state.base import StateStore, StoreError
+from server.state.sqlite import SqliteStore
+
+
+def open_store(data_dir: str | Path) -> StateStore:
+    """The store for a data directory (SQLite in WAL mode at ``DATA_DIR/bitfleet.db``)."""
+    return SqliteStore(Path(data_dir) / "bitfleet.db")
+
+
+__all__ = ["SqliteStore", "StateStore", "StoreError", "open_store"]

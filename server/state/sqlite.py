@@ -1,0 +1,363 @@
+"""SQLite implementation of :class:`StateStore`: one file, WAL mode, a transaction per change.
+
+One connection serves every thread (API workers, the MQTT thread, the round timer) behind a
+lock: SQLite serializes writers anyway, and the coordinator's write rate is low.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from server.state.base import (
+    AgentRecord,
+    AlreadyExists,
+    JobRecord,
+    RoundMetrics,
+    RoundRecord,
+    StateStore,
+    StoreError,
+    UploadRecord,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS agents (
+    agent_id TEXT PRIMARY KEY,
+    secret TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0,
+    last_seen REAL,
+    online INTEGER NOT NULL DEFAULT 0,
+    transport TEXT,
+    capabilities TEXT NOT NULL DEFAULT '{}',
+    rounds_contributed INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    status TEXT NOT NULL,
+    round INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    reason TEXT
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    job_id TEXT NOT NULL REFERENCES jobs(job_id),
+    round INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    opened_at REAL NOT NULL,
+    deadline REAL NOT NULL,
+    selected TEXT NOT NULL,
+    closed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_id, round)
+);
+CREATE TABLE IF NOT EXISTS uploads (
+    job_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    agent_id TEXT NOT NULL,
+    samples INTEGER NOT NULL,
+    received_at REAL NOT NULL,
+    payload BLOB NOT NULL,
+    PRIMARY KEY (job_id, round, agent_id)
+);
+CREATE TABLE IF NOT EXISTS models (
+    job_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    frame BLOB NOT NULL,
+    PRIMARY KEY (job_id, round)
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    job_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (job_id, round)
+);
+"""
+
+
+class SqliteStore(StateStore):
+    def __init__(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as error:
+            raise StoreError(
+                f"cannot open the state database {path}: {error}; check that the data "
+                "directory is writable and not full"
+            ) from None
+        self._lock = threading.RLock()
+        self.path = path
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK and a clear StoreError."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                yield self._db
+                self._db.execute("COMMIT")
+            except sqlite3.Error as error:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise StoreError(_explain(error)) from None
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            cursor = self._db.execute(sql, args)
+            cursor.row_factory = sqlite3.Row
+            return cursor.fetchall()
+
+    # agents
+    def create_agent(self, agent_id: str, secret: str) -> AgentRecord:
+        now = time.time()
+        with self._transaction() as db:
+            try:
+                db.execute(
+                    "INSERT INTO agents (agent_id, secret, created_at) VALUES (?, ?, ?)",
+                    (agent_id, secret, now),
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(
+                    f"agent {agent_id!r} already exists; choose another id or revoke it first"
+                ) from None
+        agent = self.get_agent(agent_id)
+        assert agent is not None
+        return agent
+
+    def get_agent(self, agent_id: str) -> AgentRecord | None:
+        rows = self._query("SELECT * FROM agents WHERE agent_id = ?", (agent_id,))
+        return _agent(rows[0]) if rows else None
+
+    def agent_secret(self, agent_id: str) -> str | None:
+        rows = self._query(
+            "SELECT secret FROM agents WHERE agent_id = ? AND revoked = 0", (agent_id,)
+        )
+        return str(rows[0]["secret"]) if rows else None
+
+    def list_agents(self) -> list[AgentRecord]:
+        return [_agent(row) for row in self._query("SELECT * FROM agents ORDER BY agent_id")]
+
+    def revoke_agent(self, agent_id: str) -> bool:
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE agents SET revoked = 1, online = 0 WHERE agent_id = ? AND revoked = 0",
+                (agent_id,),
+            )
+            return cursor.rowcount == 1
+
+    def record_presence(
+        self, agent_id: str, online: bool, transport: str, capabilities: dict[str, Any] | None
+    ) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE agents SET online = ?, transport = ?, last_seen = ?, "
+                "capabilities = COALESCE(?, capabilities) WHERE agent_id = ? AND revoked = 0",
+                (
+                    int(online),
+                    transport,
+                    time.time(),
+                    None if capabilities is None else json.dumps(capabilities),
+                    agent_id,
+                ),
+            )
+
+    # jobs
+    def create_job(self, job_id: str, spec: dict[str, Any], initial_model: bytes) -> JobRecord:
+        now = time.time()
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO jobs (job_id, spec, status, round, created_at, updated_at) "
+                "VALUES (?, ?, 'pending', 0, ?, ?)",
+                (job_id, json.dumps(spec), now, now),
+            )
+            db.execute(
+                "INSERT INTO models (job_id, round, frame) VALUES (?, 0, ?)",
+                (job_id, initial_model),
+            )
+        job = self.get_job(job_id)
+        assert job is not None
+        return job
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        rows = self._query("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
+        return _job(rows[0]) if rows else None
+
+    def list_jobs(self, statuses: tuple[str, ...] | None = None) -> list[JobRecord]:
+        if statuses:
+            marks = ",".join("?" * len(statuses))
+            rows = self._query(
+                f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY created_at", statuses
+            )
+        else:
+            rows = self._query("SELECT * FROM jobs ORDER BY created_at")
+        return [_job(row) for row in rows]
+
+    def set_job_status(self, job_id: str, status: str, reason: str | None = None) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET status = ?, reason = ?, updated_at = ? WHERE job_id = ?",
+                (status, reason, time.time(), job_id),
+            )
+
+    # rounds and uploads
+    def open_round(
+        self, job_id: str, round_index: int, attempt: int, deadline: float, selected: list[str]
+    ) -> RoundRecord:
+        now = time.time()
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO rounds "
+                "(job_id, round, attempt, opened_at, deadline, selected, closed) "
+                "VALUES (?, ?, ?, ?, ?, ?, 0)",
+                (job_id, round_index, attempt, now, deadline, json.dumps(selected)),
+            )
+            db.execute("DELETE FROM uploads WHERE job_id = ? AND round = ?", (job_id, round_index))
+            db.execute(
+                "UPDATE jobs SET status = 'running', reason = NULL, updated_at = ? "
+                "WHERE job_id = ?",
+                (now, job_id),
+            )
+        return RoundRecord(job_id, round_index, attempt, now, deadline, selected)
+
+    def get_open_round(self, job_id: str) -> RoundRecord | None:
+        rows = self._query(
+            "SELECT * FROM rounds WHERE job_id = ? AND closed = 0 ORDER BY round DESC LIMIT 1",
+            (job_id,),
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        return RoundRecord(
+            row["job_id"],
+            row["round"],
+            row["attempt"],
+            row["opened_at"],
+            row["deadline"],
+            json.loads(row["selected"]),
+        )
+
+    def add_upload(
+        self, job_id: str, round_index: int, agent_id: str, samples: int, payload: bytes
+    ) -> bool:
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO uploads (job_id, round, agent_id, samples, received_at, "
+                "payload) VALUES (?, ?, ?, ?, ?, ?)",
+                (job_id, round_index, agent_id, samples, time.time(), payload),
+            )
+            return cursor.rowcount == 1
+
+    def upload_agents(self, job_id: str, round_index: int) -> list[str]:
+        rows = self._query(
+            "SELECT agent_id FROM uploads WHERE job_id = ? AND round = ? ORDER BY received_at",
+            (job_id, round_index),
+        )
+        return [row["agent_id"] for row in rows]
+
+    def iter_uploads(self, job_id: str, round_index: int) -> Iterator[UploadRecord]:
+        for agent_id in self.upload_agents(job_id, round_index):
+            rows = self._query(
+                "SELECT samples, payload FROM uploads WHERE job_id = ? AND round = ? "
+                "AND agent_id = ?",
+                (job_id, round_index, agent_id),
+            )
+            if rows:
+                yield UploadRecord(agent_id, rows[0]["samples"], bytes(rows[0]["payload"]))
+
+    def close_round(
+        self, job_id: str, round_index: int, next_model: bytes, metrics: RoundMetrics, final: bool
+    ) -> None:
+        now = time.time()
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE agents SET rounds_contributed = rounds_contributed + 1 WHERE agent_id IN "
+                "(SELECT agent_id FROM uploads WHERE job_id = ? AND round = ?)",
+                (job_id, round_index),
+            )
+            db.execute("DELETE FROM uploads WHERE job_id = ? AND round = ?", (job_id, round_index))
+            db.execute(
+                "UPDATE rounds SET closed = 1 WHERE job_id = ? AND round = ?",
+                (job_id, round_index),
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO models (job_id, round, frame) VALUES (?, ?, ?)",
+                (job_id, round_index + 1, next_model),
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO metrics (job_id, round, data) VALUES (?, ?, ?)",
+                (job_id, round_index, json.dumps(metrics.as_dict())),
+            )
+            db.execute(
+                "UPDATE jobs SET round = ?, status = ?, updated_at = ? WHERE job_id = ?",
+                (round_index + 1, "completed" if final else "running", now, job_id),
+            )
+
+    # models and metrics
+    def get_model(self, job_id: str, round_index: int | None = None) -> bytes | None:
+        if round_index is None:
+            rows = self._query(
+                "SELECT frame FROM models WHERE job_id = ? ORDER BY round DESC LIMIT 1", (job_id,)
+            )
+        else:
+            rows = self._query(
+                "SELECT frame FROM models WHERE job_id = ? AND round = ?", (job_id, round_index)
+            )
+        return bytes(rows[0]["frame"]) if rows else None
+
+    def list_metrics(self, job_id: str) -> list[RoundMetrics]:
+        rows = self._query("SELECT data FROM metrics WHERE job_id = ? ORDER BY round", (job_id,))
+        metrics = []
+        for row in rows:
+            data = json.loads(row["data"])
+            core = {k: data.pop(k) for k in list(data) if k in RoundMetrics.__dataclass_fields__}
+            metrics.append(RoundMetrics(**core, extra=data))
+        return metrics
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _agent(row: sqlite3.Row) -> AgentRecord:
+    return AgentRecord(
+        agent_id=row["agent_id"],
+        created_at=row["created_at"],
+        revoked=bool(row["revoked"]),
+        last_seen=row["last_seen"],
+        online=bool(row["online"]),
+        transport=row["transport"],
+        capabilities=json.loads(row["capabilities"]),
+        rounds_contributed=row["rounds_contributed"],
+    )
+
+
+def _job(row: sqlite3.Row) -> JobRecord:
+    return JobRecord(
+        job_id=row["job_id"],
+        spec=json.loads(row["spec"]),
+        status=row["status"],
+        round=row["round"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        reason=row["reason"],
+    )
+
+
+def _explain(error: sqlite3.Error) -> str:
+    text = str(error)
+    if "full" in text:
+        return "the coordinator's disk is full: free space in the data directory and retry"
+    return f"the state database refused the change ({text}); nothing was written"

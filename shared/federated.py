@@ -1,0 +1,137 @@
+"""One federated round of bit-flip training, as both sides see it.
+
+The agent adopts the round's global model, trains locally and sends its 1-/2-bit weights
+(plus its data's rounded feature mean and sample count) in a signed update frame. The
+coordinator votes the weights (``shared.tally``) and, after round 0 only, fixes the global
+input offset to the sample-weighted mean of the agents' feature means: agents never share
+data, yet every agent centres inputs the same way from round 1 on.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from shared.bitflip import BitFlipConfig, BitFlipTrainer, rounded_mean
+from shared.errors import ConfigError
+from shared.frames import KIND_MODEL, KIND_UPDATE, Frame, Tensor, encode_frame
+from shared.modelfile import bitmlp_from_frame, bitmlp_to_frame
+from shared.models import BitMLP, PackedLayer
+
+OFFSET_FINAL = "input_offset_final"
+INPUT_MEAN = "input_mean"
+# Until agents report their data, inputs are centred on mid-scale.
+PROVISIONAL_OFFSET = 128
+
+
+def bitflip_config(
+    hyperparameters: dict[str, Any], encoding: str, epochs: int, seed: int
+) -> BitFlipConfig:
+    """A trainer config from a job's hyperparameters (unknown names are a clear error)."""
+    known = set(BitFlipConfig.__dataclass_fields__) - {"encoding", "epochs", "seed"}
+    unknown = set(hyperparameters) - known
+    if unknown:
+        raise ConfigError(
+            f"unknown bit-flip hyperparameters {sorted(unknown)}; known: {sorted(known)}"
+        )
+    try:
+        config = BitFlipConfig(**hyperparameters, encoding=encoding, epochs=epochs, seed=seed)
+    except TypeError as error:
+        raise ConfigError(f"bad bit-flip hyperparameters: {error}") from None
+    config.validate()
+    return config
+
+
+def initial_global_model(layers: list[int], config: BitFlipConfig) -> bytes:
+    """Round 0's model: random weights under the job's seed, provisional input offset."""
+    model = BitFlipTrainer(layers, config).model()
+    model.input_offset[:] = PROVISIONAL_OFFSET
+    return bitmlp_to_frame(model, {OFFSET_FINAL: False})
+
+
+def agent_seed(job_seed: int, round_index: int, agent_id: str) -> int:
+    """Distinct, reproducible randomness per (job, round, agent)."""
+    return (job_seed * 1_000_003 + round_index * 7919 + zlib.crc32(agent_id.encode())) % 2**32
+
+
+@dataclass
+class LocalBitFlip:
+    """An agent's training state for one job, kept across rounds (the K-bit counters)."""
+
+    job_id: str
+    trainer: BitFlipTrainer
+
+    def train_round(
+        self,
+        global_frame: Frame,
+        round_index: int,
+        config: BitFlipConfig,
+        x: NDArray[np.uint8],
+        y: NDArray[np.integer],
+    ) -> tuple[list[Tensor], dict[str, Any]]:
+        """Adopt the global model, train ``config.epochs`` on local data; the update's parts."""
+        model = bitmlp_from_frame(global_frame)
+        self.trainer.config = config
+        self.trainer.lr_fixed = config.lr_fixed
+        self.trainer.rng = np.random.default_rng(config.seed)
+        self.trainer.adopt(model)
+        local = self.trainer.fit(x, y, keep_offset=bool(global_frame.meta.get(OFFSET_FINAL, True)))
+        tensors = _weight_tensors(local)
+        tensors.append(Tensor(INPUT_MEAN, "uint8", (len(local.input_offset),), rounded_mean(x)))
+        return tensors, {"samples": len(y), "round": round_index, "job_id": self.job_id}
+
+
+def update_frame(
+    tensors: list[Tensor], meta: dict[str, Any], agent_id: str, secret: bytes
+) -> bytes:
+    """A signed update frame from ``agent_id``."""
+    return encode_frame(KIND_UPDATE, {**meta, "agent_id": agent_id}, tensors, secret)
+
+
+def _weight_tensors(model: BitMLP) -> list[Tensor]:
+    return [
+        Tensor(f"dense_{i}", layer.encoding, (layer.outputs, layer.inputs), _planes(layer))
+        for i, layer in enumerate(model.layers)
+    ]
+
+
+def _planes(layer: PackedLayer) -> NDArray[np.uint64]:
+    return np.stack([layer.positive] if layer.nonzero is None else [layer.positive, layer.nonzero])
+
+
+def voted_global_model(
+    previous: BitMLP,
+    values: list[NDArray[np.int8]],
+    offset: NDArray[np.uint8] | None,
+    round_index: int,
+) -> bytes:
+    """The next round's model from voted weight values; ``offset`` fixes the input offset."""
+    layers = [PackedLayer.from_values(v, previous.encoding) for v in values]
+    model = BitMLP(layers, previous.input_offset if offset is None else offset)
+    return encode_model(model, round_index)
+
+
+def encode_model(model: BitMLP, round_index: int) -> bytes:
+    return bitmlp_to_frame(model, {OFFSET_FINAL: True, "round": round_index})
+
+
+def new_local_state(job_id: str, layers: list[int], config: BitFlipConfig) -> LocalBitFlip:
+    return LocalBitFlip(job_id, BitFlipTrainer(layers, replace(config)))
+
+
+__all__ = [
+    "INPUT_MEAN",
+    "KIND_MODEL",
+    "OFFSET_FINAL",
+    "LocalBitFlip",
+    "agent_seed",
+    "bitflip_config",
+    "initial_global_model",
+    "new_local_state",
+    "update_frame",
+    "voted_global_model",
+]

@@ -1,0 +1,223 @@
+"""The agent protocol, shared by coordinator and agents: version, topics, message schemas.
+
+MQTT topics live under one versioned root, lowercase, no leading slash; an agent writes only
+under its own id (the broker's ACL enforces it)::
+
+    bitfleet/v1/agents/{agent}/status            agent: retained; "offline" as Last Will
+    bitfleet/v1/agents/{agent}/tasks             coordinator: retained, the agent's current task
+    bitfleet/v1/agents/{agent}/events            coordinator: upload receipts
+    bitfleet/v1/jobs/{job}/rounds/{r}/model      coordinator: retained global model (or /{i}
+                                                 per chunk when it needs several messages)
+    bitfleet/v1/jobs/{job}/rounds/{r}/updates/{agent}   agent: signed update frames
+
+The HTTP fallback carries the same frames and JSON bodies (see ``server/api/fleet.py``).
+Messages are JSON objects; ``parse_*`` functions validate them and raise
+:class:`ProtocolError` with what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from shared.errors import BitfleetError
+
+PROTOCOL_VERSION = 1
+TOPIC_ROOT = f"bitfleet/v{PROTOCOL_VERSION}"
+ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+AGENT_STATES = ("online", "training", "offline")
+
+
+class ProtocolError(BitfleetError):
+    """A message or topic that does not follow the protocol."""
+
+
+def check_id(value: str, what: str) -> str:
+    """Ids appear in topics: lowercase letters, digits, '-' and '_', at most 64 characters."""
+    if not isinstance(value, str) or not ID_PATTERN.match(value):
+        raise ProtocolError(
+            f"{what} {value!r} is not valid: use 1-64 lowercase letters, digits, '-' or '_', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def agent_status_topic(agent_id: str) -> str:
+    return f"{TOPIC_ROOT}/agents/{check_id(agent_id, 'agent id')}/status"
+
+
+def agent_tasks_topic(agent_id: str) -> str:
+    return f"{TOPIC_ROOT}/agents/{check_id(agent_id, 'agent id')}/tasks"
+
+
+def agent_events_topic(agent_id: str) -> str:
+    return f"{TOPIC_ROOT}/agents/{check_id(agent_id, 'agent id')}/events"
+
+
+def round_model_topic(job_id: str, round_index: int) -> str:
+    """Chunk ``i`` of a model that needs several messages is at ``{topic}/{i}``."""
+    return f"{TOPIC_ROOT}/jobs/{check_id(job_id, 'job id')}/rounds/{int(round_index)}/model"
+
+
+def update_topic(job_id: str, round_index: int, agent_id: str) -> str:
+    return (
+        f"{TOPIC_ROOT}/jobs/{check_id(job_id, 'job id')}/rounds/{int(round_index)}"
+        f"/updates/{check_id(agent_id, 'agent id')}"
+    )
+
+
+ALL_STATUS_TOPICS = f"{TOPIC_ROOT}/agents/+/status"
+ALL_UPDATE_TOPICS = f"{TOPIC_ROOT}/jobs/+/rounds/+/updates/+"
+
+
+def parse_update_topic(topic: str) -> tuple[str, int, str]:
+    """``(job_id, round, agent_id)`` of an update topic."""
+    parts = topic.split("/")
+    if (
+        len(parts) != 8
+        or "/".join(parts[:2]) != TOPIC_ROOT
+        or parts[2::2]
+        != [
+            "jobs",
+            "rounds",
+            "updates",
+        ]
+    ):
+        raise ProtocolError(f"{topic!r} is not an update topic")
+    if not parts[5].isdigit():
+        raise ProtocolError(f"round {parts[5]!r} in {topic!r} is not a number")
+    return check_id(parts[3], "job id"), int(parts[5]), check_id(parts[7], "agent id")
+
+
+def parse_status_topic(topic: str) -> str:
+    """The agent id of a status topic."""
+    parts = topic.split("/")
+    if len(parts) != 5 or "/".join(parts[:3]) != f"{TOPIC_ROOT}/agents" or parts[4] != "status":
+        raise ProtocolError(f"{topic!r} is not an agent status topic")
+    return check_id(parts[3], "agent id")
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    """What an agent announces about itself (retained; the Last Will says offline)."""
+
+    agent_id: str
+    state: str
+    capabilities: dict[str, Any] = field(default_factory=dict)
+    protocol: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True)
+class Task:
+    """One round of work for one agent: train the round's global model on local data."""
+
+    job_id: str
+    round: int
+    algorithm: str
+    deadline: float
+    model_chunks: int = 1
+    local_epochs: int = 1
+    seed: int = 0
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    protocol: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True)
+class UploadReceipt:
+    """The coordinator's answer to an upload: accepted, or refused with a reason."""
+
+    job_id: str
+    round: int
+    agent_id: str
+    accepted: bool
+    reason: str = ""
+    protocol: int = PROTOCOL_VERSION
+
+
+Message = TypeVar("Message", AgentStatus, Task, UploadReceipt)
+
+
+def encode_message(message: AgentStatus | Task | UploadReceipt) -> bytes:
+    return json.dumps(asdict(message), sort_keys=True).encode()
+
+
+def parse_message(kind: type[Message], raw: bytes | str | dict[str, Any]) -> Message:
+    """Validate a JSON message against ``kind``'s fields and their types."""
+    try:
+        data = raw if isinstance(raw, dict) else json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ProtocolError(f"{kind.__name__} is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(f"{kind.__name__} must be a JSON object")
+    if data.get("protocol", PROTOCOL_VERSION) != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"protocol version {data.get('protocol')} is not supported (this side speaks "
+            f"{PROTOCOL_VERSION}); upgrade the older side"
+        )
+    known = {f.name: f for f in fields(kind)}
+    values: dict[str, Any] = {}
+    for name, spec in known.items():
+        if name not in data:
+            if spec.default is MISSING and spec.default_factory is MISSING:
+                raise ProtocolError(f"{kind.__name__} lacks the field {name!r}")
+            continue
+        values[name] = _checked(kind.__name__, name, spec.type, data[name])
+    message = kind(**values)
+    for name in ("agent_id", "job_id"):
+        if hasattr(message, name):
+            check_id(getattr(message, name), name.replace("_", " "))
+    if isinstance(message, AgentStatus) and message.state not in AGENT_STATES:
+        raise ProtocolError(f"agent state {message.state!r} is not one of {AGENT_STATES}")
+    return message
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "dict[str, Any]": (dict,),
+}
+
+
+def _checked(kind: str, name: str, annotation: Any, value: Any) -> Any:
+    expected = _TYPES[str(annotation)]
+    if isinstance(value, bool) and bool not in expected:
+        raise ProtocolError(f"{kind}.{name} must be {annotation}, got {value!r}")
+    if not isinstance(value, expected):
+        raise ProtocolError(f"{kind}.{name} must be {annotation}, got {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+
+def parse_mqtt_url(url: str) -> BrokerAddress:
+    """``mqtt://[user:pass@]host[:port]`` (``mqtts://`` for TLS, default ports 1883/8883)."""
+    parsed = urlsplit(url)
+    if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
+        raise ProtocolError(
+            f"broker URL {url!r} is not valid: use mqtt://[user:pass@]host[:port] "
+            "(or mqtts:// for TLS)"
+        )
+    tls = parsed.scheme == "mqtts"
+    try:
+        port = parsed.port or (8883 if tls else 1883)
+    except ValueError:
+        raise ProtocolError(f"broker URL {url!r} has an invalid port") from None
+    return BrokerAddress(
+        parsed.hostname,
+        port,
+        unquote(parsed.username) if parsed.username else None,
+        unquote(parsed.password) if parsed.password else None,
+        tls,
+    )

@@ -1,0 +1,111 @@
+"""``bitfleet jobs`` / ``bitfleet agents`` / ``bitfleet coordinator`` against a real coordinator."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edge_agent.runtime import AgentRuntime
+from edge_agent.transports.http import HttpTransport
+from server.cli import main
+from shared.modelfile import load_model
+from tests.cluster import Coordinator
+from tests.test_coordinator import JOB, _agents, _shards
+
+
+def _cli(capsys: pytest.CaptureFixture[str], coordinator: Coordinator, *argv: str) -> dict:
+    code = main([*argv, "--url", coordinator.url, "--token", coordinator.token, "--json"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    return json.loads(out)
+
+
+def test_enroll_submit_watch_download_with_the_cli(
+    capsys: pytest.CaptureFixture[str], http_coordinator: Coordinator, tmp_path: Path
+) -> None:
+    pairs = [(_cli(capsys, http_coordinator, "agents", "add", "--id", f"pi-{i}")) for i in range(2)]
+    assert [p["agent_id"] for p in pairs] == ["pi-0", "pi-1"] and all(p["secret"] for p in pairs)
+    spec = tmp_path / "job.json"
+    spec.write_text(json.dumps({**JOB, "agents_per_round": 2, "rounds": 2}))
+    runtimes = [
+        AgentRuntime(
+            p["agent_id"],
+            p["secret"],
+            x,
+            y,
+            HttpTransport(http_coordinator.url, p["agent_id"], p["secret"], poll_s=0.2),
+        )
+        for p, (x, y) in zip(pairs, _shards(2), strict=True)
+    ]
+    with _agents(runtimes):
+        job = _cli(capsys, http_coordinator, "jobs", "submit", str(spec), "--watch")
+    assert job["status"] == "completed" and len(job["metrics"]) == 2
+    listed = _cli(capsys, http_coordinator, "jobs", "list")["jobs"]
+    assert [j["id"] for j in listed] == [job["id"]]
+    agents = _cli(capsys, http_coordinator, "agents", "list")["agents"]
+    assert {a["agent_id"]: a["rounds_contributed"] for a in agents} == {"pi-0": 2, "pi-1": 2}
+    out = tmp_path / "model.bfm"
+    downloaded = _cli(capsys, http_coordinator, "jobs", "download", job["id"], "--out", str(out))
+    model, _ = load_model(out)
+    assert downloaded["bytes"] == out.stat().st_size and model.layer_sizes == [64, 64, 10]
+    assert main(["eval", str(out), "--dataset", "digits", "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["test_accuracy"] == pytest.approx(job["metrics"][-1]["test_accuracy"])
+
+
+def test_human_output_and_errors(
+    capsys: pytest.CaptureFixture[str], http_coordinator: Coordinator, tmp_path: Path
+) -> None:
+    spec = tmp_path / "job.json"
+    spec.write_text(json.dumps(JOB))
+    base = ["--url", http_coordinator.url, "--token", http_coordinator.token]
+    assert main(["jobs", "submit", str(spec), *base]) == 0
+    job_id = capsys.readouterr().out.split()[1]
+    assert main(["jobs", "show", job_id, *base]) == 0
+    assert "digits-binary" in capsys.readouterr().out
+    assert main(["jobs", "cancel", job_id, *base]) == 0
+    assert "cancelled" in capsys.readouterr().out
+    assert main(["jobs", "cancel", job_id, *base]) == 2
+    assert "already cancelled" in capsys.readouterr().err
+    assert main(["jobs", "list", "--url", http_coordinator.url, "--token", "wrong"]) == 2
+    assert "admin token" in capsys.readouterr().err
+    spec.write_text("{not json")
+    assert main(["jobs", "submit", str(spec), *base]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    assert main(["jobs", "list", "--url", "http://127.0.0.1:9"]) == 2
+    assert "cannot reach the coordinator" in capsys.readouterr().err
+
+
+def test_coordinator_refuses_to_start_without_a_token(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("BITFLEET_ADMIN_TOKEN", raising=False)
+    assert main(["coordinator", "--data-dir", str(tmp_path)]) == 2
+    assert "--admin-token" in capsys.readouterr().err
+
+
+def test_live_view_prints_each_round_as_it_closes(
+    capsys: pytest.CaptureFixture[str], http_coordinator: Coordinator, tmp_path: Path
+) -> None:
+    base = ["--url", http_coordinator.url, "--token", http_coordinator.token]
+    pairs = [_cli(capsys, http_coordinator, "agents", "add") for _ in range(2)]
+    spec = tmp_path / "job.json"
+    spec.write_text(json.dumps({**JOB, "agents_per_round": 2, "rounds": 2}))
+    runtimes = [
+        AgentRuntime(
+            p["agent_id"],
+            p["secret"],
+            x,
+            y,
+            HttpTransport(http_coordinator.url, p["agent_id"], p["secret"], poll_s=0.2),
+        )
+        for p, (x, y) in zip(pairs, _shards(2), strict=True)
+    ]
+    with _agents(runtimes):
+        assert main(["jobs", "submit", str(spec), "--watch", *base]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rounds = [line.split() for line in lines if line.strip()[:1].isdigit()]
+    assert [int(r[0]) for r in rounds] == [0, 1]
+    assert all(0 < float(r[1]) <= 1 for r in rounds) and lines[-1] == "completed"
