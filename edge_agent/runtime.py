@@ -1,8 +1,9 @@
 """The agent's training loop, unaware of which transport carries its bytes.
 
 Wait for a task, download the round's global model, train locally on the agent's own data
-with the job's algorithm, upload the signed update, repeat. A round is attempted once:
-``done`` remembers (job, round) pairs so a retained task is never trained twice.
+with the job's algorithm, upload the signed update, repeat. Every round is journaled before
+training starts, so a round interrupted by a crash is abandoned, never uploaded twice; a
+job that would not fit the board's memory is declined with the reason.
 """
 
 from __future__ import annotations
@@ -17,30 +18,43 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from edge_agent.journal import Journal, TaskKey
 from edge_agent.transports import Transport
 from shared import kernels
 from shared.errors import BitfleetError
 from shared.federated import (
     LocalBitFlip,
+    TrainingInterrupted,
     agent_seed,
     bitflip_config,
     new_local_state,
+    training_bytes,
     update_frame,
 )
 from shared.frames import decode_frame
 from shared.modelfile import bitmlp_from_frame
-from shared.protocol import AgentStatus, Task, UploadReceipt
+from shared.protocol import AgentStatus, Decline, Task, UploadReceipt
 
 log = logging.getLogger("bitfleet.agent")
 
 
+def available_memory() -> int:
+    """Bytes the OS can still give this process (MemAvailable), or 0 if unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def capabilities(y: NDArray[np.integer]) -> dict[str, Any]:
     """What the coordinator may want to know before giving this board work."""
-    pages = os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
-    page_size = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 0
     return {
         "cpus": os.cpu_count() or 1,
-        "ram_bytes": int(pages * page_size),
+        "ram_available_bytes": available_memory(),
         "numba": kernels.HAVE_NUMBA,
         "samples": len(y),
         "label_histogram": np.bincount(np.asarray(y)).tolist() if len(y) else [],
@@ -54,65 +68,122 @@ class AgentRuntime:
     x: NDArray[np.uint8]
     y: NDArray[np.integer]
     transport: Transport
-    done: set[tuple[str, int]] = field(default_factory=set)
+    journal: Journal | None = None
+    memory_limit_bytes: int | None = None
     upload_timeout_s: float = 30.0
+    done: set[TaskKey] = field(default_factory=set)
+    stop: threading.Event = field(default_factory=threading.Event)
     _jobs: dict[str, LocalBitFlip] = field(default_factory=dict)
+    _state: dict[str, Any] = field(default_factory=dict)
 
     def status(self, state: str) -> AgentStatus:
         return AgentStatus(self.agent_id, state, capabilities(self.y))
 
-    def run(self, stop: threading.Event) -> None:
-        """Serve tasks until ``stop`` is set."""
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Serve tasks until ``stop`` (or ``self.stop``) is set, then disconnect cleanly."""
+        if stop is not None:
+            self.stop = stop
+        if self.journal is not None:
+            attempted, interrupted = self.journal.recover()
+            self.done |= attempted
+            for job_id, round_index, _ in interrupted:
+                log.warning("job %s round %d was interrupted; abandoned", job_id, round_index)
         self.transport.start(self.status("online"))
+        self._report(state="waiting", task=None)
+        log.info(
+            "agent %s started (%s transport, %d samples)",
+            self.agent_id,
+            self.transport.name,
+            len(self.y),
+        )
         try:
-            while not stop.is_set():
+            while not self.stop.is_set():
                 task = self.transport.next_task(timeout=0.5)
-                if task is None or (task.job_id, task.round) in self.done:
-                    stop.wait(0.2)
+                if task is None or _key(task) in self.done:
+                    self.stop.wait(0.2)
                     continue
                 self.serve(task)
         finally:
             self.transport.close()
+            self._report(state="stopped", task=None)
+            log.info("agent %s stopped", self.agent_id)
 
     def serve(self, task: Task) -> UploadReceipt | None:
-        """Train one round and upload it; errors are logged and the round is given up."""
-        self.done.add((task.job_id, task.round))
+        """Train one round and upload it; a failure gives the round up, logged."""
+        self.done.add(_key(task))
+        key = (task.job_id, task.round)
         if task.deadline < time.time():
-            log.warning("task %s round %d is past its deadline; skipped", task.job_id, task.round)
+            log.warning("job %s round %d is past its deadline; skipped", *key)
             return None
+        self._journal(task, "started")
+        self._report(state="training", task={"job_id": task.job_id, "round": task.round})
         self.transport.announce(self.status("training"))
         try:
-            started = time.monotonic()
-            frame = self.train(task)
-            receipt = self.transport.upload(task, frame, self.upload_timeout_s)
-            log.info(
-                "job %s round %d: trained in %.1fs, upload %s",
-                task.job_id,
-                task.round,
-                time.monotonic() - started,
-                "accepted"
-                if receipt and receipt.accepted
-                else f"refused ({receipt and receipt.reason})",
-            )
-            return receipt
+            return self._train_and_upload(task)
+        except TrainingInterrupted as error:
+            self._journal(task, "abandoned", reason=str(error))
+            log.warning("job %s round %d abandoned: %s", *key, error)
         except BitfleetError as error:
-            log.error("job %s round %d abandoned: %s", task.job_id, task.round, error)
-            return None
+            self._journal(task, "failed", reason=str(error))
+            log.error("job %s round %d failed: %s", *key, error)
         finally:
-            self.transport.announce(self.status("online"))
+            if not self.stop.is_set():
+                self.transport.announce(self.status("online"))
+            self._report(state="waiting", task=None)
+        return None
 
-    def train(self, task: Task) -> bytes:
-        """The signed update frame for ``task``."""
-        if task.algorithm != "bitflip":
-            raise BitfleetError(f"algorithm {task.algorithm!r} is not supported by this agent")
+    def _train_and_upload(self, task: Task) -> UploadReceipt | None:
+        started = time.monotonic()
         global_frame = decode_frame(self.transport.fetch_model(task, self.upload_timeout_s))
         model = bitmlp_from_frame(global_frame)
         seed = agent_seed(task.seed, task.round, self.agent_id)
         config = bitflip_config(task.hyperparameters, model.encoding, task.local_epochs, seed)
+        needed = training_bytes(model.layer_sizes, config.batch_size)
+        limit = self.memory_limit_bytes or available_memory()
+        if limit and needed > limit:
+            reason = (
+                f"training needs about {needed >> 20} MiB, this board can give {limit >> 20} MiB"
+            )
+            self.transport.decline(Decline(task.job_id, task.round, self.agent_id, reason))
+            self._journal(task, "declined", reason=reason)
+            log.warning("job %s round %d declined: %s", task.job_id, task.round, reason)
+            return None
         state = self._jobs.get(task.job_id)
         if state is None:
             state = self._jobs[task.job_id] = new_local_state(
                 task.job_id, model.layer_sizes, config
             )
-        tensors, meta = state.train_round(global_frame, task.round, config, self.x, self.y)
-        return update_frame(tensors, meta, self.agent_id, self.secret.encode())
+        tensors, meta = state.train_round(
+            global_frame, task.round, config, self.x, self.y, should_stop=self.stop.is_set
+        )
+        frame = update_frame(tensors, meta, self.agent_id, self.secret.encode())
+        receipt = self.transport.upload(task, frame, self.upload_timeout_s)
+        outcome = (
+            "accepted"
+            if receipt and receipt.accepted
+            else (f"refused ({receipt.reason})" if receipt else "sent, no receipt yet")
+        )
+        self._journal(task, "uploaded", outcome=outcome, bytes=len(frame))
+        self._report(last_round={"job_id": task.job_id, "round": task.round, "outcome": outcome})
+        log.info(
+            "job %s round %d trained in %.1fs; upload %s (%d bytes)",
+            task.job_id,
+            task.round,
+            time.monotonic() - started,
+            outcome,
+            len(frame),
+        )
+        return receipt
+
+    def _journal(self, task: Task, event: str, **details: Any) -> None:
+        if self.journal is not None:
+            self.journal.record(_key(task), event, **details)
+
+    def _report(self, **changes: Any) -> None:
+        self._state.update(changes, agent_id=self.agent_id, transport=self.transport.name)
+        if self.journal is not None:
+            self.journal.write_status(self._state)
+
+
+def _key(task: Task) -> TaskKey:
+    return (task.job_id, task.round, task.attempt)

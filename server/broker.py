@@ -36,6 +36,7 @@ pattern read {TOPIC_ROOT}/agents/%u/events
 pattern read {TOPIC_ROOT}/jobs/+/rounds/+/model
 pattern read {TOPIC_ROOT}/jobs/+/rounds/+/model/+
 pattern write {TOPIC_ROOT}/jobs/+/rounds/+/updates/%u
+pattern write {TOPIC_ROOT}/jobs/+/rounds/+/declines/%u
 """
 
 

@@ -72,6 +72,13 @@ class _OpenRound:
     accumulator: Accumulator
     bytes_up: int = 0
     accepted: set[str] = field(default_factory=set)
+    declined: set[str] = field(default_factory=set)
+
+    def ready(self, spec: JobSpec) -> bool:
+        """Enough uploads to close now: the quorum, or every selected agent that did not
+        decline (never fewer than min_agents)."""
+        remaining = len(self.record.selected) - len(self.declined)
+        return len(self.accepted) >= max(min(spec.close_at, remaining), spec.min_agents)
 
 
 class RoundEngine:
@@ -125,6 +132,11 @@ class RoundEngine:
         algorithm = ALGORITHMS[spec.algorithm]
         model = self._model_frame(job.job_id, record.round)
         state = _OpenRound(record, model, algorithm.accumulator(model))
+        state.declined = {
+            d.agent_id
+            for d in self.store.list_declines(job.job_id)
+            if d.round == record.round and d.agent_id in record.selected
+        }
         for upload in self.store.iter_uploads(job.job_id, record.round):
             update = decode_frame(upload.payload)
             state.accumulator.add(update, upload.samples if spec.weighted_votes else 1)
@@ -234,7 +246,8 @@ class RoundEngine:
         """The agent's current task and model, if it is selected for an open round."""
         with self._lock:
             for job_id, state in self._open.items():
-                if agent_id in state.record.selected and agent_id not in state.accepted:
+                waiting = state.accepted | state.declined
+                if agent_id in state.record.selected and agent_id not in waiting:
                     job = self.job(job_id)
                     return self._task(job, state.record), self._model_bytes(
                         job_id, state.record.round
@@ -261,7 +274,8 @@ class RoundEngine:
 
     def _try_open(self, job: JobRecord, attempt: int) -> None:
         spec = JobSpec.model_validate(job.spec)
-        online = self.online_agents()
+        declined = {d.agent_id for d in self.store.list_declines(job.job_id)}
+        online = [agent for agent in self.online_agents() if agent not in declined]
         if len(online) < spec.min_agents:
             return
         rng = np.random.default_rng([spec.seed, job.round, attempt])
@@ -300,6 +314,7 @@ class RoundEngine:
             round=record.round,
             algorithm=spec.algorithm,
             deadline=record.deadline,
+            attempt=record.attempt,
             local_epochs=spec.local_epochs,
             seed=spec.seed,
             hyperparameters=ALGORITHMS[spec.algorithm].round_hyperparameters(spec, record.round),
@@ -440,9 +455,27 @@ class RoundEngine:
                 len(state.accepted),
                 spec.close_at,
             )
-            if len(state.accepted) >= spec.close_at:
+            if state.ready(spec):
                 self._close(job, state)
         return ""
+
+    def decline(self, job_id: str, round_index: int, agent_id: str, reason: str) -> bool:
+        """An agent cannot take a job: record why, never select it for this job again, and
+        close the round if everyone else has answered. False if the agent was not asked."""
+        with self._lock:
+            state = self._open.get(job_id)
+            if state is None or state.record.round != round_index:
+                return False
+            if agent_id not in state.record.selected or agent_id in state.accepted:
+                return False
+            self.store.add_decline(job_id, round_index, agent_id, reason[:500])
+            state.declined.add(agent_id)
+            self.metrics.declines.inc()
+            log.warning("job %s round %d: %s declined: %s", job_id, round_index, agent_id, reason)
+            spec = JobSpec.model_validate(self.job(job_id).spec)
+            if state.accepted and state.ready(spec):
+                self._close(self.job(job_id), state)
+            return True
 
     def _secret_lookup(self, agent_id: str) -> Callable[[dict[str, object]], bytes]:
         def lookup(meta: dict[str, object]) -> bytes:

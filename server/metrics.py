@@ -75,6 +75,7 @@ class Metrics:
         self.uploads_refused = Counter(
             "bitfleet_uploads_refused_total", "Uploads refused, by reason"
         )
+        self.declines = Counter("bitfleet_declines_total", "Tasks agents declined")
         self.bytes_in = Counter("bitfleet_bytes_in_total", "Update bytes received from agents")
         self.bytes_out = Counter("bitfleet_bytes_out_total", "Model bytes sent to agents")
         self.round_seconds = Summary("bitfleet_round_duration_seconds", "Round duration")

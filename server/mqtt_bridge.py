@@ -21,9 +21,11 @@ from shared.chunks import DEFAULT_CHUNK_BYTES, Reassembler, split_frame
 from shared.errors import BitfleetError
 from shared.frames import FrameError
 from shared.protocol import (
+    ALL_DECLINE_TOPICS,
     ALL_STATUS_TOPICS,
     ALL_UPDATE_TOPICS,
     AgentStatus,
+    Decline,
     Task,
     UploadReceipt,
     agent_events_topic,
@@ -95,7 +97,7 @@ class MqttBridge:
         updates = ALL_UPDATE_TOPICS
         if self.shared_group:
             updates = f"$share/{self.shared_group}/{updates}"
-        client.subscribe([(ALL_STATUS_TOPICS, QOS), (updates, QOS)])
+        client.subscribe([(ALL_STATUS_TOPICS, QOS), (updates, QOS), (ALL_DECLINE_TOPICS, QOS)])
         self.connected.set()
         log.info("connected to broker %s:%d", self.address.host, self.address.port)
         self.engine.republish()
@@ -108,11 +110,14 @@ class MqttBridge:
 
     # inbound
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        payload = bytes(message.payload)
         try:
             if message.topic.endswith("/status"):
-                self._status(message.topic, message.payload)
+                self._status(message.topic, payload)
+            elif "/declines/" in message.topic:
+                self._decline(message.topic, payload)
             else:
-                self._update(message.topic, message.payload)
+                self._update(message.topic, payload)
         except BitfleetError as error:
             log.warning("ignored message on %s: %s", message.topic, error)
 
@@ -127,6 +132,14 @@ class MqttBridge:
         online = status.state != "offline"
         if not self.engine.agent_presence(agent_id, online, "mqtt", status.capabilities or None):
             log.warning("status from unknown or revoked agent %s ignored", agent_id)
+
+    def _decline(self, topic: str, payload: bytes) -> None:
+        job_id, round_index, agent_id = parse_update_topic(topic, "declines")
+        decline = parse_message(Decline, payload)
+        if (decline.job_id, decline.round, decline.agent_id) != (job_id, round_index, agent_id):
+            log.warning("decline on %s names another job, round or agent", topic)
+            return
+        self.engine.decline(job_id, round_index, agent_id, decline.reason)
 
     def _update(self, topic: str, payload: bytes) -> None:
         job_id, round_index, agent_id = parse_update_topic(topic)

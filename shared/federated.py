@@ -10,7 +10,9 @@ data, yet every agent centres inputs the same way from round 1 on.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -18,7 +20,7 @@ from numpy.typing import NDArray
 
 from shared.bitflip import BitFlipConfig, BitFlipTrainer, rounded_mean
 from shared.errors import ConfigError
-from shared.frames import KIND_MODEL, KIND_UPDATE, Frame, Tensor, encode_frame
+from shared.frames import KIND_UPDATE, Frame, Tensor, encode_frame
 from shared.modelfile import bitmlp_from_frame, bitmlp_to_frame
 from shared.models import BitMLP, PackedLayer
 
@@ -58,6 +60,22 @@ def agent_seed(job_seed: int, round_index: int, agent_id: str) -> int:
     return (job_seed * 1_000_003 + round_index * 7919 + zlib.crc32(agent_id.encode())) % 2**32
 
 
+class TrainingInterrupted(Exception):
+    """Raised between batches when the agent is asked to stop (SIGTERM)."""
+
+
+# Bytes a training step holds per weight (int16 counter, int8 weight, int64 votes, float32
+# operand copies) and per unit activation (int64 pre-activation, int8 sign, float copies).
+_BYTES_PER_WEIGHT = 19
+_BYTES_PER_ACTIVATION = 21
+
+
+def training_bytes(layers: list[int], batch_size: int) -> int:
+    """An upper estimate of what bit-flip training allocates beyond the loaded data."""
+    weights = sum(a * b for a, b in pairwise(layers))
+    return weights * _BYTES_PER_WEIGHT + batch_size * sum(layers) * _BYTES_PER_ACTIVATION
+
+
 @dataclass
 class LocalBitFlip:
     """An agent's training state for one job, kept across rounds (the K-bit counters)."""
@@ -72,14 +90,25 @@ class LocalBitFlip:
         config: BitFlipConfig,
         x: NDArray[np.uint8],
         y: NDArray[np.integer],
+        should_stop: Callable[[], bool] = lambda: False,
     ) -> tuple[list[Tensor], dict[str, Any]]:
-        """Adopt the global model, train ``config.epochs`` on local data; the update's parts."""
+        """Adopt the global model, train ``config.epochs`` on local data; the update's parts.
+
+        ``should_stop`` is checked between batches; when it turns true the round is given
+        up with :class:`TrainingInterrupted`.
+        """
+
+        def check_stop(done: int, total: int) -> None:
+            if should_stop():
+                raise TrainingInterrupted(f"stopped after {done} of {total} batches")
+
         model = bitmlp_from_frame(global_frame)
         self.trainer.config = config
         self.trainer.lr_fixed = config.lr_fixed
         self.trainer.rng = np.random.default_rng(config.seed)
         self.trainer.adopt(model)
-        local = self.trainer.fit(x, y, keep_offset=bool(global_frame.meta.get(OFFSET_FINAL, True)))
+        keep_offset = bool(global_frame.meta.get(OFFSET_FINAL, True))
+        local = self.trainer.fit(x, y, on_batch=check_stop, keep_offset=keep_offset)
         tensors = _weight_tensors(local)
         tensors.append(Tensor(INPUT_MEAN, "uint8", (len(local.input_offset),), rounded_mean(x)))
         return tensors, {"samples": len(y), "round": round_index, "job_id": self.job_id}
@@ -121,17 +150,3 @@ def encode_model(model: BitMLP, round_index: int) -> bytes:
 
 def new_local_state(job_id: str, layers: list[int], config: BitFlipConfig) -> LocalBitFlip:
     return LocalBitFlip(job_id, BitFlipTrainer(layers, replace(config)))
-
-
-__all__ = [
-    "INPUT_MEAN",
-    "KIND_MODEL",
-    "OFFSET_FINAL",
-    "LocalBitFlip",
-    "agent_seed",
-    "bitflip_config",
-    "initial_global_model",
-    "new_local_state",
-    "update_frame",
-    "voted_global_model",
-]

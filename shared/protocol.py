@@ -9,6 +9,7 @@ under its own id (the broker's ACL enforces it)::
     bitfleet/v1/jobs/{job}/rounds/{r}/model      coordinator: retained global model (or /{i}
                                                  per chunk when it needs several messages)
     bitfleet/v1/jobs/{job}/rounds/{r}/updates/{agent}   agent: signed update frames
+    bitfleet/v1/jobs/{job}/rounds/{r}/declines/{agent}  agent: a task it cannot take, and why
 
 The HTTP fallback carries the same frames and JSON bodies (see ``server/api/fleet.py``).
 Messages are JSON objects; ``parse_*`` functions validate them and raise
@@ -69,24 +70,21 @@ def update_topic(job_id: str, round_index: int, agent_id: str) -> str:
     )
 
 
+def decline_topic(job_id: str, round_index: int, agent_id: str) -> str:
+    return update_topic(job_id, round_index, agent_id).replace("/updates/", "/declines/")
+
+
 ALL_STATUS_TOPICS = f"{TOPIC_ROOT}/agents/+/status"
 ALL_UPDATE_TOPICS = f"{TOPIC_ROOT}/jobs/+/rounds/+/updates/+"
+ALL_DECLINE_TOPICS = f"{TOPIC_ROOT}/jobs/+/rounds/+/declines/+"
 
 
-def parse_update_topic(topic: str) -> tuple[str, int, str]:
-    """``(job_id, round, agent_id)`` of an update topic."""
+def parse_update_topic(topic: str, kind: str = "updates") -> tuple[str, int, str]:
+    """``(job_id, round, agent_id)`` of an update (or ``kind="declines"``) topic."""
     parts = topic.split("/")
-    if (
-        len(parts) != 8
-        or "/".join(parts[:2]) != TOPIC_ROOT
-        or parts[2::2]
-        != [
-            "jobs",
-            "rounds",
-            "updates",
-        ]
-    ):
-        raise ProtocolError(f"{topic!r} is not an update topic")
+    shape_ok = len(parts) == 8 and "/".join(parts[:2]) == TOPIC_ROOT
+    if not shape_ok or parts[2::2] != ["jobs", "rounds", kind]:
+        raise ProtocolError(f"{topic!r} is not a {kind} topic")
     if not parts[5].isdigit():
         raise ProtocolError(f"round {parts[5]!r} in {topic!r} is not a number")
     return check_id(parts[3], "job id"), int(parts[5]), check_id(parts[7], "agent id")
@@ -118,6 +116,7 @@ class Task:
     round: int
     algorithm: str
     deadline: float
+    attempt: int = 0
     model_chunks: int = 1
     local_epochs: int = 1
     seed: int = 0
@@ -137,10 +136,21 @@ class UploadReceipt:
     protocol: int = PROTOCOL_VERSION
 
 
-Message = TypeVar("Message", AgentStatus, Task, UploadReceipt)
+@dataclass(frozen=True)
+class Decline:
+    """An agent cannot take a task (e.g. the model does not fit its memory)."""
+
+    job_id: str
+    round: int
+    agent_id: str
+    reason: str
+    protocol: int = PROTOCOL_VERSION
 
 
-def encode_message(message: AgentStatus | Task | UploadReceipt) -> bytes:
+Message = TypeVar("Message", AgentStatus, Task, UploadReceipt, Decline)
+
+
+def encode_message(message: AgentStatus | Task | UploadReceipt | Decline) -> bytes:
     return json.dumps(asdict(message), sort_keys=True).encode()
 
 

@@ -55,7 +55,9 @@ class Broker:
     files: BrokerFiles | None = None
 
     def start(self) -> Broker:
-        self.files = write_broker_files(self.directory, self.port, self.user, self.password)
+        """Start (or restart) the broker; its files are written once, as a real install's."""
+        if self.files is None:
+            self.files = write_broker_files(self.directory, self.port, self.user, self.password)
         self.process = subprocess.Popen(
             [mosquitto_binary(), "-c", str(self.files.config)],
             stdout=subprocess.DEVNULL,

@@ -17,9 +17,9 @@ from tests.test_coordinator import JOB, _agents, _shards
 
 def _cli(capsys: pytest.CaptureFixture[str], coordinator: Coordinator, *argv: str) -> dict:
     code = main([*argv, "--url", coordinator.url, "--token", coordinator.token, "--json"])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    return json.loads(out)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out)
 
 
 def test_enroll_submit_watch_download_with_the_cli(

@@ -122,6 +122,7 @@ def test_lastmile_table_for_people(capsys: pytest.CaptureFixture[str], pretraine
     [
         (["train", "--algo", "forward", "--dataset", "digits"], "needs it"),
         (["lastmile", "--shift", "blur", "--dataset", "digits"], "unknown shift 'blur'"),
+        (["train", "--algo", "float", "--init", "x.bfm", "--dataset", "digits"], "goes with"),
         (["lastmile", "--shift", "invert", "--dataset", "digits", "--samples", "5000"], "leave"),
         (["lastmile", "--shift", "invert", *TINY_LASTMILE, "--perturbations", "0"], "at least 1"),
     ],
@@ -142,3 +143,11 @@ def test_forward_training_needs_a_fixed_point_model(
     argv = ["train", "--algo", "forward", "--init", str(bits), "--dataset", "digits"]
     assert main(argv) == 2
     assert "bitfleet pretrain" in capsys.readouterr().err
+
+
+def test_forward_training_refuses_other_layer_sizes(
+    capsys: pytest.CaptureFixture[str], pretrained: Path
+) -> None:
+    argv = ["train", "--algo", "forward", "--init", str(pretrained), "--dataset", "digits"]
+    assert main([*argv, "--layers", "64,32,10"]) == 2
+    assert "does not match" in capsys.readouterr().err

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from shared.protocol import AgentStatus, Task, UploadReceipt
+from shared.protocol import AgentStatus, Decline, Task, UploadReceipt
 
 
 class Transport(Protocol):
@@ -24,5 +24,8 @@ class Transport(Protocol):
 
     def upload(self, task: Task, frame: bytes, timeout: float) -> UploadReceipt | None:
         """Send an update; the coordinator's receipt, or None if none came in time."""
+
+    def decline(self, decline: Decline) -> None:
+        """Tell the coordinator this agent cannot take the task, and why."""
 
     def close(self) -> None: ...

@@ -5,7 +5,14 @@ from __future__ import annotations
 import time
 
 from shared.httpclient import ApiClient, ApiError
-from shared.protocol import AgentStatus, Task, UploadReceipt, encode_message, parse_message
+from shared.protocol import (
+    AgentStatus,
+    Decline,
+    Task,
+    UploadReceipt,
+    encode_message,
+    parse_message,
+)
 
 
 class HttpTransport:
@@ -49,6 +56,12 @@ class HttpTransport:
                 return parse_message(UploadReceipt, error.body)
             raise
         return parse_message(UploadReceipt, reply.body)
+
+    def decline(self, decline: Decline) -> None:
+        path = f"/api/v1/fleet/jobs/{decline.job_id}/rounds/{decline.round}/decline"
+        self.api.request(
+            "POST", path, data=encode_message(decline), content_type="application/json"
+        )
 
     def close(self) -> None:
         """Nothing to tear down: every request is its own connection."""

@@ -18,11 +18,13 @@ from shared.chunks import DEFAULT_CHUNK_BYTES, Reassembler, split_frame
 from shared.errors import BitfleetError
 from shared.protocol import (
     AgentStatus,
+    Decline,
     Task,
     UploadReceipt,
     agent_events_topic,
     agent_status_topic,
     agent_tasks_topic,
+    decline_topic,
     encode_message,
     parse_message,
     parse_mqtt_url,
@@ -122,7 +124,7 @@ class MqttTransport:
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
             with self._changed:
-                self._store(message.topic, message.payload)
+                self._store(message.topic, bytes(message.payload))
                 self._changed.notify_all()
         except BitfleetError as error:
             log.warning("ignored message on %s: %s", message.topic, error)
@@ -171,6 +173,10 @@ class MqttTransport:
         if frame is None:
             raise TransportTimeout(f"model of {task.job_id} round {task.round} is incomplete")
         return frame
+
+    def decline(self, decline: Decline) -> None:
+        topic = decline_topic(decline.job_id, decline.round, self.agent_id)
+        self.client.publish(topic, encode_message(decline), qos=QOS).wait_for_publish(timeout=10)
 
     def upload(self, task: Task, frame: bytes, timeout: float) -> UploadReceipt | None:
         topic = update_topic(task.job_id, task.round, self.agent_id)

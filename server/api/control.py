@@ -26,6 +26,11 @@ def _engine(request: Request) -> RoundEngine:
     return engine
 
 
+def _view(engine: RoundEngine, job_id: str) -> JobView:
+    job = engine.job(job_id)
+    return JobView.of(job, engine.store.list_metrics(job_id), engine.store.list_declines(job_id))
+
+
 @router.post(
     "/jobs",
     status_code=201,
@@ -44,9 +49,7 @@ def create_job(
 @router.get("/jobs", response_model=list[JobView], tags=["jobs"], summary="List jobs")
 def list_jobs(request: Request) -> list[JobView]:
     engine = _engine(request)
-    return [
-        JobView.of(job, engine.store.list_metrics(job.job_id)) for job in engine.store.list_jobs()
-    ]
+    return [_view(engine, job.job_id) for job in engine.store.list_jobs()]
 
 
 @router.get(
@@ -57,8 +60,7 @@ def list_jobs(request: Request) -> list[JobView]:
     responses={404: {"model": Error}},
 )
 def get_job(request: Request, job_id: str) -> JobView:
-    engine = _engine(request)
-    return JobView.of(engine.job(job_id), engine.store.list_metrics(job_id))
+    return _view(_engine(request), job_id)
 
 
 @router.post(
@@ -70,7 +72,8 @@ def get_job(request: Request, job_id: str) -> JobView:
 )
 def cancel_job(request: Request, job_id: str) -> JobView:
     engine = _engine(request)
-    return JobView.of(engine.cancel_job(job_id), engine.store.list_metrics(job_id))
+    engine.cancel_job(job_id)
+    return _view(engine, job_id)
 
 
 @router.get(

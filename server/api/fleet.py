@@ -15,7 +15,13 @@ from server.api.auth import agent_identity
 from server.api.control import FRAME_MEDIA_TYPE
 from server.api.schemas import Error, Receipt
 from server.engine import RoundEngine
-from shared.protocol import AgentStatus, ProtocolError, encode_message, parse_message
+from shared.protocol import (
+    AgentStatus,
+    Decline,
+    ProtocolError,
+    encode_message,
+    parse_message,
+)
 
 router = APIRouter(prefix="/api/v1/fleet", tags=["fleet"], responses={403: {"model": Error}})
 Agent = Annotated[str, Depends(agent_identity)]
@@ -84,6 +90,19 @@ def get_model(request: Request, job_id: str, round_index: int, agent_id: Agent) 
     frame = engine.model(job_id, round_index)
     engine.metrics.bytes_out.inc(len(frame))
     return Response(frame, media_type=FRAME_MEDIA_TYPE)
+
+
+@router.post(
+    "/jobs/{job_id}/rounds/{round_index}/decline",
+    summary="Decline a task the agent cannot take (e.g. not enough memory), with the reason",
+)
+async def post_decline(
+    request: Request, job_id: str, round_index: int, agent_id: Agent
+) -> dict[str, bool]:
+    decline = parse_message(Decline, await request.body())
+    if (decline.job_id, decline.round, decline.agent_id) != (job_id, round_index, agent_id):
+        raise ProtocolError("decline names another job, round or agent than its URL")
+    return {"recorded": _engine(request).decline(job_id, round_index, agent_id, decline.reason)}
 
 
 @router.post(

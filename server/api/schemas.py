@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from server.state.base import AgentRecord, JobRecord, RoundMetrics
+from server.state.base import AgentRecord, DeclineRecord, JobRecord, RoundMetrics
 
 
 class Error(BaseModel):
@@ -28,6 +28,12 @@ class RoundMetric(BaseModel):
     seconds: float
 
 
+class DeclineView(BaseModel):
+    agent_id: str
+    round: int
+    reason: str
+
+
 class JobView(BaseModel):
     id: str
     name: str
@@ -39,10 +45,15 @@ class JobView(BaseModel):
     created_at: float
     updated_at: float
     metrics: list[RoundMetric] = Field(default_factory=list)
+    declines: list[DeclineView] = Field(
+        default_factory=list, description="agents that could not take the job, and why"
+    )
     spec: dict[str, Any]
 
     @classmethod
-    def of(cls, job: JobRecord, metrics: list[RoundMetrics]) -> JobView:
+    def of(
+        cls, job: JobRecord, metrics: list[RoundMetrics], declines: list[DeclineRecord]
+    ) -> JobView:
         return cls(
             id=job.job_id,
             name=job.spec["name"],
@@ -54,6 +65,7 @@ class JobView(BaseModel):
             created_at=job.created_at,
             updated_at=job.updated_at,
             metrics=[RoundMetric(**m.as_dict()) for m in metrics],
+            declines=[DeclineView(**d.__dict__) for d in declines],
             spec=job.spec,
         )
 

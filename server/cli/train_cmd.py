@@ -118,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
     if args.algo == "forward":
         initial = load_fixed_model(args.init)
         layers = initial.layer_sizes
+        if args.layers is not None and parse_layers(args.layers, dataset) != layers:
+            raise ConfigError(f"--layers {args.layers} does not match {args.init} ({layers})")
         config = qzo_config(args, args.epochs or QZOConfig.epochs, args.lr or QZOConfig.lr)
         trainer = QZOTrainer(initial.copy(), config)
         epochs, state_bits = config.epochs, initial.weight_bits

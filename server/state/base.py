@@ -56,6 +56,13 @@ class RoundRecord:
 
 
 @dataclass(frozen=True)
+class DeclineRecord:
+    agent_id: str
+    round: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class UploadRecord:
     agent_id: str
     samples: int
@@ -141,6 +148,13 @@ class StateStore(ABC):
 
     @abstractmethod
     def upload_agents(self, job_id: str, round_index: int) -> list[str]: ...
+
+    @abstractmethod
+    def add_decline(self, job_id: str, round_index: int, agent_id: str, reason: str) -> None:
+        """Record that an agent cannot take this job (it is not selected for it again)."""
+
+    @abstractmethod
+    def list_declines(self, job_id: str) -> list[DeclineRecord]: ...
 
     @abstractmethod
     def iter_uploads(self, job_id: str, round_index: int) -> Iterator[UploadRecord]:

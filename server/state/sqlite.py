@@ -18,6 +18,7 @@ from typing import Any
 from server.state.base import (
     AgentRecord,
     AlreadyExists,
+    DeclineRecord,
     JobRecord,
     RoundMetrics,
     RoundRecord,
@@ -65,6 +66,13 @@ CREATE TABLE IF NOT EXISTS uploads (
     received_at REAL NOT NULL,
     payload BLOB NOT NULL,
     PRIMARY KEY (job_id, round, agent_id)
+);
+CREATE TABLE IF NOT EXISTS declines (
+    job_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (job_id, agent_id)
 );
 CREATE TABLE IF NOT EXISTS models (
     job_id TEXT NOT NULL,
@@ -266,6 +274,21 @@ class SqliteStore(StateStore):
             (job_id, round_index),
         )
         return [row["agent_id"] for row in rows]
+
+    def add_decline(self, job_id: str, round_index: int, agent_id: str, reason: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO declines (job_id, agent_id, round, reason) "
+                "VALUES (?, ?, ?, ?)",
+                (job_id, agent_id, round_index, reason),
+            )
+
+    def list_declines(self, job_id: str) -> list[DeclineRecord]:
+        rows = self._query(
+            "SELECT agent_id, round, reason FROM declines WHERE job_id = ? ORDER BY agent_id",
+            (job_id,),
+        )
+        return [DeclineRecord(row["agent_id"], row["round"], row["reason"]) for row in rows]
 
     def iter_uploads(self, job_id: str, round_index: int) -> Iterator[UploadRecord]:
         for agent_id in self.upload_agents(job_id, round_index):

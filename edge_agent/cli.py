@@ -1,0 +1,244 @@
+"""``bitfleet-agent``: enroll a board, run the agent, show what it is doing.
+
+Exit codes: 0 success, 2 a user error (bad option, refused credentials, unreadable data),
+130 interrupted. ``run`` stops cleanly on SIGTERM or Ctrl-C: a round in training is
+abandoned (and journaled), the transport says "offline" and disconnects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edge_agent.config import AgentConfig, default_config_path, default_state_dir
+from edge_agent.journal import Journal
+from edge_agent.runtime import AgentRuntime
+from edge_agent.transports import Transport
+from edge_agent.transports.http import HttpTransport
+from shared import __version__
+from shared.datasets import load_dataset
+from shared.errors import BitfleetError, ConfigError
+from shared.httpclient import ApiClient, ApiError
+from shared.protocol import parse_mqtt_url
+
+log = logging.getLogger("bitfleet.agent")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bitfleet-agent",
+        description="The bitfleet edge agent: trains on this board's data, uploads bits.",
+    )
+    parser.add_argument("--version", action="version", version=f"bitfleet-agent {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    enroll = commands.add_parser(
+        "enroll",
+        help="check an enrollment pair and store it in the config file",
+        description="Check the agent id and secret ('bitfleet agents add' prints them) "
+        "against the coordinator and save them (0600) for 'run'.",
+    )
+    enroll.add_argument("--coordinator", required=True, help="coordinator URL, http(s)://...")
+    enroll.add_argument("--agent-id", required=True)
+    enroll.add_argument("--secret", required=True)
+    enroll.add_argument("--mqtt-url", help="broker URL, mqtt://host:port (omit: HTTP only)")
+    enroll.add_argument(
+        "--config", type=Path, help=f"config file (default {default_config_path()})"
+    )
+    enroll.add_argument("--json", action="store_true", help="print JSON for scripts")
+    enroll.set_defaults(func=run_enroll)
+
+    run = commands.add_parser(
+        "run",
+        help="connect, wait for rounds, train and upload until stopped",
+        description="Run the agent. Credentials come from the config file, or from "
+        "--coordinator/--agent-id/--secret.",
+    )
+    run.add_argument(
+        "--data",
+        required=True,
+        help="local data: .npz (as 'bitfleet data partition' writes), IDX or CSV",
+    )
+    run.add_argument("--label-column", default="-1", help="CSV label column (index or name)")
+    run.add_argument("--config", type=Path, help=f"config file (default {default_config_path()})")
+    run.add_argument("--coordinator", help="coordinator URL (instead of a config file)")
+    run.add_argument("--agent-id")
+    run.add_argument("--secret")
+    run.add_argument("--mqtt-url", help="broker URL (overrides the config file)")
+    run.add_argument(
+        "--transport",
+        choices=("auto", "mqtt", "http"),
+        default="auto",
+        help="auto: MQTT when the broker is reachable, else HTTP",
+    )
+    run.add_argument(
+        "--state-dir", type=Path, help=f"journal and status (default {default_state_dir()})"
+    )
+    run.add_argument(
+        "--max-memory",
+        type=int,
+        metavar="MB",
+        help="decline jobs needing more (default: the memory the OS has free)",
+    )
+    run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    run.set_defaults(func=run_agent)
+
+    status = commands.add_parser("status", help="what the agent is doing and has done")
+    status.add_argument("--config", type=Path, help="config file (names the agent when idle)")
+    status.add_argument("--state-dir", type=Path, help=f"(default {default_state_dir()})")
+    status.add_argument("--json", action="store_true", help="print JSON for scripts")
+    status.set_defaults(func=run_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except BitfleetError as error:
+        print(f"bitfleet-agent: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def run_enroll(args: argparse.Namespace) -> int:
+    config = AgentConfig(args.coordinator, args.agent_id, args.secret, args.mqtt_url)
+    if args.mqtt_url:
+        parse_mqtt_url(args.mqtt_url)
+    _check_credentials(config)
+    path = args.config or default_config_path()
+    config.save(path)
+    if args.json:
+        print(json.dumps({"agent_id": config.agent_id, "config": str(path)}))
+    else:
+        print(f"enrolled {config.agent_id} with {config.coordinator}; config written to {path}")
+    return 0
+
+
+def _check_credentials(config: AgentConfig) -> None:
+    try:
+        ApiClient(config.coordinator, f"{config.agent_id}:{config.secret}").request(
+            "GET", "/api/v1/fleet/whoami"
+        )
+    except ApiError as error:
+        if error.status in (401, 403):
+            raise ConfigError(f"the coordinator refused agent {config.agent_id}: {error}") from None
+        raise
+
+
+def _config(args: argparse.Namespace) -> AgentConfig:
+    if args.coordinator or args.agent_id or args.secret:
+        if not (args.coordinator and args.agent_id and args.secret):
+            raise ConfigError("give all of --coordinator, --agent-id and --secret, or --config")
+        config = AgentConfig(args.coordinator, args.agent_id, args.secret, args.mqtt_url)
+    else:
+        config = AgentConfig.load(args.config or default_config_path())
+    if args.mqtt_url:
+        config = AgentConfig(config.coordinator, config.agent_id, config.secret, args.mqtt_url)
+    return config
+
+
+def _transport(config: AgentConfig, choice: str) -> Transport:
+    if choice == "http" or (choice == "auto" and not config.mqtt_url):
+        return HttpTransport(config.coordinator, config.agent_id, config.secret)
+    if not config.mqtt_url:
+        raise ConfigError("--transport mqtt needs a broker URL: --mqtt-url mqtt://host:port")
+    address = parse_mqtt_url(config.mqtt_url)
+    if choice == "auto" and not _reachable(address.host, address.port):
+        log.warning("broker %s:%d unreachable; using HTTP", address.host, address.port)
+        return HttpTransport(config.coordinator, config.agent_id, config.secret)
+    from edge_agent.transports.mqtt import MqttTransport
+
+    return MqttTransport(config.mqtt_url, config.agent_id, config.secret)
+
+
+def _reachable(host: str, port: int, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    config = _config(args)
+    label_column: int | str = (
+        int(args.label_column) if args.label_column.lstrip("-").isdigit() else args.label_column
+    )
+    data = load_dataset(args.data, label_column=label_column)
+    _check_credentials(config)
+    runtime = AgentRuntime(
+        config.agent_id,
+        config.secret,
+        data.x_train,
+        data.y_train,
+        _transport(config, args.transport),
+        journal=Journal(args.state_dir or default_state_dir()),
+        memory_limit_bytes=args.max_memory << 20 if args.max_memory else None,
+    )
+
+    def stop(signum: int, _: Any) -> None:
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        runtime.stop.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    runtime.run()
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    journal = Journal(args.state_dir or default_state_dir())
+    status = journal.read_status() or {"state": "never run"}
+    config_path = args.config or default_config_path()
+    if "agent_id" not in status and config_path.exists():
+        config = AgentConfig.load(config_path)
+        status.update(agent_id=config.agent_id, coordinator=config.coordinator)
+    if status.get("pid") and status.get("state") != "stopped" and not _alive(int(status["pid"])):
+        status["state"] = "stopped (not running)"
+    entries = journal.entries()
+    status["rounds"] = {
+        event: sum(1 for e in entries if e["event"] == event)
+        for event in ("uploaded", "declined", "failed", "abandoned")
+    }
+    status["recent"] = entries[-5:]
+    if args.json:
+        print(json.dumps(status, sort_keys=True))
+        return 0
+    print(
+        f"agent {status.get('agent_id', '?')}: {status['state']}"
+        f" ({status.get('transport', '-')} transport)"
+    )
+    if status.get("task"):
+        print(f"training job {status['task']['job_id']} round {status['task']['round']}")
+    print("rounds: " + ", ".join(f"{n} {event}" for event, n in status["rounds"].items()))
+    for entry in status["recent"]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["time"]))
+        detail = entry.get("outcome") or entry.get("reason") or ""
+        print(f"  {when} {entry['job_id']} round {entry['round']}: {entry['event']} {detail}")
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

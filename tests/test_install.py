@@ -1,0 +1,381 @@
+"""The agent's install assets: edge_agent/install/install.sh (run for real with --dry-run, as
+the current user) and docker/agent.Dockerfile (checked statically: no Docker engine here)."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "edge_agent" / "install" / "install.sh"
+DOCKERFILE = ROOT / "docker" / "agent.Dockerfile"
+
+UNIT_PATH = "/etc/systemd/system/bitfleet-agent.service"
+CONFIG = "/etc/bitfleet-agent/agent.json"
+STATE_DIR = "/var/lib/bitfleet-agent/state"
+# What a real run creates: a dry run must leave every one of these as it found it.
+SYSTEM_PATHS = [Path(UNIT_PATH), Path("/etc/bitfleet-agent"), Path("/var/lib/bitfleet-agent")]
+
+COORDINATOR = "http://coordinator.local:8000"
+AGENT_ID = "pi-07"
+SECRET = "-s3cr3t 'with' spaces"  # a leading "-" and quotes: must survive and never be shown
+
+
+@dataclass
+class DryRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def commands(self) -> list[list[str]]:
+        """Every command the run shows, as its argv ("+ " lines, shell-quoted)."""
+        return [
+            shlex.split(line[2:])
+            for line in self.stdout.splitlines()
+            if line.startswith("+ ") and not line.startswith("+ write ")
+        ]
+
+    def command(self, *prefix: str) -> list[str]:
+        found = [argv for argv in self.commands() if argv[: len(prefix)] == list(prefix)]
+        assert len(found) == 1, f"expected one command starting {prefix}: {self.stdout}"
+        return found[0]
+
+    def file(self, path: str) -> str:
+        """The content the run shows for a file it would write."""
+        lines = self.stdout.splitlines()
+        start = lines.index(f"----- BEGIN {path} -----")
+        end = lines.index(f"----- END {path} -----")
+        return "\n".join(lines[start + 1 : end]) + "\n"
+
+
+def dry_run(*args: str) -> DryRun:
+    done = subprocess.run(
+        [str(SCRIPT), "--dry-run", *args], capture_output=True, text=True, timeout=60
+    )
+    return DryRun(done.returncode, done.stdout, done.stderr)
+
+
+def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
+    """A systemd unit as section -> key -> values (keys like Environment= may repeat)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+            continue
+        assert current is not None, f"key outside a section: {line!r}"
+        key, sep, value = line.partition("=")
+        assert sep, f"not a key=value line: {line!r}"
+        current.setdefault(key, []).append(value)
+    return sections
+
+
+@pytest.fixture
+def data_file(tmp_path: Path) -> Path:
+    path = tmp_path / "board-data.npz"
+    path.write_bytes(b"not really an npz: the dry run only copies it")
+    return path
+
+
+@pytest.fixture
+def prefix(tmp_path: Path) -> Path:
+    return tmp_path / "prefix"  # must still not exist after a dry run
+
+
+def install_args(data: Path, prefix: Path, arch: str, *extra: str) -> list[str]:
+    return [
+        "--arch",
+        arch,
+        "--coordinator",
+        COORDINATOR,
+        "--agent-id",
+        AGENT_ID,
+        "--secret",
+        SECRET,
+        "--mqtt-url",
+        "mqtt://broker.local:1883",
+        "--data",
+        str(data),
+        "--prefix",
+        str(prefix),
+        *extra,
+    ]
+
+
+def test_script_is_valid_bash() -> None:
+    subprocess.run(["bash", "-n", str(SCRIPT)], check=True)
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
+def test_script_passes_shellcheck() -> None:
+    done = subprocess.run(["shellcheck", str(SCRIPT)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout
+
+
+def test_help_exits_0() -> None:
+    done = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True)
+    assert done.returncode == 0
+    for option in ("--coordinator", "--agent-id", "--secret", "--data", "--dry-run", "--arch"):
+        assert option in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("arch", "extras"),
+    [
+        ("arm64", "[agent,fast]"),
+        ("aarch64", "[agent,fast]"),
+        ("x86_64", "[agent,fast]"),
+        ("armv7l", "[agent]"),
+        ("armv6l", "[agent]"),
+    ],
+)
+def test_dry_run_installs_the_extras_for_the_architecture(
+    arch: str, extras: str, data_file: Path, prefix: Path
+) -> None:
+    run = dry_run(*install_args(data_file, prefix, arch))
+    assert run.returncode == 0, run.stderr
+    pip = run.command(f"{prefix}/bin/python", "-m", "pip", "install")
+    assert pip[-1] == f"bitfleet{extras}"
+    assert "--only-binary=numpy,numba,llvmlite" in pip
+    apt = [argv for argv in run.commands() if "apt-get" in argv and "install" in argv]
+    assert all("build-essential" not in argv for argv in apt)
+
+
+@pytest.mark.parametrize("arch", ["arm64", "armv7l"])
+def test_dry_run_unit_file(arch: str, data_file: Path, prefix: Path) -> None:
+    run = dry_run(*install_args(data_file, prefix, arch, "--transport", "mqtt"))
+    assert run.returncode == 0, run.stderr
+    assert f"+ write {UNIT_PATH} (mode 0644, owner root:root)" in run.stdout
+    unit = parse_unit(run.file(UNIT_PATH))
+    assert set(unit) == {"Unit", "Service", "Install"}
+
+    assert unit["Unit"]["Description"][0]
+    assert unit["Unit"]["Wants"] == ["network-online.target"]
+    assert unit["Unit"]["After"] == ["network-online.target"]
+
+    service = unit["Service"]
+    expected = {
+        "Type": "simple",
+        "User": "bitfleet",
+        "Group": "bitfleet",
+        "Restart": "always",
+        "RestartSec": "5",
+        "KillSignal": "SIGTERM",
+        "TimeoutStopSec": "30",
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "ReadWritePaths": "/var/lib/bitfleet-agent",
+        "PrivateTmp": "yes",
+    }
+    for key, value in expected.items():
+        assert service.get(key) == [value], key
+    assert "PYTHONUNBUFFERED=1" in service["Environment"]
+    assert "MemoryDenyWriteExecute" not in service  # would break numba's JIT
+
+    (exec_start,) = service["ExecStart"]
+    assert shlex.split(exec_start) == [
+        f"{prefix}/bin/bitfleet-agent",
+        "run",
+        "--config",
+        CONFIG,
+        "--data",
+        f"/var/lib/bitfleet-agent/data/{data_file.name}",
+        "--state-dir",
+        STATE_DIR,
+        "--transport",
+        "mqtt",
+    ]
+    assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
+def test_unit_passes_systemd_analyze_verify(tmp_path: Path, data_file: Path) -> None:
+    # verify wants ExecStart's program to exist: a stand-in virtualenv.
+    fake_prefix = tmp_path / "venv"
+    (fake_prefix / "bin").mkdir(parents=True)
+    (fake_prefix / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    agent = fake_prefix / "bin" / "bitfleet-agent"
+    agent.write_text("#!/bin/sh\n")
+    agent.chmod(0o755)
+    run = dry_run(*install_args(data_file, fake_prefix, "arm64"))
+    assert run.returncode == 0, run.stderr
+    unit_file = tmp_path / "bitfleet-agent-verify.service"
+    unit_file.write_text(run.file(UNIT_PATH))
+    done = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(unit_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    # Unknown or misspelt keys are only warnings: none may concern our unit.
+    assert unit_file.name not in done.stderr, done.stderr
+
+
+def test_dry_run_enrolls_as_the_service_user(data_file: Path, prefix: Path) -> None:
+    run = dry_run(*install_args(data_file, prefix, "arm64"))
+    assert run.returncode == 0, run.stderr
+    enroll = run.command("runuser", "-u", "bitfleet", "--")
+    agent = enroll[enroll.index("--") + 1 :]
+    assert agent[:2] == [f"{prefix}/bin/bitfleet-agent", "enroll"]
+
+    def value(option: str) -> str:
+        return agent[agent.index(option) + 1]
+
+    assert value("--coordinator") == COORDINATOR
+    assert value("--agent-id") == AGENT_ID
+    assert value("--mqtt-url") == "mqtt://broker.local:1883"
+    assert value("--config") == CONFIG
+    assert "--secret=********" in agent
+    # The secret never appears, in any form.
+    assert SECRET not in run.stdout + run.stderr
+    assert "s3cr3t" not in run.stdout + run.stderr
+
+
+def test_dry_run_changes_nothing(tmp_path: Path, data_file: Path, prefix: Path) -> None:
+    before = {path: path.exists() for path in SYSTEM_PATHS}
+    files_before = sorted(tmp_path.rglob("*"))
+    run = dry_run(*install_args(data_file, prefix, "arm64"))
+    assert run.returncode == 0, run.stderr
+    # It would create the virtualenv and the directories, and copy the data...
+    assert run.command("/usr/bin/python3", "-m", "venv")[-1] == str(prefix)
+    assert run.command("install", "-m", "0640")[-2:] == [
+        str(data_file),
+        f"/var/lib/bitfleet-agent/data/{data_file.name}",
+    ]
+    # ...but did none of it.
+    assert not prefix.exists()
+    assert sorted(tmp_path.rglob("*")) == files_before
+    assert {path: path.exists() for path in SYSTEM_PATHS} == before
+    assert "dry run complete: nothing was changed" in run.stdout
+
+
+def test_missing_coordinator_is_a_usage_error(data_file: Path, prefix: Path) -> None:
+    args = install_args(data_file, prefix, "arm64")
+    del args[args.index("--coordinator") : args.index("--coordinator") + 2]
+    run = dry_run(*args)
+    assert run.returncode == 2
+    assert "missing --coordinator" in run.stderr
+    assert "--help" in run.stderr
+    assert run.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--transport", "carrier-pigeon"], "--transport must be auto, mqtt or http"),
+        (["--bogus"], "unknown option: --bogus"),
+        (["--purge"], "--purge only goes with --uninstall"),
+        (["--coordinator"], "--coordinator needs a value"),
+    ],
+)
+def test_bad_options_are_usage_errors(
+    extra: list[str], message: str, data_file: Path, prefix: Path
+) -> None:
+    run = dry_run(*install_args(data_file, prefix, "arm64"), *extra)
+    assert run.returncode == 2
+    assert message in run.stderr
+
+
+def test_missing_data_on_a_first_install_is_a_usage_error(prefix: Path) -> None:
+    if Path(UNIT_PATH).exists():
+        pytest.skip("an agent is installed here: a re-run keeps its --data")
+    run = dry_run("--skip-enroll", "--prefix", str(prefix))
+    assert run.returncode == 2
+    assert "missing --data" in run.stderr
+
+
+def test_skip_enroll_and_a_local_wheel(tmp_path: Path, data_file: Path, prefix: Path) -> None:
+    wheel = tmp_path / "bitfleet-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"")
+    run = dry_run(
+        "--skip-enroll",
+        "--arch",
+        "armv7l",
+        "--package",
+        str(wheel),
+        "--data",
+        str(data_file),
+        "--prefix",
+        str(prefix),
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.command(f"{prefix}/bin/python", "-m", "pip", "install")[-1] == f"{wheel}[agent]"
+    assert not [argv for argv in run.commands() if "enroll" in argv]
+
+
+def test_dry_run_uninstall(prefix: Path) -> None:
+    run = dry_run("--uninstall", "--purge", "--prefix", str(prefix))
+    assert run.returncode == 0, run.stderr
+    commands = run.commands()
+    assert ["rm", "-f", UNIT_PATH] in commands
+    assert ["systemctl", "daemon-reload"] in commands
+    assert ["rm", "-rf", str(prefix), "/etc/bitfleet-agent"] in commands
+    assert ["rm", "-rf", "/var/lib/bitfleet-agent"] in commands
+
+
+# --- docker/agent.Dockerfile ------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        keyword, _, rest = (pending + line).partition(" ")
+        instructions.append((keyword.upper(), rest.strip()))
+        pending = ""
+    return instructions
+
+
+def test_agent_dockerfile() -> None:
+    instructions = dockerfile_instructions()
+    # Stages: FROM IMAGE [AS NAME]; the final stage's base resolved through stage names.
+    bases: dict[str, str] = {}
+    final_base = ""
+    for keyword, args in instructions:
+        if keyword == "FROM":
+            words = args.split()
+            image = bases.get(words[0], words[0])
+            if len(words) == 3 and words[1].upper() == "AS":
+                bases[words[2]] = image
+            final_base = image
+    assert final_base.startswith("python:3.")
+    assert final_base.endswith("-slim-bookworm")
+
+    final_stage = instructions[
+        max(i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM") :
+    ]
+    users = [args for keyword, args in final_stage if keyword == "USER"]
+    assert users
+    assert users[-1].split(":")[0] not in ("root", "0")
+    assert ("ENTRYPOINT", '["bitfleet-agent"]') in final_stage
+    assert ("CMD", '["--help"]') in final_stage
+    volumes = " ".join(args for keyword, args in final_stage if keyword == "VOLUME")
+    assert "/data" in volumes
+    assert "/var/lib/bitfleet-agent" in volumes
+
+    runs = " ".join(args for keyword, args in instructions if keyword == "RUN")
+    # The agent extra everywhere, numba only for the 64-bit platforms with wheels.
+    assert "'[agent]'" in runs
+    assert "amd64 | arm64) extras='[agent,fast]'" in " ".join(runs.split())
+    assert "TARGETARCH" in runs
+    # No compiler in the final image (the build stage may compile numpy for 32-bit ARM).
+    final_runs = " ".join(args for keyword, args in final_stage if keyword == "RUN")
+    for compiler in ("build-essential", "gcc", "g++"):
+        assert compiler not in final_runs
