@@ -168,9 +168,7 @@ def test_broker_restart_mid_job_everyone_reconnects(
     assert job["status"] == "completed", job
     assert len(job["metrics"]) == 4
     assert "disconnected from the broker" in agents[1].log()
-    coordinator_log = (
-        coordinator.data_dir.parent / f"coordinator-{coordinator.port}.log"
-    ).read_text()
+    coordinator_log = coordinator.log_path.read_text()
     assert coordinator_log.count("connected to broker") >= 2
 
 

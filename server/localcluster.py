@@ -1,0 +1,258 @@
+"""A cluster on one machine: Mosquitto, the coordinator and agents as real processes.
+
+Used by ``bitfleet demo`` and by the integration tests, so both run exactly the parts a
+deployment runs. Every process listens on loopback only; children are asked to die with
+their parent (Linux PR_SET_PDEATHSIG), so even a killed demo leaves no orphans behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from server.broker import BrokerFiles, write_broker_files
+from shared.errors import BitfleetError, ConfigError
+from shared.httpclient import ApiClient, ApiError
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: receive SIGTERM when the parent process dies."""
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def spawn(command: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """Start a child in its own session (Ctrl-C reaches only us), logging to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as handle:
+        return subprocess.Popen(
+            command,
+            stdout=handle,
+            stderr=handle,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+
+
+def stop_process(
+    process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout: float = 20.0
+) -> int | None:
+    """Signal a child and wait; SIGKILL if it does not stop in time."""
+    if process is None:
+        return None
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+def mosquitto_binary() -> str:
+    for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
+        if candidate and Path(candidate).exists():
+            return candidate
+    raise ConfigError("mosquitto is not installed: sudo apt-get install mosquitto")
+
+
+@dataclass
+class Broker:
+    directory: Path
+    port: int = field(default_factory=free_port)
+    user: str = "coordinator"
+    password: str = field(default_factory=lambda: secrets.token_hex(12))
+    process: subprocess.Popen[bytes] | None = None
+    files: BrokerFiles | None = None
+
+    def start(self) -> Broker:
+        """Start (or restart) the broker; its files are written once, as a real install's."""
+        if self.files is None:
+            self.files = write_broker_files(self.directory, self.port, self.user, self.password)
+        log = self.directory / "mosquitto.log"
+        self.process = spawn([mosquitto_binary(), "-c", str(self.files.config)], log)
+        if not wait_for_port(self.port):
+            stop_process(self.process)
+            raise BitfleetError(f"mosquitto did not start: {log.read_text()[-2000:]}")
+        return self
+
+    @property
+    def coordinator_url(self) -> str:
+        return f"mqtt://{self.user}:{self.password}@127.0.0.1:{self.port}"
+
+    @property
+    def agent_url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+@dataclass
+class Coordinator:
+    data_dir: Path
+    broker: Broker | None = None
+    port: int = field(default_factory=free_port)
+    token: str = field(default_factory=lambda: secrets.token_hex(12))
+    extra_args: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api(self) -> ApiClient:
+        return ApiClient(self.url, self.token)
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir.parent / f"coordinator-{self.port}.log"
+
+    def start(self) -> Coordinator:
+        command = [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "coordinator",
+            "--data-dir",
+            str(self.data_dir),
+            "--port",
+            str(self.port),
+            "--admin-token",
+            self.token,
+            "--presence-timeout",
+            "5",
+            *self.extra_args,
+        ]
+        if self.broker is not None and self.broker.files is not None:
+            command += [
+                "--mqtt-url",
+                self.broker.coordinator_url,
+                "--broker-passwd-file",
+                str(self.broker.files.passwords),
+                "--broker-pid-file",
+                str(self.broker.files.pid),
+            ]
+        self.process = spawn(command, self.log_path)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BitfleetError(
+                    f"the coordinator exited with {self.process.returncode}: "
+                    f"{self.log_path.read_text()[-2000:]}"
+                )
+            try:
+                self.api.request("GET", "/healthz")
+                return self
+            except ApiError:
+                time.sleep(0.1)
+        raise BitfleetError("the coordinator did not become healthy within 60 s")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        stop_process(self.process, sig)
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        job: dict[str, Any] = self.api.request("GET", f"/api/v1/jobs/{job_id}").json()
+        return job
+
+    def wait_for(
+        self, job_id: str, predicate: str = "done", timeout: float = 90.0
+    ) -> dict[str, Any]:
+        """Poll a job until it is terminal (or its round reaches an int ``predicate``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if predicate == "done" and job["status"] in TERMINAL:
+                return job
+            if predicate != "done" and job["round"] >= int(predicate):
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} did not reach {predicate}: {job}")
+            time.sleep(0.2)
+
+
+@dataclass
+class AgentProcess:
+    """A ``bitfleet-agent run`` process."""
+
+    agent_id: str
+    secret: str
+    coordinator_url: str
+    data: Path
+    state_dir: Path
+    mqtt_url: str | None = None
+    transport: str = "auto"
+    extra: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.state_dir.parent / f"{self.agent_id}.log"
+
+    def start(self) -> AgentProcess:
+        command = [
+            sys.executable,
+            "-m",
+            "edge_agent",
+            "run",
+            "--data",
+            str(self.data),
+            "--coordinator",
+            self.coordinator_url,
+            "--agent-id",
+            self.agent_id,
+            "--secret",
+            self.secret,
+            "--state-dir",
+            str(self.state_dir),
+            "--transport",
+            self.transport,
+            *self.extra,
+        ]
+        if self.mqtt_url:
+            command += ["--mqtt-url", self.mqtt_url]
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.process = spawn(command, self.log_path)
+        return self
+
+    def signal(self, sig: int) -> int | None:
+        return stop_process(self.process, sig)
+
+    def stop(self) -> int | None:
+        return stop_process(self.process)
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
