@@ -498,6 +498,12 @@ class RoundEngine:
     def _model_frame(self, job_id: str, round_index: int) -> Frame:
         return decode_frame(self._model_bytes(job_id, round_index))
 
+    def round_progress(self, job_id: str) -> tuple[int, int]:
+        """(uploads accepted, agents selected) in the job's open round; (0, 0) if none."""
+        with self._lock:
+            state = self._open.get(job_id)
+            return (len(state.accepted), len(state.record.selected)) if state else (0, 0)
+
     def model(self, job_id: str, round_index: int | None = None) -> bytes:
         self.job(job_id)
         return self._model_bytes(job_id, round_index)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import secrets
 import shutil
 import signal
@@ -49,7 +50,9 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def spawn(command: list[str], log: Path) -> subprocess.Popen[bytes]:
+def spawn(
+    command: list[str], log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """Start a child in its own session (Ctrl-C reaches only us), logging to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as handle:
@@ -59,7 +62,13 @@ def spawn(command: list[str], log: Path) -> subprocess.Popen[bytes]:
             stderr=handle,
             start_new_session=True,
             preexec_fn=_die_with_parent,
+            env={**os.environ, **(env or {})},
         )
+
+
+# Agents sharing one machine each get one BLAS thread: several multi-threaded agents on
+# two cores spend their time contending (measured 10x slower rounds).
+ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def stop_process(
@@ -245,7 +254,7 @@ class AgentProcess:
         if self.mqtt_url:
             command += ["--mqtt-url", self.mqtt_url]
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.process = spawn(command, self.log_path)
+        self.process = spawn(command, self.log_path, ONE_THREAD)
         return self
 
     def signal(self, sig: int) -> int | None:

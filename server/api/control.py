@@ -28,7 +28,12 @@ def _engine(request: Request) -> RoundEngine:
 
 def _view(engine: RoundEngine, job_id: str) -> JobView:
     job = engine.job(job_id)
-    return JobView.of(job, engine.store.list_metrics(job_id), engine.store.list_declines(job_id))
+    return JobView.of(
+        job,
+        engine.store.list_metrics(job_id),
+        engine.store.list_declines(job_id),
+        engine.round_progress(job_id),
+    )
 
 
 @router.post(

@@ -42,6 +42,8 @@ class JobView(BaseModel):
     round: int = Field(description="the round in progress (= rounds done)")
     rounds: int
     reason: str | None = Field(None, description="why the job failed or waits")
+    round_uploads: int = Field(0, description="uploads accepted so far in the open round")
+    round_agents: int = Field(0, description="agents selected for the open round")
     created_at: float
     updated_at: float
     metrics: list[RoundMetric] = Field(default_factory=list)
@@ -52,7 +54,11 @@ class JobView(BaseModel):
 
     @classmethod
     def of(
-        cls, job: JobRecord, metrics: list[RoundMetrics], declines: list[DeclineRecord]
+        cls,
+        job: JobRecord,
+        metrics: list[RoundMetrics],
+        declines: list[DeclineRecord],
+        progress: tuple[int, int] = (0, 0),
     ) -> JobView:
         return cls(
             id=job.job_id,
@@ -62,6 +68,8 @@ class JobView(BaseModel):
             round=job.round,
             rounds=job.spec["rounds"],
             reason=job.reason,
+            round_uploads=progress[0],
+            round_agents=progress[1],
             created_at=job.created_at,
             updated_at=job.updated_at,
             metrics=[RoundMetric(**m.as_dict()) for m in metrics],

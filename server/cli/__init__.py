@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         bench_cmd,
         coordinator_cmd,
         data_cmd,
+        demo_cmd,
         eval_cmd,
         jobs_cmd,
         lastmile_cmd,
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bitfleet {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     modules = (
+        demo_cmd,
         train_cmd,
         pretrain_cmd,
         lastmile_cmd,
