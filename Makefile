@@ -6,9 +6,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint setup system-deps bench clean
+.PHONY: demo train test lint setup system-deps bench clean
 
 demo: setup
+	$(BIN)/bitfleet demo
+
+train: setup
 	$(BIN)/bitfleet train --algo bitflip --weights binary --layers 784,512,10 \
 		--dataset fashion-mnist --seed 0 --out fashion-binary.bfm
 
@@ -22,6 +25,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/bitfleet bench kernels
+	$(BIN)/bitfleet bench aggregate
 
 setup: system-deps $(STAMP)
 
@@ -35,4 +39,4 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bitfleet-demo

@@ -70,10 +70,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--label-column", default="-1", help="CSV label column (index or name)")
     run.add_argument("--config", type=Path, help=f"config file (default {default_config_path()})")
-    run.add_argument("--coordinator", help="coordinator URL (instead of a config file)")
-    run.add_argument("--agent-id")
-    run.add_argument("--secret")
-    run.add_argument("--mqtt-url", help="broker URL (overrides the config file)")
+    run.add_argument(
+        "--coordinator",
+        default=os.environ.get("BITFLEET_COORDINATOR"),
+        help="coordinator URL instead of a config file (env BITFLEET_COORDINATOR)",
+    )
+    run.add_argument(
+        "--agent-id", default=os.environ.get("BITFLEET_AGENT_ID"), help="(env BITFLEET_AGENT_ID)"
+    )
+    run.add_argument(
+        "--secret",
+        default=os.environ.get("BITFLEET_AGENT_SECRET"),
+        help="(env BITFLEET_AGENT_SECRET; keeps it out of the process list)",
+    )
+    run.add_argument(
+        "--mqtt-url",
+        default=os.environ.get("BITFLEET_MQTT_URL"),
+        help="broker URL, overrides the config file (env BITFLEET_MQTT_URL)",
+    )
     run.add_argument(
         "--transport",
         choices=("auto", "mqtt", "http"),

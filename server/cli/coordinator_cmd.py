@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -14,7 +15,7 @@ from typing import Any
 from shared.chunks import DEFAULT_CHUNK_BYTES
 from shared.errors import ConfigError
 from shared.frames import DEFAULT_MAX_FRAME_BYTES
-from shared.protocol import parse_mqtt_url
+from shared.protocol import check_id, parse_mqtt_url
 
 TOKEN_ENV = "BITFLEET_ADMIN_TOKEN"
 MQTT_URL_ENV = "BITFLEET_MQTT_URL"
@@ -54,6 +55,23 @@ def register(subparsers: Any) -> None:
         "--broker-pid-file", type=Path, help="signal this broker to reload its password file"
     )
     parser.add_argument(
+        "--broker-config-dir",
+        type=Path,
+        help="write a complete broker configuration here (mosquitto.conf, ACL, passwords; "
+        "listening at the --mqtt-url port) for a broker in another container",
+    )
+    parser.add_argument(
+        "--broker-listen-host",
+        default="0.0.0.0",
+        help="interface the broker of --broker-config-dir listens on (default %(default)s)",
+    )
+    parser.add_argument(
+        "--provision-agents",
+        type=Path,
+        help='JSON list of {"agent_id": ..., "secret": ...} to enroll at start if missing '
+        "(fleets provisioned by configuration management; the compose demo)",
+    )
+    parser.add_argument(
         "--max-message-bytes",
         type=int,
         default=DEFAULT_CHUNK_BYTES,
@@ -82,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from server.api.app import create_app
-    from server.broker import BrokerCredentials
+    from server.broker import BrokerCredentials, write_broker_files
     from server.engine import EngineSettings, RoundEngine
     from server.mqtt_bridge import MqttBridge
     from server.state import open_store
@@ -109,13 +127,26 @@ def run(args: argparse.Namespace) -> int:
             presence_timeout_s=args.presence_timeout, max_frame_bytes=args.max_frame_bytes
         ),
     )
-    if args.broker_passwd_file is not None:
+    if args.provision_agents is not None:
+        provision_agents(engine, args.provision_agents)
+    passwords = args.broker_passwd_file
+    if args.broker_config_dir is not None or passwords is not None:
         if broker is None or not broker.username or broker.password is None:
             raise ConfigError(
-                "--broker-passwd-file needs --mqtt-url with the coordinator's user:pass"
+                "--broker-passwd-file and --broker-config-dir need --mqtt-url with the "
+                "coordinator's user:pass"
             )
+        if args.broker_config_dir is not None:
+            files = write_broker_files(
+                args.broker_config_dir,
+                broker.port,
+                broker.username,
+                broker.password,
+                args.broker_listen_host,
+            )
+            passwords = files.passwords
         credentials = BrokerCredentials(
-            store, args.broker_passwd_file, broker.username, broker.password, args.broker_pid_file
+            store, passwords, broker.username, broker.password, args.broker_pid_file
         )
         engine.credential_listeners.append(credentials.sync)
         credentials.sync()
@@ -145,3 +176,18 @@ def run(args: argparse.Namespace) -> int:
     app.router.lifespan_context = lifespan
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
+
+
+def provision_agents(engine: Any, path: Path) -> None:
+    """Enroll the agents listed in ``path`` that do not exist yet (idempotent)."""
+    try:
+        entries = json.loads(path.read_text())
+        pairs = [(str(e["agent_id"]), str(e["secret"])) for e in entries]
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise ConfigError(
+            f"--provision-agents {path}: expected a JSON list of "
+            f'{{"agent_id": ..., "secret": ...}} ({error})'
+        ) from None
+    for agent_id, secret in pairs:
+        if engine.store.get_agent(check_id(agent_id, "agent id")) is None:
+            engine.enroll(agent_id, secret)

@@ -75,7 +75,7 @@ class Display:
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
         self.live = sys.stderr.isatty() and not quiet
-        self.shown = -1  # rounds printed; -1 until the header is
+        self.shown = -1  # rounds printed; -1 before the header
 
     def say(self, text: str) -> None:
         if not self.quiet:
@@ -87,11 +87,12 @@ class Display:
             sys.stderr.write("\r\x1b[K")
 
     def job(self, job: dict[str, Any], started: float) -> None:
-        if self.shown == 0 and not self.quiet:
+        if self.shown < 0:
             self.say(
                 f"{'round':>5s} {'agents':>7s} {'accuracy':>9s} {'up KB':>8s} "
                 f"{'down KB':>8s} {'seconds':>8s}"
             )
+            self.shown = 0
         selected = job["spec"]["agents_per_round"]
         for metric in job["metrics"][self.shown :]:
             self.say(
