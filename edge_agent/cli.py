@@ -24,9 +24,11 @@ from edge_agent.journal import Journal
 from edge_agent.runtime import AgentRuntime
 from edge_agent.transports import Transport
 from edge_agent.transports.http import HttpTransport
-from shared import __version__
+from shared import __version__, kernels
 from shared.datasets import load_dataset
 from shared.errors import BitfleetError, ConfigError
+from shared.federated import update_frame
+from shared.frames import decode_frame
 from shared.httpclient import ApiClient, ApiError
 from shared.protocol import parse_mqtt_url
 
@@ -105,6 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     run.set_defaults(func=run_agent)
+
+    selftest = commands.add_parser(
+        "selftest",
+        help="train one local round on local data; report speed and peak memory",
+        description="Run the agent's training path once (one epoch of bit-flip training of "
+        "a features-HIDDEN-classes binary network), without a coordinator.",
+    )
+    selftest.add_argument(
+        "--data", default="fashion-mnist", help="data set name or file (default fashion-mnist)"
+    )
+    selftest.add_argument("--samples", type=int, default=10_000, help="(default 10000)")
+    selftest.add_argument("--hidden", type=int, default=512, help="(default 512)")
+    selftest.add_argument("--json", action="store_true", help="print JSON for scripts")
+    selftest.set_defaults(func=run_selftest)
 
     status = commands.add_parser("status", help="what the agent is doing and has done")
     status.add_argument("--config", type=Path, help="config file (names the agent when idle)")
@@ -256,3 +272,39 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def run_selftest(args: argparse.Namespace) -> int:
+    """Train one local round exactly as a task would, and report speed and peak memory."""
+    import resource
+
+    import numpy as np
+
+    from shared.federated import bitflip_config, initial_global_model, new_local_state
+
+    data = load_dataset(args.data)
+    x, y = data.x_train[: args.samples], data.y_train[: args.samples]
+    layers = [data.num_features, args.hidden, data.num_classes]
+    config = bitflip_config({}, "binary", 1, seed=0)
+    frame = decode_frame(initial_global_model(layers, config))
+    state = new_local_state("selftest", layers, config)
+    started = time.monotonic()
+    tensors, meta = state.train_round(frame, 0, config, x, y)
+    seconds = time.monotonic() - started
+    update = update_frame(tensors, meta, "selftest", b"selftest")
+    result = {
+        "layers": layers,
+        "samples": len(y),
+        "seconds": round(seconds, 3),
+        "samples_per_second": round(len(y) / seconds, 1),
+        "update_bytes": len(update),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "numba": kernels.HAVE_NUMBA,
+        "numpy": np.__version__,
+    }
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        for key, value in result.items():
+            print(f"{key:20s} {value}")
+    return 0

@@ -270,3 +270,13 @@ def test_enroll_writes_a_private_config_and_status_reports(
         assert process.wait(timeout=30) == 0
     assert agent_main(["status", "--state-dir", str(state)]) == 0
     assert "pi-e: stopped" in capsys.readouterr().out
+
+
+def test_selftest_reports_speed_and_memory(
+    partitions: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["selftest", "--data", str(partitions[0]), "--hidden", "32", "--json"]
+    assert agent_main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["samples"] == 480 and result["layers"] == [64, 32, 10]
+    assert result["peak_rss_mb"] > 0 and result["samples_per_second"] > 0
