@@ -50,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         "against the coordinator and save them (0600) for 'run'.",
     )
     enroll.add_argument("--coordinator", required=True, help="coordinator URL, http(s)://...")
-    enroll.add_argument("--agent-id", required=True)
-    enroll.add_argument("--secret", required=True)
+    enroll.add_argument("--agent-id", required=True, help="the id 'bitfleet agents add' printed")
+    enroll.add_argument("--secret", required=True, help="the secret printed with it")
     enroll.add_argument("--mqtt-url", help="broker URL, mqtt://host:port (omit: HTTP only)")
     enroll.add_argument(
         "--config", type=Path, help=f"config file (default {default_config_path()})"
@@ -105,7 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MB",
         help="decline jobs needing more (default: the memory the OS has free)",
     )
-    run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    run.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="log verbosity (one line per event on stderr)",
+    )
     run.set_defaults(func=run_agent)
 
     selftest = commands.add_parser(

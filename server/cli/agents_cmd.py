@@ -21,7 +21,7 @@ def register(subparsers: Any) -> None:
     listing = actions.add_parser("list", help="list agents with presence and contributions")
     listing.set_defaults(func=run_list)
     revoke = actions.add_parser("revoke", help="revoke an agent")
-    revoke.add_argument("agent_id")
+    revoke.add_argument("agent_id", help="the agent to revoke")
     revoke.set_defaults(func=run_revoke)
     for action in (add, listing, revoke):
         add_client_options(action)

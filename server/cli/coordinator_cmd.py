@@ -91,7 +91,10 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--shared-subscription", help="MQTT 5 shared-subscription group")
     parser.add_argument(
-        "--log-level", default="info", choices=("debug", "info", "warning", "error")
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="log verbosity (one line per event on stderr)",
     )
     parser.set_defaults(func=run)
 

@@ -39,7 +39,9 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--agents", type=int, default=5, help="agent processes (default 5)")
     parser.add_argument("--rounds", type=int, default=20, help="training rounds (default 20)")
-    parser.add_argument("--algorithm", choices=("bitflip",), default="bitflip")
+    parser.add_argument(
+        "--algorithm", choices=("bitflip",), default="bitflip", help="training algorithm"
+    )
     parser.add_argument(
         "--partition",
         choices=SCHEMES,
@@ -53,7 +55,7 @@ def register(subparsers: Any) -> None:
         help="Dirichlet concentration: smaller is more non-IID (default 0.5)",
     )
     parser.add_argument("--hidden", type=int, default=512, help="hidden units (default 512)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of partition and job")
     parser.add_argument(
         "--workdir",
         type=Path,

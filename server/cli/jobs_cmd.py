@@ -34,16 +34,16 @@ def register(subparsers: Any) -> None:
     listing.set_defaults(func=run_list)
 
     show = actions.add_parser("show", help="a job's status and per-round metrics")
-    show.add_argument("job_id")
+    show.add_argument("job_id", help="the job id 'jobs submit' printed")
     show.add_argument("--watch", action="store_true", help="refresh until the job ends")
     show.set_defaults(func=run_show)
 
     cancel = actions.add_parser("cancel", help="cancel a job")
-    cancel.add_argument("job_id")
+    cancel.add_argument("job_id", help="the job id 'jobs submit' printed")
     cancel.set_defaults(func=run_cancel)
 
     download = actions.add_parser("download", help="download a job's global model (.bfm)")
-    download.add_argument("job_id")
+    download.add_argument("job_id", help="the job id 'jobs submit' printed")
     download.add_argument("--round", type=int, help="the model that opened this round")
     download.add_argument("--out", help="output file (default JOB_ID.bfm)")
     download.set_defaults(func=run_download)
