@@ -193,6 +193,36 @@ class Coordinator:
     def stop(self) -> None:
         stop_process(self.process)
 
+    def start_agent(
+        self,
+        agent_id: str,
+        data: Path,
+        state_dir: Path,
+        mqtt_url: str | None = None,
+        transport: str = "auto",
+        extra: list[str] | None = None,
+        kind: type[AgentProcess] | None = None,
+    ) -> AgentProcess:
+        """Enroll ``agent_id`` through the API and start its ``bitfleet-agent run`` process."""
+        enrolled = self.api.request("POST", "/api/v1/agents", json_body={"agent_id": agent_id})
+        secret = enrolled.json()["secret"]
+        process = (kind or AgentProcess)(
+            agent_id, secret, self.url, data, state_dir, mqtt_url, transport, extra or []
+        )
+        return process.start()
+
+    def wait_online(self, count: int, timeout: float = 120.0) -> None:
+        """Wait until ``count`` agents report online."""
+        deadline = time.monotonic() + timeout
+        while True:
+            agents = self.api.request("GET", "/api/v1/agents").json()
+            online = sum(agent["online"] for agent in agents)
+            if online >= count:
+                return
+            if time.monotonic() > deadline:
+                raise BitfleetError(f"only {online} of {count} agents came online; see their logs")
+            time.sleep(0.1)
+
     def job(self, job_id: str) -> dict[str, Any]:
         job: dict[str, Any] = self.api.request("GET", f"/api/v1/jobs/{job_id}").json()
         return job

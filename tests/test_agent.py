@@ -63,35 +63,19 @@ def _agents(
     extra: list[str] | None = None,
     first_index: int = 0,
 ) -> list[AgentProcess]:
-    agents = []
-    pairs = zip(partitions, transports, strict=False)
-    for index, (data, transport) in enumerate(pairs, start=first_index):
-        enrolled = coordinator.api.request(
-            "POST", "/api/v1/agents", json_body={"agent_id": f"pi-{index}"}
-        ).json()
-        agents.append(
-            AgentProcess(
-                enrolled["agent_id"],
-                enrolled["secret"],
-                coordinator.url,
-                data,
-                tmp_path / "agents" / enrolled["agent_id"],
-                mqtt_url=broker.agent_url if broker else None,
-                transport=transport,
-                extra=extra or [],
-            ).start()
+    pairs = enumerate(zip(partitions, transports, strict=False), start=first_index)
+    return [
+        coordinator.start_agent(
+            f"pi-{index}",
+            data,
+            tmp_path / "agents" / f"pi-{index}",
+            mqtt_url=broker.agent_url if broker else None,
+            transport=transport,
+            extra=extra,
+            kind=AgentProcess,
         )
-    return agents
-
-
-def _wait_online(coordinator: Coordinator, count: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        agents = coordinator.api.request("GET", "/api/v1/agents").json()
-        if sum(a["online"] for a in agents) >= count:
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"fewer than {count} agents online: {agents}")
+        for index, (data, transport) in pairs
+    ]
 
 
 def _submit(coordinator: Coordinator, **changes: object) -> str:
@@ -110,7 +94,7 @@ def test_three_agents_over_mqtt_and_one_over_http_complete_a_job(
 ) -> None:
     agents = _agents(coordinator, broker, partitions, tmp_path, ["mqtt", "mqtt", "http"])
     try:
-        _wait_online(coordinator, 3)
+        coordinator.wait_online(3)
         job = coordinator.wait_for(_submit(coordinator), timeout=120)
     finally:
         _stop_all(agents)
@@ -132,7 +116,7 @@ def test_kill_9_mid_round_the_round_closes_at_quorum_and_the_agent_rejoins(
     agents = _agents(coordinator, broker, partitions, tmp_path, ["mqtt"] * 3)
     victim, leaver, _ = agents
     try:
-        _wait_online(coordinator, 3)
+        coordinator.wait_online(3)
         job_id = _submit(coordinator, rounds=20, quorum=2, local_epochs=40, round_deadline_s=10)
         victim.wait_for_state("training")
         victim.signal(signal.SIGKILL)
@@ -156,7 +140,7 @@ def test_broker_restart_mid_job_everyone_reconnects(
 ) -> None:
     agents = _agents(coordinator, broker, partitions, tmp_path, ["mqtt"] * 3)
     try:
-        _wait_online(coordinator, 3)
+        coordinator.wait_online(3)
         job_id = _submit(coordinator, rounds=4, round_deadline_s=15)
         coordinator.wait_for(job_id, predicate="1", timeout=60)
         broker.stop()
@@ -206,7 +190,7 @@ def test_a_job_too_big_for_the_board_is_declined_and_recorded(
     agents.append(small)
     big = {"layers": [64, 4096, 10], "weights": "binary"}
     try:
-        _wait_online(http_coordinator, 3)
+        http_coordinator.wait_online(3)
         job = http_coordinator.wait_for(_submit(http_coordinator, model=big, rounds=2), timeout=120)
     finally:
         _stop_all(agents)

@@ -22,23 +22,33 @@ def _cli(capsys: pytest.CaptureFixture[str], coordinator: Coordinator, *argv: st
     return json.loads(captured.out)
 
 
-def test_enroll_submit_watch_download_with_the_cli(
-    capsys: pytest.CaptureFixture[str], http_coordinator: Coordinator, tmp_path: Path
-) -> None:
-    pairs = [(_cli(capsys, http_coordinator, "agents", "add", "--id", f"pi-{i}")) for i in range(2)]
-    assert [p["agent_id"] for p in pairs] == ["pi-0", "pi-1"] and all(p["secret"] for p in pairs)
+def _two_agent_job(tmp_path: Path) -> Path:
     spec = tmp_path / "job.json"
     spec.write_text(json.dumps({**JOB, "agents_per_round": 2, "rounds": 2}))
-    runtimes = [
+    return spec
+
+
+def _http_runtimes(coordinator: Coordinator, pairs: list[dict]) -> list[AgentRuntime]:
+    """In-process agents over HTTP for the enrolled ``pairs``, each with its own shard."""
+    return [
         AgentRuntime(
             p["agent_id"],
             p["secret"],
             x,
             y,
-            HttpTransport(http_coordinator.url, p["agent_id"], p["secret"], poll_s=0.2),
+            HttpTransport(coordinator.url, p["agent_id"], p["secret"], poll_s=0.2),
         )
-        for p, (x, y) in zip(pairs, _shards(2), strict=True)
+        for p, (x, y) in zip(pairs, _shards(len(pairs)), strict=True)
     ]
+
+
+def test_enroll_submit_watch_download_with_the_cli(
+    capsys: pytest.CaptureFixture[str], http_coordinator: Coordinator, tmp_path: Path
+) -> None:
+    pairs = [(_cli(capsys, http_coordinator, "agents", "add", "--id", f"pi-{i}")) for i in range(2)]
+    assert [p["agent_id"] for p in pairs] == ["pi-0", "pi-1"] and all(p["secret"] for p in pairs)
+    spec = _two_agent_job(tmp_path)
+    runtimes = _http_runtimes(http_coordinator, pairs)
     with _agents(runtimes):
         job = _cli(capsys, http_coordinator, "jobs", "submit", str(spec), "--watch")
     assert job["status"] == "completed" and len(job["metrics"]) == 2
@@ -91,18 +101,8 @@ def test_live_view_prints_each_round_as_it_closes(
 ) -> None:
     base = ["--url", http_coordinator.url, "--token", http_coordinator.token]
     pairs = [_cli(capsys, http_coordinator, "agents", "add") for _ in range(2)]
-    spec = tmp_path / "job.json"
-    spec.write_text(json.dumps({**JOB, "agents_per_round": 2, "rounds": 2}))
-    runtimes = [
-        AgentRuntime(
-            p["agent_id"],
-            p["secret"],
-            x,
-            y,
-            HttpTransport(http_coordinator.url, p["agent_id"], p["secret"], poll_s=0.2),
-        )
-        for p, (x, y) in zip(pairs, _shards(2), strict=True)
-    ]
+    spec = _two_agent_job(tmp_path)
+    runtimes = _http_runtimes(http_coordinator, pairs)
     with _agents(runtimes):
         assert main(["jobs", "submit", str(spec), "--watch", *base]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         coordinator.start()
         display.say(f"broker mqtt://127.0.0.1:{broker.port}, coordinator {coordinator.url}")
         agents = _start_agents(coordinator, broker, paths, workdir)
-        _wait_online(coordinator, len(agents))
+        coordinator.wait_online(len(agents))
         job_id = coordinator.api.request("POST", "/api/v1/jobs", json_body=_job_spec(args)).json()[
             "id"
         ]
@@ -182,33 +182,16 @@ def _scheme(args: argparse.Namespace) -> str:
 def _start_agents(
     coordinator: Coordinator, broker: Broker, paths: list[Path], workdir: Path
 ) -> list[AgentProcess]:
-    agents = []
-    for index, data in enumerate(paths):
-        enrolled = coordinator.api.request(
-            "POST", "/api/v1/agents", json_body={"agent_id": f"agent-{index}"}
-        ).json()
-        agents.append(
-            AgentProcess(
-                enrolled["agent_id"],
-                enrolled["secret"],
-                coordinator.url,
-                data,
-                workdir / "agents" / enrolled["agent_id"],
-                mqtt_url=broker.agent_url,
-                transport="mqtt",
-            ).start()
+    return [
+        coordinator.start_agent(
+            f"agent-{index}",
+            data,
+            workdir / "agents" / f"agent-{index}",
+            mqtt_url=broker.agent_url,
+            transport="mqtt",
         )
-    return agents
-
-
-def _wait_online(coordinator: Coordinator, count: int, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        online = sum(a["online"] for a in coordinator.api.request("GET", "/api/v1/agents").json())
-        if online >= count:
-            return
-        time.sleep(0.2)
-    raise BitfleetError(f"only {online} of {count} agents came online; see their logs")
+        for index, data in enumerate(paths)
+    ]
 
 
 def _job_spec(args: argparse.Namespace) -> dict[str, Any]:
