@@ -31,7 +31,8 @@ from shared.federated import (
     training_bytes,
     update_frame,
 )
-from shared.frames import decode_frame
+from shared.federated_forward import LocalForward, qzo_config
+from shared.frames import Frame, Tensor, decode_frame
 from shared.modelfile import bitmlp_from_frame
 from shared.protocol import AgentStatus, Decline, Task, UploadReceipt
 
@@ -135,18 +136,14 @@ class AgentRuntime:
     def _train_and_upload(self, task: Task) -> UploadReceipt | None:
         started = time.monotonic()
         global_frame = decode_frame(self.transport.fetch_model(task, self.upload_timeout_s))
-        model = bitmlp_from_frame(global_frame)
         seed = agent_seed(task.seed, task.round, self.agent_id)
+        if task.algorithm == "forward":
+            return self._forward(task, global_frame, seed, started)
+        if task.algorithm != "bitflip":
+            raise BitfleetError(f"algorithm {task.algorithm!r} is not supported by this agent")
+        model = bitmlp_from_frame(global_frame)
         config = bitflip_config(task.hyperparameters, model.encoding, task.local_epochs, seed)
-        needed = training_bytes(model.layer_sizes, config.batch_size)
-        limit = self.memory_limit_bytes or available_memory()
-        if limit and needed > limit:
-            reason = (
-                f"training needs about {needed >> 20} MiB, this board can give {limit >> 20} MiB"
-            )
-            self.transport.decline(Decline(task.job_id, task.round, self.agent_id, reason))
-            self._journal(task, "declined", reason=reason)
-            log.warning("job %s round %d declined: %s", task.job_id, task.round, reason)
+        if self._declined(task, training_bytes(model.layer_sizes, config.batch_size)):
             return None
         state = self._jobs.get(task.job_id)
         if state is None:
@@ -156,13 +153,41 @@ class AgentRuntime:
         tensors, meta = state.train_round(
             global_frame, task.round, config, self.x, self.y, should_stop=self.stop.is_set
         )
+        return self._upload(task, tensors, meta, started)
+
+    def _forward(
+        self, task: Task, global_frame: Frame, seed: int, started: float
+    ) -> UploadReceipt | None:
+        """QZO-FF on a copy of the global fixed-point model; memory: about two models."""
+        config = qzo_config(task.hyperparameters, task.local_epochs, seed)
+        model_bytes = sum(t.data.nbytes for t in global_frame.tensors.values())
+        if self._declined(task, 2 * model_bytes):
+            return None
+        tensors, meta = LocalForward(task.job_id).train_round(
+            global_frame, task.round, config, self.x, self.y, should_stop=self.stop.is_set
+        )
+        return self._upload(task, tensors, meta, started)
+
+    def _declined(self, task: Task, needed: int) -> bool:
+        """Decline (and say why) when training needs more memory than the board can give."""
+        limit = self.memory_limit_bytes or available_memory()
+        if not limit or needed <= limit:
+            return False
+        reason = f"training needs about {needed >> 20} MiB, this board can give {limit >> 20} MiB"
+        self.transport.decline(Decline(task.job_id, task.round, self.agent_id, reason))
+        self._journal(task, "declined", reason=reason)
+        log.warning("job %s round %d declined: %s", task.job_id, task.round, reason)
+        return True
+
+    def _upload(
+        self, task: Task, tensors: list[Tensor], meta: dict[str, Any], started: float
+    ) -> UploadReceipt | None:
         frame = update_frame(tensors, meta, self.agent_id, self.secret.encode())
         receipt = self.transport.upload(task, frame, self.upload_timeout_s)
-        outcome = (
-            "accepted"
-            if receipt and receipt.accepted
-            else (f"refused ({receipt.reason})" if receipt else "sent, no receipt yet")
-        )
+        if receipt is None:
+            outcome = "sent, no receipt yet"
+        else:
+            outcome = "accepted" if receipt.accepted else f"refused ({receipt.reason})"
         self._journal(task, "uploaded", outcome=outcome, bytes=len(frame))
         self._report(last_round={"job_id": task.job_id, "round": task.round, "outcome": outcome})
         log.info(

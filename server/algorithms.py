@@ -25,8 +25,10 @@ from shared.federated import (
     initial_global_model,
     voted_global_model,
 )
+from shared.federated_forward import apply_votes, qzo_config, tensor_pairs
 from shared.frames import Frame, FrameError
-from shared.modelfile import bitmlp_from_frame
+from shared.modelfile import bitmlp_from_frame, fixedmlp_from_frame, fixedmlp_to_frame
+from shared.qzo import hinge_loss
 from shared.tally import ModelTally
 
 
@@ -149,4 +151,93 @@ class BitFlip(JobAlgorithm):
         return {**spec.hyperparameters, "lr": config.lr * decay}
 
 
-ALGORITHMS: dict[str, JobAlgorithm] = {"bitflip": BitFlip()}
+@dataclass
+class ForwardAccumulator(Accumulator):
+    tally: ModelTally
+    step_sums: dict[str, int]
+    samples: int = 0
+
+    def add(self, update: Frame, weight: int) -> None:
+        self.tally.add_frame_tensors(update.tensors, weight)
+        samples = int(update.meta["samples"])
+        for name, step in update.meta["steps"].items():
+            self.step_sums[name] += int(step) * samples
+        self.samples += samples
+
+    def steps(self) -> dict[str, int]:
+        """Per tensor, the sample-weighted mean of the agents' typical change."""
+        total = max(1, self.samples)
+        return {name: (2 * value + total) // (2 * total) for name, value in self.step_sums.items()}
+
+
+class Forward(JobAlgorithm):
+    """Sign-of-change votes on a pretrained fixed-point model (QZO-FF on the agents)."""
+
+    def initial_model(self, spec: JobSpec) -> bytes:
+        raise ConfigError(
+            "forward jobs adapt a pretrained fixed-point model: pass initial_model (base64 of "
+            "a .bfm from 'bitfleet pretrain'; 'bitfleet jobs submit --initial-model FILE')"
+        )
+
+    def check_initial(self, model: Frame, spec: JobSpec) -> None:
+        try:
+            network = fixedmlp_from_frame(model)
+        except FrameError as error:
+            raise ConfigError(f"initial_model is not a fixed-point network: {error}") from None
+        if (
+            network.layer_sizes != spec.model.layers
+            or f"int{network.weight_bits}" != spec.model.weights
+        ):
+            raise ConfigError(
+                f"initial_model is int{network.weight_bits} {network.layer_sizes}, the job asks "
+                f"for {spec.model.weights} {spec.model.layers}"
+            )
+        qzo_config(spec.hyperparameters, spec.local_epochs, spec.seed).validate(network)
+
+    def _expected(self, model: Frame) -> dict[str, tuple[str, tuple[int, ...]]]:
+        network = fixedmlp_from_frame(model)
+        return {name: ("ternary", tuple(t.shape)) for name, t in tensor_pairs(network)}
+
+    def check_update(self, model: Frame, update: Frame) -> None:
+        expected = self._expected(model)
+        got = {name: (t.encoding, t.shape) for name, t in update.tensors.items()}
+        if got != expected:
+            raise FrameError("shape", f"update tensors {got} do not match the model's {expected}")
+        samples, steps = update.meta.get("samples"), update.meta.get("steps")
+        if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+            raise FrameError("shape", "update meta needs a positive integer 'samples'")
+        if (
+            not isinstance(steps, dict)
+            or set(steps) != set(expected)
+            or not all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**31
+                for v in steps.values()
+            )
+        ):
+            raise FrameError("shape", "update meta needs a non-negative integer step per tensor")
+
+    def accumulator(self, model: Frame) -> Accumulator:
+        shapes = {
+            name: ("ternary", shape[0], shape[1])
+            for name, (_, shape) in self._expected(model).items()
+        }
+        return ForwardAccumulator(ModelTally.for_tensors(shapes), dict.fromkeys(shapes, 0))
+
+    def next_model(self, model: Frame, accumulator: Accumulator, round_index: int) -> bytes:
+        assert isinstance(accumulator, ForwardAccumulator)
+        network = fixedmlp_from_frame(model)
+        moved = apply_votes(network, accumulator.tally.step_votes(), accumulator.steps())
+        return fixedmlp_to_frame(moved, {"round": round_index + 1})
+
+    def evaluate(self, model: Frame, dataset: Dataset) -> tuple[float, float]:
+        network = fixedmlp_from_frame(model)
+        scores = network.scores(dataset.x_test)
+        margin = max(1, round(2.0**network.score_exp))  # 1.0 in score units
+        loss = hinge_loss(scores, dataset.y_test, margin) / max(1, len(scores)) / margin
+        return network.accuracy(dataset.x_test, dataset.y_test), loss
+
+    def round_hyperparameters(self, spec: JobSpec, round_index: int) -> dict[str, Any]:
+        return dict(spec.hyperparameters)
+
+
+ALGORITHMS: dict[str, JobAlgorithm] = {"bitflip": BitFlip(), "forward": Forward()}

@@ -423,3 +423,46 @@ def test_the_broker_keeps_each_agent_under_its_own_id(
         assert outcomes["login"].is_failure  # type: ignore[attr-defined]  # bad username/password
     finally:
         stranger.loop_stop()
+
+
+def test_forward_job_votes_signs_of_change_onto_a_pretrained_model(
+    http_coordinator: Coordinator,
+) -> None:
+    import base64
+
+    from server.cli.pretrain_cmd import pretrain
+    from shared.floatmlp import FloatConfig
+    from shared.modelfile import fixedmlp_from_frame, fixedmlp_to_frame
+
+    data = load_dataset("digits")
+    _, pretrained = pretrain(data.x_train, data.y_train, [64, 32, 10], 16, FloatConfig(epochs=1))
+    spec = {
+        **JOB,
+        "name": "digits-forward",
+        "algorithm": "forward",
+        "rounds": 2,
+        "agents_per_round": 2,
+        "model": {"layers": [64, 32, 10], "weights": "int16"},
+        "hyperparameters": {"perturbations": 4, "train_layers": 1},
+    }
+    with pytest.raises(ApiError) as missing:
+        http_coordinator.api.request("POST", "/api/v1/jobs", json_body=spec)
+    assert missing.value.status == 422 and "pretrained" in str(missing.value)
+    initial = fixedmlp_to_frame(pretrained)
+    spec["initial_model"] = base64.b64encode(initial).decode()
+    pairs = _enroll(http_coordinator, 2)
+    runtimes = [
+        AgentRuntime(a, s, x, y, HttpTransport(http_coordinator.url, a, s, poll_s=0.2))
+        for (a, s), (x, y) in zip(pairs, _shards(2), strict=True)
+    ]
+    with _agents(runtimes):
+        job_id = http_coordinator.api.request("POST", "/api/v1/jobs", json_body=spec).json()["id"]
+        job = http_coordinator.wait_for(job_id)
+    assert job["status"] == "completed", job
+    assert [m["uploads"] for m in job["metrics"]] == [2, 2]
+    final = fixedmlp_from_frame(
+        decode_frame(http_coordinator.api.request("GET", f"/api/v1/jobs/{job_id}/model").body)
+    )
+    assert not np.array_equal(final.layers[-1].weights, pretrained.layers[-1].weights)
+    np.testing.assert_array_equal(final.layers[0].weights, pretrained.layers[0].weights)  # frozen
+    assert job["metrics"][-1]["test_accuracy"] > 0.5
