@@ -76,3 +76,13 @@ def test_ctrl_c_shuts_the_cluster_down(tmp_path: Path) -> None:
     assert process.wait(timeout=60) == 130
     time.sleep(0.5)
     assert _processes_mentioning(str(workdir)) == []
+
+
+def test_forward_demo_pretrains_then_adapts_on_the_shifted_domain(tmp_path: Path) -> None:
+    process = _demo(tmp_path / "demo", "--algorithm", "forward", "--rounds", "1", "--json")
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["algorithm"] == "forward" and summary["dataset"] == "fashion-mnist:rotate30"
+    assert summary["clean_accuracy"] > summary["zero_shot_accuracy"] > 0.1
+    assert summary["rounds"] == 1 and summary["bytes_up"] > 0

@@ -9,6 +9,7 @@ API; shows every round as it closes; downloads the final model; shuts everything
 from __future__ import annotations
 
 import argparse
+import base64
 import shutil
 import sys
 import time
@@ -16,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from server.cli.output import print_json
+from server.cli.pretrain_cmd import pretrain
 from server.localcluster import AgentProcess, Broker, Coordinator
 from shared.datasets import load_dataset
 from shared.errors import BitfleetError, ConfigError
-from shared.modelfile import save_model
+from shared.floatmlp import FloatConfig
+from shared.modelfile import fixedmlp_to_frame, save_model
 from shared.partition import SCHEMES, label_histogram, partition, write_partitions
 
 # Federated rounds average away part of each agent's progress; a longer counter memory
@@ -40,7 +43,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--agents", type=int, default=5, help="agent processes (default 5)")
     parser.add_argument("--rounds", type=int, default=20, help="training rounds (default 20)")
     parser.add_argument(
-        "--algorithm", choices=("bitflip",), default="bitflip", help="training algorithm"
+        "--algorithm",
+        choices=("bitflip", "forward"),
+        default="bitflip",
+        help="bitflip: binary network from scratch; forward: pretrain a fixed-point "
+        "784-HIDDEN-10 on clean data, then adapt it with QZO-FF on the agents' shifted data",
     )
     parser.add_argument(
         "--partition",
@@ -54,7 +61,17 @@ def register(subparsers: Any) -> None:
         default=0.5,
         help="Dirichlet concentration: smaller is more non-IID (default 0.5)",
     )
-    parser.add_argument("--hidden", type=int, default=512, help="hidden units (default 512)")
+    parser.add_argument(
+        "--hidden", type=int, help="hidden units (default 512 bitflip, 128 forward)"
+    )
+    parser.add_argument(
+        "--shift", default="rotate30", help="the agents' shifted domain (forward; default rotate30)"
+    )
+    parser.add_argument(
+        "--local-epochs",
+        type=int,
+        help="epochs per round on each agent (default 1 bitflip, 5 forward)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of partition and job")
     parser.add_argument(
         "--workdir",
@@ -117,15 +134,21 @@ def run(args: argparse.Namespace) -> int:
     display = Display(quiet=args.json)
     started = time.monotonic()
     workdir = _fresh(args.workdir)
-    dataset = load_dataset("fashion-mnist")
+    forward = args.algorithm == "forward"
+    args.hidden = args.hidden or (128 if forward else 512)
+    args.local_epochs = args.local_epochs or (5 if forward else 1)
+    args.dataset = f"fashion-mnist:{args.shift}" if forward else "fashion-mnist"
+    dataset = load_dataset(args.dataset)
     parts = partition(
         dataset.y_train, args.agents, args.partition, alpha=args.alpha, seed=args.seed
     )
     paths = write_partitions(dataset, parts, workdir / "partitions")
     display.say(
-        f"bitfleet demo: {args.agents} agents, Fashion-MNIST ({_scheme(args)}), binary "
-        f"784-{args.hidden}-10, {args.rounds} rounds; logs in {workdir}"
+        f"bitfleet demo: {args.agents} agents, {args.dataset} ({_scheme(args)}), "
+        f"{'int16' if forward else 'binary'} 784-{args.hidden}-10, {args.rounds} rounds; "
+        f"logs in {workdir}"
     )
+    initial = _pretrained(args, display) if forward else None
     for index, part in enumerate(parts):
         histogram = label_histogram(dataset.y_train[part], dataset.num_classes)
         display.say(f"  agent-{index}: {len(part):6d} samples, classes {histogram.tolist()}")
@@ -139,9 +162,8 @@ def run(args: argparse.Namespace) -> int:
         display.say(f"broker mqtt://127.0.0.1:{broker.port}, coordinator {coordinator.url}")
         agents = _start_agents(coordinator, broker, paths, workdir)
         coordinator.wait_online(len(agents))
-        job_id = coordinator.api.request("POST", "/api/v1/jobs", json_body=_job_spec(args)).json()[
-            "id"
-        ]
+        spec = _job_spec(args, initial)
+        job_id = coordinator.api.request("POST", "/api/v1/jobs", json_body=spec).json()["id"]
         display.say(f"job {job_id} submitted; every agent trains on its own data each round")
         job = _follow(coordinator, job_id, display, started)
         if job["status"] != "completed":
@@ -194,20 +216,39 @@ def _start_agents(
     ]
 
 
-def _job_spec(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "name": "demo-fashion-binary",
-        "algorithm": "bitflip",
-        "model": {"layers": [784, args.hidden, 10], "weights": "binary"},
-        "dataset": "fashion-mnist",
+def _pretrained(args: argparse.Namespace, display: Display) -> bytes:
+    """The cloud side of the last mile: backprop on clean data, quantized to int16."""
+    clean, shifted = load_dataset("fashion-mnist"), load_dataset(args.dataset)
+    _, model = pretrain(
+        clean.x_train, clean.y_train, [784, args.hidden, 10], 16, FloatConfig(seed=args.seed)
+    )
+    args.clean_accuracy = model.accuracy(clean.x_test, clean.y_test)
+    args.zero_shot_accuracy = model.accuracy(shifted.x_test, shifted.y_test)
+    display.say(
+        f"pretrained on clean data: {args.clean_accuracy:.4f} clean, "
+        f"{args.zero_shot_accuracy:.4f} zero-shot on {args.dataset}"
+    )
+    return fixedmlp_to_frame(model)
+
+
+def _job_spec(args: argparse.Namespace, initial: bytes | None) -> dict[str, Any]:
+    forward = initial is not None
+    spec: dict[str, Any] = {
+        "name": f"demo-{args.algorithm}",
+        "algorithm": args.algorithm,
+        "model": {"layers": [784, args.hidden, 10], "weights": "int16" if forward else "binary"},
+        "dataset": args.dataset,
         "rounds": args.rounds,
         "agents_per_round": args.agents,
         "min_agents": max(1, args.agents - 1),
-        "round_deadline_s": 300,
-        "local_epochs": 1,
+        "round_deadline_s": 600,
+        "local_epochs": args.local_epochs,
         "seed": args.seed,
-        "hyperparameters": DEMO_HYPERPARAMETERS,
+        "hyperparameters": {} if forward else DEMO_HYPERPARAMETERS,
     }
+    if initial is not None:
+        spec["initial_model"] = base64.b64encode(initial).decode()
+    return spec
 
 
 def _follow(
@@ -232,6 +273,13 @@ def _summary(
         "rounds": len(metrics),
         "agents": args.agents,
         "partition": _scheme(args),
+        "algorithm": args.algorithm,
+        "dataset": args.dataset,
+        **{
+            key: getattr(args, key)
+            for key in ("clean_accuracy", "zero_shot_accuracy")
+            if hasattr(args, key)
+        },
         "bytes_up": sum(m["bytes_up"] for m in metrics),
         "bytes_down": sum(m["bytes_down"] for m in metrics),
         "model_path": str(model_path),
@@ -246,7 +294,7 @@ def _print_summary(summary: dict[str, Any], coordinator: Coordinator, job_id: st
         f"rounds ({summary['seconds']:.0f} s; {summary['bytes_up'] / 1e6:.1f} MB up, "
         f"{summary['bytes_down'] / 1e6:.1f} MB down)\n"
         f"model: {summary['model_path']} ({summary['model_bytes']} bytes); evaluate it with\n"
-        f"  bitfleet eval {summary['model_path']} --dataset fashion-mnist\n"
+        f"  bitfleet eval {summary['model_path']} --dataset {summary['dataset']}\n"
         f"while the cluster runs (--keep-running), download it with\n"
         f"  curl -H 'Authorization: Bearer {coordinator.token}' "
         f"{coordinator.url}/api/v1/jobs/{job_id}/model -o model.bfm"
