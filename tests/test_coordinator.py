@@ -10,6 +10,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -466,3 +467,25 @@ def test_forward_job_votes_signs_of_change_onto_a_pretrained_model(
     assert not np.array_equal(final.layers[-1].weights, pretrained.layers[-1].weights)
     np.testing.assert_array_equal(final.layers[0].weights, pretrained.layers[0].weights)  # frozen
     assert job["metrics"][-1]["test_accuracy"] > 0.5
+
+
+def test_frames_larger_than_the_message_limit_travel_in_chunks(
+    tmp_path: Path, broker: Broker
+) -> None:
+    coordinator = Coordinator(
+        tmp_path / "chunked", broker, extra_args=["--max-message-bytes", "1024"]
+    ).start()
+    try:
+        pairs = _enroll(coordinator, 2)
+        runtimes = [
+            AgentRuntime(a, s, x, y, MqttTransport(broker.agent_url, a, s, max_message_bytes=1024))
+            for (a, s), (x, y) in zip(pairs, _shards(2), strict=True)
+        ]
+        model = {"layers": [64, 256, 10], "weights": "binary"}
+        with _agents(runtimes):
+            job_id = _submit(coordinator, model=model, agents_per_round=2, rounds=2)
+            job = coordinator.wait_for(job_id)
+    finally:
+        coordinator.kill()
+    assert job["status"] == "completed", job
+    assert all(m["uploads"] == 2 and m["bytes_up"] > 2 * 2048 for m in job["metrics"])
