@@ -55,7 +55,7 @@ def register(subparsers: Any) -> None:
 
 def pretrain(
     x: NDArray[np.uint8],
-    y: NDArray[np.integer],
+    y: NDArray[np.int64],
     layers: list[int],
     weight_bits: int,
     config: FloatConfig,
