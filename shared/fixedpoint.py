@@ -53,6 +53,11 @@ class FixedLayer:
     weight_exp: int
     output_exp: int
 
+    def __post_init__(self) -> None:
+        # Training updates these in place through flat views: they must be contiguous.
+        self.weights = np.ascontiguousarray(self.weights)
+        self.bias = np.ascontiguousarray(self.bias)
+
     @property
     def inputs(self) -> int:
         return int(self.weights.shape[0])
@@ -149,7 +154,7 @@ class FixedMLP:
         return FixedMLP(layers, self.input_offset.copy())
 
     def input_activations(self, x: NDArray[np.uint8]) -> NDArray[np.int8]:
-        """``sat8((x - mu + 1) >> 1)``: centred pixels at exponent 7, in place on one buffer."""
+        """``sat8((x - mu + 1) >> 1)``: centred pixels at exponent 7 (one int16 scratch)."""
         if x.ndim != 2 or x.shape[1] != self.layers[0].inputs:
             raise ConfigError(
                 f"inputs have shape {x.shape}, the model expects (batch, {self.layers[0].inputs})"

@@ -45,16 +45,16 @@ _FULL_DENSITY = 1 << 32
 class QZOConfig:
     """Hyperparameters; defaults are the validated best (docs/algorithms.md)."""
 
-    perturbations: int = 4
+    perturbations: int = 64
     train_layers: int = 1
     density: float = 1.0
-    eps: int = 1024
-    lr: float = 128.0
+    eps: int = 4096
+    lr: float = 2048.0
     schedule: str = "cosine"
     stochastic_rounding: bool = True
     train_bias: bool = True
     margin: float = 1.0
-    epochs: int = 20
+    epochs: int = 100
     batch_size: int = 100
     seed: int = 0
 

@@ -54,11 +54,6 @@ def parse_shift(name: str) -> Shift:
     return lambda x: noise_images(x, value)
 
 
-def apply_shift(name: str, x: NDArray[np.uint8]) -> NDArray[np.uint8]:
-    """Shift every row of ``x`` (flattened square images)."""
-    return parse_shift(name)(x)
-
-
 def invert_images(x: NDArray[np.uint8]) -> NDArray[np.uint8]:
     return (255 - x).astype(np.uint8)
 

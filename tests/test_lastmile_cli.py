@@ -37,7 +37,8 @@ LASTMILE_FIELDS = {
     "peak_inference_bytes",
     "seconds",
 }
-TINY_LASTMILE = ["--dataset", "digits", "--samples", "300", "--val-size", "100", "--epochs", "8"]
+TINY_LASTMILE = ["--dataset", "digits", "--samples", "300", "--val-size", "100"]
+TINY_LASTMILE += ["--epochs", "8", "--perturbations", "4"]
 
 
 def _run_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict:
@@ -84,7 +85,8 @@ def test_train_forward_json_contract(
 ) -> None:
     out = tmp_path / "adapted.bfm"
     argv = ["train", "--algo", "forward", "--init", str(pretrained)]
-    argv += ["--dataset", "digits:rotate30", "--epochs", "6", "--out", str(out), "--json"]
+    argv += ["--dataset", "digits:rotate30", "--epochs", "6", "--perturbations", "4"]
+    argv += ["--out", str(out), "--json"]
     summary = _run_json(capsys, argv)
     assert summary.keys() >= TRAIN_FIELDS | FORWARD_FIELDS
     assert summary["algo"] == "forward" and summary["weights"] == "int16"

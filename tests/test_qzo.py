@@ -261,3 +261,12 @@ def test_forward_training_runs_without_numba_and_matches_it(
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == expected
+
+
+def test_perturbing_a_strided_view_is_refused_not_lost() -> None:
+    w = np.zeros((8, 6), dtype=np.int16)
+    for twin in TWINS:
+        with pytest.raises(ValueError, match="C-contiguous"):
+            twin.add_perturbations(  # type: ignore[attr-defined]
+                w.T, np.array([1], np.uint64), np.array([1]), 0, 1 << 32, 1, 0, 0, False, -9, 9
+            )

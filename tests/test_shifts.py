@@ -7,7 +7,7 @@ import pytest
 
 from shared.datasets import load_dataset
 from shared.errors import DataError
-from shared.shifts import apply_shift, noise_images, rotate_images
+from shared.shifts import noise_images, parse_shift, rotate_images
 
 SHIFTS = ["rotate30", "rotate15", "noise64", "invert"]
 
@@ -19,13 +19,13 @@ def images() -> np.ndarray:
 
 @pytest.mark.parametrize("name", SHIFTS)
 def test_a_shift_is_a_pure_function_of_each_image(images: np.ndarray, name: str) -> None:
-    shifted = apply_shift(name, images)
+    shifted = parse_shift(name)(images)
     assert shifted.dtype == np.uint8 and shifted.shape == images.shape
     assert not np.array_equal(shifted, images)
-    np.testing.assert_array_equal(apply_shift(name, images), shifted)
+    np.testing.assert_array_equal(parse_shift(name)(images), shifted)
     order = np.random.default_rng(0).permutation(len(images))
-    np.testing.assert_array_equal(apply_shift(name, images[order]), shifted[order])
-    np.testing.assert_array_equal(apply_shift(name, images[7:8])[0], shifted[7])
+    np.testing.assert_array_equal(parse_shift(name)(images[order]), shifted[order])
+    np.testing.assert_array_equal(parse_shift(name)(images[7:8])[0], shifted[7])
 
 
 @pytest.mark.parametrize("name", SHIFTS)
@@ -33,8 +33,8 @@ def test_shifted_data_sets_apply_the_same_shift_to_train_and_test(name: str) -> 
     base = load_dataset("digits")
     shifted = load_dataset(f"digits:{name}")
     assert shifted.name == f"digits:{name}" and shifted.num_classes == base.num_classes
-    np.testing.assert_array_equal(shifted.x_train, apply_shift(name, base.x_train))
-    np.testing.assert_array_equal(shifted.x_test, apply_shift(name, base.x_test))
+    np.testing.assert_array_equal(shifted.x_train, parse_shift(name)(base.x_train))
+    np.testing.assert_array_equal(shifted.x_test, parse_shift(name)(base.x_test))
     np.testing.assert_array_equal(shifted.y_test, base.y_test)
 
 
@@ -51,7 +51,7 @@ def test_rotation_keeps_the_centre_and_blacks_out_the_corners() -> None:
 
 
 def test_invert_is_contrast_inversion(images: np.ndarray) -> None:
-    np.testing.assert_array_equal(apply_shift("invert", images).astype(int), 255 - images)
+    np.testing.assert_array_equal(parse_shift("invert")(images).astype(int), 255 - images)
 
 
 def test_noise_has_the_requested_spread_and_no_bias() -> None:
@@ -81,4 +81,4 @@ def test_bad_shift_names_are_clear(spec: str, message: str) -> None:
 
 def test_shifts_need_square_images() -> None:
     with pytest.raises(DataError, match="square"):
-        apply_shift("rotate30", np.zeros((2, 10), dtype=np.uint8))
+        parse_shift("rotate30")(np.zeros((2, 10), dtype=np.uint8))

@@ -25,7 +25,7 @@ from server.cli.pretrain_cmd import DEFAULT_HIDDEN, pretrain
 from server.cli.qzo_options import add_qzo_arguments, load_fixed_model, memory_fields, qzo_config
 from shared.datasets import BUILTIN_DATASETS, Dataset, load_dataset
 from shared.errors import ConfigError
-from shared.fixedpoint import FixedMLP, dequantize
+from shared.fixedpoint import WEIGHT_BITS, FixedMLP, dequantize
 from shared.floatmlp import FloatConfig, FloatMLP, FloatTrainer
 from shared.qzo import QZOConfig, QZOTrainer
 from shared.shifts import SHIFT_NAMES, parse_shift
@@ -79,6 +79,13 @@ def register(subparsers: Any) -> None:
         type=int,
         default=DEFAULT_HIDDEN,
         help="hidden units of the model pretrained here (default %(default)s)",
+    )
+    parser.add_argument(
+        "--weight-bits",
+        type=int,
+        choices=WEIGHT_BITS,
+        default=16,
+        help="weight bits of the model pretrained here (default %(default)s)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     add_qzo_arguments(parser, with_common=True)
@@ -164,7 +171,7 @@ def _pretrained(args: argparse.Namespace, base: Dataset, pool: int) -> FixedMLP:
         base.x_train[:-pool],
         base.y_train[:-pool],
         layers,
-        16,
+        args.weight_bits,
         config,
         on_batch=_progress("pretraining (float backprop, clean data)"),
     )
@@ -229,9 +236,9 @@ def _print_table(r: dict[str, Any]) -> None:
     ]
     print(f"last mile: {r['dataset']} -> {r['shift']}, {r['samples']} samples, seed {r['seed']}")
     for name, accuracy, note in rows:
-        print(f"  {name:28s} {accuracy * 100:6.2f} %   {note}")
+        print(f"  {name:28s} {accuracy * 100:6.2f} %   {note}".rstrip())
     print(
         f"  memory: training {r['peak_training_bytes']:,} B vs inference "
-        f"{r['peak_inference_bytes']:,} B ({r['memory_ratio']:.2f}x, batch {r['memory_batch']})"
+        f"{r['peak_inference_bytes']:,} B ({r['memory_ratio']:.3f}x, batch {r['memory_batch']})"
     )
     print(f"  {r['seconds']:.1f}s in all")

@@ -348,6 +348,8 @@ def add_perturbations(
     high: int,
 ) -> None:
     """See :func:`shared.kernels.reference.add_perturbations`."""
+    if not w.flags.c_contiguous:
+        raise ValueError("add_perturbations updates w in place: it must be C-contiguous")
     _add_perturbations(
         w,
         np.ascontiguousarray(keys, dtype=np.uint64),

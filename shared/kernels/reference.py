@@ -184,6 +184,8 @@ def add_perturbations(
     serves applying a perturbation (one key, ``shift = 0``), undoing it, and the
     sign-m-SPSA update.
     """
+    if not w.flags.c_contiguous:
+        raise ValueError("add_perturbations updates w in place: it must be C-contiguous")
     flat = w.reshape(-1)
     half = np.int64(1 << (shift - 1)) if shift > 0 else np.int64(0)
     for start in range(0, flat.size, _PERTURB_CHUNK):
