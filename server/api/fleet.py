@@ -86,10 +86,8 @@ def get_task(request: Request, agent_id: Agent) -> Response:
     responses={200: {"content": {FRAME_MEDIA_TYPE: {}}}, 404: {"model": Error}},
 )
 def get_model(request: Request, job_id: str, round_index: int, agent_id: Agent) -> Response:
-    engine = _engine(request)
-    frame = engine.model(job_id, round_index)
-    engine.metrics.bytes_out.inc(len(frame))
-    return Response(frame, media_type=FRAME_MEDIA_TYPE)
+    # Counted once per selected agent when the round opens, whichever transport serves it.
+    return Response(_engine(request).model(job_id, round_index), media_type=FRAME_MEDIA_TYPE)
 
 
 @router.post(
