@@ -23,6 +23,7 @@ import numpy as np
 
 from server.algorithms import ALGORITHMS, Accumulator, JobAlgorithm
 from server.jobspec import JobSpec
+from server.jobstatus import ACTIVE, TERMINAL
 from server.metrics import Metrics
 from server.state import StateStore
 from server.state.base import AgentRecord, JobRecord, RoundMetrics, RoundRecord
@@ -32,9 +33,6 @@ from shared.frames import DEFAULT_MAX_FRAME_BYTES, Frame, FrameError, decode_fra
 from shared.protocol import Task, UploadReceipt
 
 log = logging.getLogger("bitfleet.engine")
-
-ACTIVE = ("pending", "running")
-TERMINAL = ("completed", "failed", "cancelled")
 
 
 class NotFound(BitfleetError):

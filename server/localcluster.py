@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from server.broker import BrokerFiles, write_broker_files
+from server.jobstatus import TERMINAL
 from shared.errors import BitfleetError, ConfigError
 from shared.httpclient import ApiClient, ApiError
-
-TERMINAL = ("completed", "failed", "cancelled")
 
 
 def free_port() -> int:
@@ -211,12 +210,20 @@ class Coordinator:
         )
         return process.start()
 
-    def wait_online(self, count: int, timeout: float = 120.0) -> None:
-        """Wait until ``count`` agents report online."""
+    def wait_online(
+        self, count: int, timeout: float = 120.0, agents: list[AgentProcess] | None = None
+    ) -> None:
+        """Wait until ``count`` agents report online; fail at once if one of ``agents`` died."""
         deadline = time.monotonic() + timeout
         while True:
-            agents = self.api.request("GET", "/api/v1/agents").json()
-            online = sum(agent["online"] for agent in agents)
+            for agent in agents or []:
+                if agent.process is not None and agent.process.poll() is not None:
+                    raise BitfleetError(
+                        f"agent {agent.agent_id} exited with {agent.process.returncode}: "
+                        f"{agent.log()[-2000:]}"
+                    )
+            listed = self.api.request("GET", "/api/v1/agents").json()
+            online = sum(entry["online"] for entry in listed)
             if online >= count:
                 return
             if time.monotonic() > deadline:

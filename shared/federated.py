@@ -141,10 +141,6 @@ def voted_global_model(
     """The next round's model from voted weight values; ``offset`` fixes the input offset."""
     layers = [PackedLayer.from_values(v, previous.encoding) for v in values]
     model = BitMLP(layers, previous.input_offset if offset is None else offset)
-    return encode_model(model, round_index)
-
-
-def encode_model(model: BitMLP, round_index: int) -> bytes:
     return bitmlp_to_frame(model, {OFFSET_FINAL: True, "round": round_index})
 
 

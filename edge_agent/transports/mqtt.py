@@ -60,6 +60,7 @@ class MqttTransport:
         self._receipts: dict[tuple[str, int], UploadReceipt] = {}
         self._status: AgentStatus | None = None
         self._model_subscription: str | None = None
+        self._closing = False
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=f"bitfleet-{agent_id}", protocol=mqtt.MQTTv5
         )
@@ -91,6 +92,7 @@ class MqttTransport:
 
     def close(self) -> None:
         """Say offline explicitly (a clean disconnect does not fire the Last Will)."""
+        self._closing = True
         if self.connected.is_set():
             offline = encode_message(AgentStatus(self.agent_id, "offline"))
             info = self.client.publish(
@@ -119,7 +121,10 @@ class MqttTransport:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         self.connected.clear()
-        log.warning("disconnected from the broker (%s); reconnecting", reason)
+        if self._closing:
+            log.info("disconnected from the broker")
+        else:
+            log.warning("disconnected from the broker (%s); reconnecting", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:

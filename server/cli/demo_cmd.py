@@ -18,6 +18,7 @@ from typing import Any
 
 from server.cli.output import print_json
 from server.cli.pretrain_cmd import pretrain
+from server.jobstatus import TERMINAL
 from server.localcluster import AgentProcess, Broker, Coordinator
 from shared.datasets import load_dataset
 from shared.errors import BitfleetError, ConfigError
@@ -161,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         coordinator.start()
         display.say(f"broker mqtt://127.0.0.1:{broker.port}, coordinator {coordinator.url}")
         agents = _start_agents(coordinator, broker, paths, workdir)
-        coordinator.wait_online(len(agents))
+        coordinator.wait_online(len(agents), agents=agents)
         spec = _job_spec(args, initial)
         job_id = coordinator.api.request("POST", "/api/v1/jobs", json_body=spec).json()["id"]
         display.say(f"job {job_id} submitted; every agent trains on its own data each round")
@@ -257,7 +258,7 @@ def _follow(
     while True:
         job = coordinator.job(job_id)
         display.job(job, started)
-        if job["status"] in ("completed", "failed", "cancelled"):
+        if job["status"] in TERMINAL:
             return job
         time.sleep(0.5)
 

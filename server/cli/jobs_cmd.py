@@ -12,10 +12,9 @@ from typing import Any
 
 from server.cli.client_options import add_client_options, client
 from server.cli.output import print_json
+from server.jobstatus import TERMINAL
 from shared.errors import ConfigError
 from shared.modelfile import save_model
-
-TERMINAL = ("completed", "failed", "cancelled")
 
 
 def register(subparsers: Any) -> None:
