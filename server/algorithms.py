@@ -25,7 +25,7 @@ from shared.federated import (
     initial_global_model,
     voted_global_model,
 )
-from shared.federated_forward import apply_votes, qzo_config, tensor_pairs
+from shared.federated_forward import apply_votes, qzo_config
 from shared.frames import Frame, FrameError
 from shared.modelfile import bitmlp_from_frame, fixedmlp_from_frame, fixedmlp_to_frame
 from shared.qzo import hinge_loss
@@ -99,28 +99,21 @@ class BitFlip(JobAlgorithm):
                 f"{spec.model.weights} {spec.model.layers}"
             )
 
-    def check_update(self, model: Frame, update: Frame) -> None:
-        expected = {
-            name: (t.encoding, t.shape)
-            for name, t in model.tensors.items()
-            if name.startswith("dense_")
+    def _voted(self, model: Frame) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """The tensors agents vote on: the model's packed dense layers."""
+        return {
+            n: (t.encoding, t.shape) for n, t in model.tensors.items() if n.startswith("dense_")
         }
-        expected[INPUT_MEAN] = ("uint8", model.tensors["input_offset"].shape)
-        got = {name: (t.encoding, t.shape) for name, t in update.tensors.items()}
-        if got != expected:
-            raise FrameError("shape", f"update tensors {got} do not match the model's {expected}")
-        samples = update.meta.get("samples")
-        if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
-            raise FrameError("shape", "update meta needs a positive integer 'samples'")
+
+    def check_update(self, model: Frame, update: Frame) -> None:
+        offset = model.tensors["input_offset"]
+        _check_update(update, {**self._voted(model), INPUT_MEAN: ("uint8", offset.shape)})
 
     def accumulator(self, model: Frame) -> Accumulator:
-        shapes = {
-            name: (t.encoding, t.shape[0], t.shape[1])
-            for name, t in model.tensors.items()
-            if name.startswith("dense_")
-        }
         features = model.tensors["input_offset"].shape[0]
-        return BitFlipAccumulator(ModelTally.for_tensors(shapes), np.zeros(features, np.int64))
+        return BitFlipAccumulator(
+            ModelTally.for_tensors(_tally_specs(self._voted(model))), np.zeros(features, np.int64)
+        )
 
     def next_model(self, model: Frame, accumulator: Accumulator, round_index: int) -> bytes:
         assert isinstance(accumulator, BitFlipAccumulator)
@@ -194,18 +187,19 @@ class Forward(JobAlgorithm):
             )
         qzo_config(spec.hyperparameters, spec.local_epochs, spec.seed).validate(network)
 
-    def _expected(self, model: Frame) -> dict[str, tuple[str, tuple[int, ...]]]:
-        network = fixedmlp_from_frame(model)
-        return {name: ("ternary", tuple(t.shape)) for name, t in tensor_pairs(network)}
+    def _voted(self, model: Frame) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """Sign-of-change planes, one per weight and bias tensor (biases as one row), read
+        off the frame's shapes without decoding the model (this runs for every upload)."""
+        return {
+            name: ("ternary", t.shape if name.startswith("weight_") else (1, t.shape[0]))
+            for name, t in model.tensors.items()
+            if name.startswith(("weight_", "bias_"))
+        }
 
     def check_update(self, model: Frame, update: Frame) -> None:
-        expected = self._expected(model)
-        got = {name: (t.encoding, t.shape) for name, t in update.tensors.items()}
-        if got != expected:
-            raise FrameError("shape", f"update tensors {got} do not match the model's {expected}")
-        samples, steps = update.meta.get("samples"), update.meta.get("steps")
-        if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
-            raise FrameError("shape", "update meta needs a positive integer 'samples'")
+        expected = self._voted(model)
+        _check_update(update, expected)
+        steps = update.meta.get("steps")
         if (
             not isinstance(steps, dict)
             or set(steps) != set(expected)
@@ -217,10 +211,7 @@ class Forward(JobAlgorithm):
             raise FrameError("shape", "update meta needs a non-negative integer step per tensor")
 
     def accumulator(self, model: Frame) -> Accumulator:
-        shapes = {
-            name: ("ternary", shape[0], shape[1])
-            for name, (_, shape) in self._expected(model).items()
-        }
+        shapes = _tally_specs(self._voted(model))
         return ForwardAccumulator(ModelTally.for_tensors(shapes), dict.fromkeys(shapes, 0))
 
     def next_model(self, model: Frame, accumulator: Accumulator, round_index: int) -> bytes:
@@ -238,6 +229,20 @@ class Forward(JobAlgorithm):
 
     def round_hyperparameters(self, spec: JobSpec, round_index: int) -> dict[str, Any]:
         return dict(spec.hyperparameters)
+
+
+def _check_update(update: Frame, expected: dict[str, tuple[str, tuple[int, ...]]]) -> None:
+    """The update holds exactly the expected tensors and a positive sample count."""
+    got = {name: (t.encoding, t.shape) for name, t in update.tensors.items()}
+    if got != expected:
+        raise FrameError("shape", f"update tensors {got} do not match the model's {expected}")
+    samples = update.meta.get("samples")
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        raise FrameError("shape", "update meta needs a positive integer 'samples'")
+
+
+def _tally_specs(voted: dict[str, tuple[str, tuple[int, ...]]]) -> dict[str, tuple[str, int, int]]:
+    return {name: (encoding, shape[0], shape[1]) for name, (encoding, shape) in voted.items()}
 
 
 ALGORITHMS: dict[str, JobAlgorithm] = {"bitflip": BitFlip(), "forward": Forward()}

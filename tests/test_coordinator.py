@@ -23,6 +23,7 @@ from shared.federated import INPUT_MEAN, update_frame
 from shared.frames import KIND_UPDATE, Tensor, decode_frame, encode_frame
 from shared.httpclient import ApiClient, ApiError
 from shared.modelfile import bitmlp_from_frame
+from shared.models import PackedLayer
 from shared.partition import partition
 from tests.cluster import Broker, Coordinator
 
@@ -174,8 +175,6 @@ class ManualAgent:
         tensors = []
         for index, layer in enumerate(model.layers):
             values = layer.values() * (-1 if flip else 1)
-            from shared.models import PackedLayer
-
             packed = PackedLayer.from_values(values, "binary")
             tensors.append(
                 Tensor(
