@@ -280,8 +280,7 @@ class AgentProcess:
             self.coordinator_url,
             "--agent-id",
             self.agent_id,
-            "--secret",
-            self.secret,
+            f"--secret={self.secret}",  # one token: a secret may start with "-"
             "--state-dir",
             str(self.state_dir),
             "--transport",

@@ -114,7 +114,7 @@ def test_the_compose_flow_runs_on_loopback(tmp_path: Path) -> None:
     broker_dir = tmp_path / "broker"
     port = free_port()
     provisioned = tmp_path / "agents.json"
-    provisioned.write_text(json.dumps([{"agent_id": "agent-1", "secret": "s3cret-agent-1"}]))
+    provisioned.write_text(json.dumps([{"agent_id": "agent-1", "secret": "-s3cret-agent-1"}]))
     coordinator = Coordinator(
         tmp_path / "coordinator",
         extra_args=[
@@ -158,7 +158,7 @@ def test_the_compose_flow_runs_on_loopback(tmp_path: Path) -> None:
         (tmp_path / "p" / "agent-0.npz").rename(data)
         agent = AgentProcess(
             "agent-1",
-            "s3cret-agent-1",
+            "-s3cret-agent-1",
             coordinator.url,
             data,
             tmp_path / "state",

@@ -116,7 +116,8 @@ def enroll_agent(request: Request, body: EnrollRequest | None = None) -> Enrollm
         (body.agent_id if body and body.agent_id else None) or "agent-" + secrets.token_hex(4),
         "agent id",
     )
-    secret = secrets.token_urlsafe(24)
+    # Hex, never "-...": a secret must not read as an option on a command line.
+    secret = secrets.token_hex(24)
     _engine(request).enroll(agent_id, secret)
     return Enrollment(agent_id=agent_id, secret=secret)
 

@@ -37,7 +37,7 @@ def run_add(args: argparse.Namespace) -> int:
         print("the secret is shown once; on the board run:")
         print(
             f"  bitfleet-agent enroll --coordinator {args.url} "
-            f"--agent-id {enrolled['agent_id']} --secret {enrolled['secret']}"
+            f"--agent-id {enrolled['agent_id']} --secret={enrolled['secret']}"
         )
     return 0
 
