@@ -2,8 +2,10 @@
 
 Wait for a task, download the round's global model, train locally on the agent's own data
 with the job's algorithm, upload the signed update, repeat. Every round is journaled before
-training starts, so a round interrupted by a crash is abandoned, never uploaded twice; a
-job that would not fit the board's memory is declined with the reason.
+training starts, so a round interrupted by a crash is abandoned, never trained twice; a
+job that would not fit the board's memory is declined with the reason. Every update is held
+in the outbox until a final receipt, and resent between tasks (idempotent on the
+coordinator), so no coordinator or broker outage loses it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.journal import Journal, TaskKey
+from edge_agent.outbox import Outbox, Pending
 from edge_agent.transports import Transport
 from shared import kernels
 from shared.errors import BitfleetError
@@ -34,7 +37,7 @@ from shared.federated import (
 from shared.federated_forward import LocalForward, qzo_config
 from shared.frames import Frame, Tensor, decode_frame
 from shared.modelfile import bitmlp_from_frame
-from shared.protocol import AgentStatus, Decline, Task, UploadReceipt
+from shared.protocol import TRANSIENT_REASONS, AgentStatus, Decline, Task, UploadReceipt
 
 log = logging.getLogger("bitfleet.agent")
 
@@ -72,10 +75,16 @@ class AgentRuntime:
     journal: Journal | None = None
     memory_limit_bytes: int | None = None
     upload_timeout_s: float = 30.0
+    outbox: Outbox = field(default_factory=lambda: Outbox(None))
+    # How long one send waits for its receipt, and how long until an unanswered (or
+    # "later") upload is sent again: together they bound what an outage costs a round.
+    receipt_wait_s: float = 3.0
+    resend_s: float = 2.0
     done: set[TaskKey] = field(default_factory=set)
     stop: threading.Event = field(default_factory=threading.Event)
     _jobs: dict[str, LocalBitFlip] = field(default_factory=dict)
     _state: dict[str, Any] = field(default_factory=dict)
+    _next_send: dict[str, float] = field(default_factory=dict)
 
     def status(self, state: str) -> AgentStatus:
         return AgentStatus(self.agent_id, state, capabilities(self.y))
@@ -99,6 +108,7 @@ class AgentRuntime:
         )
         try:
             while not self.stop.is_set():
+                self._flush_outbox()
                 task = self.transport.next_task(timeout=0.5)
                 if task is None or _key(task) in self.done:
                     self.stop.wait(0.2)
@@ -183,11 +193,8 @@ class AgentRuntime:
         self, task: Task, tensors: list[Tensor], meta: dict[str, Any], started: float
     ) -> UploadReceipt | None:
         frame = update_frame(tensors, meta, self.agent_id, self.secret.encode())
-        receipt = self.transport.upload(task, frame, self.upload_timeout_s)
-        if receipt is None:
-            outcome = "sent, no receipt yet"
-        else:
-            outcome = "accepted" if receipt.accepted else f"refused ({receipt.reason})"
+        receipt = self._send(self.outbox.put(task, frame))
+        outcome = _outcome(receipt)
         self._journal(task, "uploaded", outcome=outcome, bytes=len(frame))
         self._report(last_round={"job_id": task.job_id, "round": task.round, "outcome": outcome})
         log.info(
@@ -199,6 +206,30 @@ class AgentRuntime:
             len(frame),
         )
         return receipt
+
+    def _send(self, pending: Pending) -> UploadReceipt | None:
+        """Send a held upload once; drop it from the outbox when its receipt is final."""
+        try:
+            receipt = self.transport.upload(pending.task, pending.frame, self.receipt_wait_s)
+        except BitfleetError as error:  # coordinator or broker unreachable: resend later
+            log.warning("upload for job %s round %d not sent: %s", *_where(pending), error)
+            receipt = None
+        if receipt is not None and (receipt.accepted or receipt.reason not in TRANSIENT_REASONS):
+            self.outbox.remove(pending)
+            self._next_send.pop(pending.name, None)
+        else:
+            self._next_send[pending.name] = time.monotonic() + self.resend_s
+        return receipt
+
+    def _flush_outbox(self) -> None:
+        """Resend every held upload that is due; journal the final receipts."""
+        for pending in self.outbox.pending():
+            if self.stop.is_set() or time.monotonic() < self._next_send.get(pending.name, 0.0):
+                continue
+            receipt = self._send(pending)
+            if pending.name not in self._next_send:
+                self._journal(pending.task, "receipt", outcome=_outcome(receipt))
+                log.info("job %s round %d: resent upload %s", *_where(pending), _outcome(receipt))
 
     def _journal(self, task: Task, event: str, **details: Any) -> None:
         if self.journal is not None:
@@ -212,3 +243,17 @@ class AgentRuntime:
 
 def _key(task: Task) -> TaskKey:
     return (task.job_id, task.round, task.attempt)
+
+
+def _where(pending: Pending) -> tuple[str, int]:
+    return pending.task.job_id, pending.task.round
+
+
+def _outcome(receipt: UploadReceipt | None) -> str:
+    if receipt is None:
+        return "held, no receipt yet (will resend)"
+    if receipt.accepted:
+        return "accepted"
+    if receipt.reason in TRANSIENT_REASONS:
+        return f"refused for now ({receipt.reason}; will resend)"
+    return f"refused ({receipt.reason})"

@@ -28,6 +28,7 @@ from shared.federated import (
 from shared.federated_forward import apply_votes, qzo_config
 from shared.frames import Frame, FrameError
 from shared.modelfile import bitmlp_from_frame, fixedmlp_from_frame, fixedmlp_to_frame
+from shared.protocol import MAX_SAMPLES
 from shared.qzo import hinge_loss
 from shared.tally import ModelTally
 
@@ -36,7 +37,9 @@ class Accumulator(ABC):
     """The running aggregate of one round's accepted updates."""
 
     @abstractmethod
-    def add(self, update: Frame, weight: int) -> None: ...
+    def add(self, update: Frame, weight: int, samples: int) -> None:
+        """Add a checked update: its vote counts ``weight`` times; ``samples`` is its
+        bounded sample count (for sample-weighted means)."""
 
 
 class JobAlgorithm(ABC):
@@ -71,10 +74,9 @@ class BitFlipAccumulator(Accumulator):
     mean_sums: NDArray[np.int64]
     samples: int = 0
 
-    def add(self, update: Frame, weight: int) -> None:
+    def add(self, update: Frame, weight: int, samples: int) -> None:
         weights = {k: t for k, t in update.tensors.items() if k != INPUT_MEAN}
         self.tally.add_frame_tensors(weights, weight)
-        samples = int(update.meta["samples"])
         self.mean_sums += np.asarray(update.tensors[INPUT_MEAN].data, np.int64) * samples
         self.samples += samples
 
@@ -150,9 +152,8 @@ class ForwardAccumulator(Accumulator):
     step_sums: dict[str, int]
     samples: int = 0
 
-    def add(self, update: Frame, weight: int) -> None:
+    def add(self, update: Frame, weight: int, samples: int) -> None:
         self.tally.add_frame_tensors(update.tensors, weight)
-        samples = int(update.meta["samples"])
         for name, step in update.meta["steps"].items():
             self.step_sums[name] += int(step) * samples
         self.samples += samples
@@ -237,8 +238,10 @@ def _check_update(update: Frame, expected: dict[str, tuple[str, tuple[int, ...]]
     if got != expected:
         raise FrameError("shape", f"update tensors {got} do not match the model's {expected}")
     samples = update.meta.get("samples")
-    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
-        raise FrameError("shape", "update meta needs a positive integer 'samples'")
+    if not isinstance(samples, int) or isinstance(samples, bool) or not 1 <= samples <= MAX_SAMPLES:
+        raise FrameError(
+            "samples", f"update meta needs an integer 'samples' between 1 and {MAX_SAMPLES}"
+        )
 
 
 def _tally_specs(voted: dict[str, tuple[str, tuple[int, ...]]]) -> dict[str, tuple[str, int, int]]:

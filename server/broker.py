@@ -1,8 +1,13 @@
 """Mosquitto configuration owned by the coordinator: password file and per-agent ACL.
 
 Agents log in to the broker with their enrollment pair (user = agent id, password = secret)
-and may write only under their own id; the coordinator user reads and writes the whole
-tree. :func:`write_broker_files` writes a complete broker configuration (used by the demo
+and may write only under their own id and read only under their own id (their tasks,
+receipts and the models of rounds they were selected for); the coordinator user reads and
+writes the whole tree. Client ids are bound to user names (``use_username_as_clientid``):
+an agent connecting with another client's id cannot knock that client off the broker.
+No agent id may be the coordinator's user name (``protocol.RESERVED_AGENT_IDS``).
+
+:func:`write_broker_files` writes a complete broker configuration (used by the demo
 cluster, the tests and the Docker image); :class:`BrokerCredentials` rewrites the password
 file after every enrollment or revocation and asks the broker to reload it (SIGHUP).
 """
@@ -33,8 +38,7 @@ topic readwrite {TOPIC_ROOT}/#
 pattern write {TOPIC_ROOT}/agents/%u/status
 pattern read {TOPIC_ROOT}/agents/%u/tasks
 pattern read {TOPIC_ROOT}/agents/%u/events
-pattern read {TOPIC_ROOT}/jobs/+/rounds/+/model
-pattern read {TOPIC_ROOT}/jobs/+/rounds/+/model/+
+pattern read {TOPIC_ROOT}/agents/%u/models/#
 pattern write {TOPIC_ROOT}/jobs/+/rounds/+/updates/%u
 pattern write {TOPIC_ROOT}/jobs/+/rounds/+/declines/%u
 """
@@ -89,6 +93,7 @@ def write_broker_files(
         f"user {getpass.getuser()}\n"
         f"listener {port} {host}\n"
         "allow_anonymous false\n"
+        "use_username_as_clientid true\n"
         f"password_file {files.passwords}\n"
         f"acl_file {files.acl}\n"
         f"pid_file {files.pid}\n"
@@ -114,7 +119,14 @@ class BrokerCredentials:
         users = {self.coordinator_user: self.coordinator_password}
         for agent in self.store.list_agents():
             secret = self.store.agent_secret(agent.agent_id)
-            if secret is not None:
+            if agent.agent_id == self.coordinator_user:
+                log.error(
+                    "agent id %r is the coordinator's broker user: it gets no broker login "
+                    "(revoke it with 'bitfleet agents revoke %s')",
+                    agent.agent_id,
+                    agent.agent_id,
+                )
+            elif secret is not None:
                 users[agent.agent_id] = secret
         write_password_file(self.password_file, users)
         self._reload()

@@ -22,15 +22,17 @@ from typing import Protocol
 import numpy as np
 
 from server.algorithms import ALGORITHMS, Accumulator, JobAlgorithm
+from server.conditions import ConditionLog
 from server.jobspec import JobSpec
 from server.jobstatus import ACTIVE, TERMINAL
 from server.metrics import Metrics
 from server.state import StateStore
-from server.state.base import AgentRecord, JobRecord, RoundMetrics, RoundRecord
+from server.state.base import AgentRecord, JobRecord, RoundMetrics, RoundRecord, StoreError
+from server.voting import declared_samples, vote_caps
 from shared.datasets import Dataset, load_dataset
 from shared.errors import BitfleetError, ConfigError
 from shared.frames import DEFAULT_MAX_FRAME_BYTES, Frame, FrameError, decode_frame
-from shared.protocol import Task, UploadReceipt
+from shared.protocol import RESENT, RESERVED_AGENT_IDS, Task, UploadReceipt, check_agent_id
 
 log = logging.getLogger("bitfleet.engine")
 
@@ -78,6 +80,13 @@ class _OpenRound:
         remaining = len(self.record.selected) - len(self.declined)
         return len(self.accepted) >= max(min(spec.close_at, remaining), spec.min_agents)
 
+    def add(self, spec: JobSpec, agent_id: str, update: Frame) -> None:
+        """Tally one verified update, its weight bounded by the round's vote cap."""
+        claimed = int(update.meta["samples"])
+        samples = min(claimed, self.record.vote_caps.get(agent_id, claimed))
+        self.accumulator.add(update, samples if spec.weighted_votes else 1, samples)
+        self.accepted.add(agent_id)
+
 
 class RoundEngine:
     def __init__(
@@ -93,11 +102,16 @@ class RoundEngine:
         self.clock = clock
         self.publishers: list[Publisher] = []
         self.credential_listeners: list[Callable[[], None]] = []
+        # Ids no agent may enroll under (the coordinator adds its broker user).
+        self.reserved_agent_ids: set[str] = set(RESERVED_AGENT_IDS)
+        # Transport links whose state /healthz reports (name -> is it up?).
+        self.links: dict[str, Callable[[], bool]] = {}
         self._lock = threading.RLock()
         self._open: dict[str, _OpenRound] = {}
         self._datasets: dict[str, Dataset] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.conditions = ConditionLog(log)
 
     # lifecycle
     def start(self) -> None:
@@ -115,31 +129,28 @@ class RoundEngine:
         while not self._stop.wait(self.settings.tick_s):
             try:
                 self.tick()
-            except Exception:  # keep driving other jobs; the error is logged with its job
-                log.exception("round engine tick failed")
+                self.conditions.cleared("round engine")
+            except Exception as error:  # keep ticking; logged once per distinct failure
+                self.conditions.failing("round engine", f"tick failed: {error}", traceback=True)
 
     def recover(self) -> None:
+        """Rebuild every open round from the store; close those whose uploads are all in."""
         with self._lock:
             for job in self.store.list_jobs(ACTIVE):
                 record = self.store.get_open_round(job.job_id)
                 if record is not None and record.round == job.round and record.selected:
-                    self._restore(job, record)
+                    state = self._restore(job, record)
+                    if state.ready(JobSpec.model_validate(job.spec)):
+                        self._try_close(job, state)
 
-    def _restore(self, job: JobRecord, record: RoundRecord) -> None:
+    def _restore(self, job: JobRecord, record: RoundRecord) -> _OpenRound:
         spec = JobSpec.model_validate(job.spec)
-        algorithm = ALGORITHMS[spec.algorithm]
-        model = self._model_frame(job.job_id, record.round)
-        state = _OpenRound(record, model, algorithm.accumulator(model))
+        state = self._new_round(spec, job.job_id, record)
         state.declined = {
             d.agent_id
             for d in self.store.list_declines(job.job_id)
             if d.round == record.round and d.agent_id in record.selected
         }
-        for upload in self.store.iter_uploads(job.job_id, record.round):
-            update = decode_frame(upload.payload)
-            state.accumulator.add(update, upload.samples if spec.weighted_votes else 1)
-            state.accepted.add(upload.agent_id)
-            state.bytes_up += len(upload.payload)
         self._open[job.job_id] = state
         log.info(
             "job %s resumed at round %d with %d accepted uploads",
@@ -147,6 +158,26 @@ class RoundEngine:
             record.round,
             len(state.accepted),
         )
+        return state
+
+    def _new_round(self, spec: JobSpec, job_id: str, record: RoundRecord) -> _OpenRound:
+        """An open round with the uploads the store holds for it already tallied."""
+        model = self._model_frame(job_id, record.round)
+        state = _OpenRound(record, model, ALGORITHMS[spec.algorithm].accumulator(model))
+        for upload in self.store.iter_uploads(job_id, record.round):
+            try:
+                state.add(spec, upload.agent_id, decode_frame(upload.payload))
+            except BitfleetError as error:  # stored by an older, laxer coordinator
+                log.error(
+                    "job %s round %d: stored upload of %s skipped: %s",
+                    job_id,
+                    record.round,
+                    upload.agent_id,
+                    error,
+                )
+                continue
+            state.bytes_up += len(upload.payload)
+        return state
 
     # jobs
     def create_job(self, spec: JobSpec) -> JobRecord:
@@ -201,6 +232,9 @@ class RoundEngine:
 
     # agents
     def enroll(self, agent_id: str, secret: str) -> AgentRecord:
+        """Enroll a new agent; reserved ids (the coordinator's broker user among them) are
+        refused, since an agent's id is also its broker login."""
+        check_agent_id(agent_id, self.reserved_agent_ids)
         agent = self.store.create_agent(agent_id, secret)
         self._credentials_changed()
         log.info("agent %s enrolled", agent_id)
@@ -254,12 +288,15 @@ class RoundEngine:
 
     # rounds
     def tick(self) -> None:
-        """Open rounds that can open, close rounds whose deadline passed."""
+        """Open rounds that can open, close rounds that are ready (a close the disk refused
+        is tried again) or whose deadline passed."""
         with self._lock:
             for job in self.store.list_jobs(ACTIVE):
                 state = self._open.get(job.job_id)
                 if state is None:
                     self._try_open(job, self._waiting_attempt(job))
+                elif state.accepted and state.ready(JobSpec.model_validate(job.spec)):
+                    self._try_close(job, state)
                 elif self.clock() >= state.record.deadline:
                     self._deadline(job, state)
 
@@ -271,24 +308,32 @@ class RoundEngine:
         return 0
 
     def _try_open(self, job: JobRecord, attempt: int) -> None:
+        """Select agents and open the round; agents whose upload an earlier attempt of this
+        round accepted stay selected and counted."""
         spec = JobSpec.model_validate(job.spec)
+        prior = set(self.store.upload_agents(job.job_id, job.round))
         declined = {d.agent_id for d in self.store.list_declines(job.job_id)}
-        online = [agent for agent in self.online_agents() if agent not in declined]
-        if len(online) < spec.min_agents:
+        online = [a for a in self.online_agents() if a not in declined and a not in prior]
+        if len(online) + len(prior) < spec.min_agents:
             return
         rng = np.random.default_rng([spec.seed, job.round, attempt])
-        count = min(spec.agents_per_round, len(online))
-        selected = sorted(rng.choice(sorted(online), size=count, replace=False).tolist())
+        count = max(0, min(spec.agents_per_round - len(prior), len(online)))
+        chosen = rng.choice(sorted(online), size=count, replace=False).tolist()
+        selected = sorted(prior | set(chosen))
+        agents = {agent.agent_id: agent for agent in self.store.list_agents()}
+        declared = {
+            a: declared_samples(agents[a].capabilities) if a in agents else None for a in selected
+        }
+        caps = vote_caps(declared, spec.max_vote_share)
         deadline = self.clock() + spec.round_deadline_s
-        record = self.store.open_round(job.job_id, job.round, attempt, deadline, selected)
-        model = self._model_frame(job.job_id, job.round)
-        accumulator = ALGORITHMS[spec.algorithm].accumulator(model)
-        self._open[job.job_id] = _OpenRound(record, model, accumulator)
+        record = self.store.open_round(job.job_id, job.round, attempt, deadline, selected, caps)
+        state = self._new_round(spec, job.job_id, record)
+        self._open[job.job_id] = state
         self.metrics.rounds_opened.inc()
         log.info(
             "job %s round %d opened (attempt %d) with %s", job.job_id, job.round, attempt, selected
         )
-        self._publish(job, record, record.selected)
+        self._publish(job, record, [a for a in selected if a not in state.accepted])
 
     def republish(self) -> None:
         """Publish every open round again (after a transport reconnects)."""
@@ -321,7 +366,7 @@ class RoundEngine:
     def _deadline(self, job: JobRecord, state: _OpenRound) -> None:
         spec = JobSpec.model_validate(job.spec)
         if len(state.accepted) >= spec.min_agents:
-            self._close(job, state)
+            self._try_close(job, state)
             return
         del self._open[job.job_id]
         self._withdraw(state.record.selected)
@@ -349,6 +394,16 @@ class RoundEngine:
         if job.job_id not in self._open:  # too few agents online: wait for them, as attempt N
             self.store.open_round(job.job_id, job.round, attempt, float("inf"), [])
             self.store.set_job_status(job.job_id, "running", "waiting for agents")
+
+    def _try_close(self, job: JobRecord, state: _OpenRound) -> None:
+        """Close the round, or leave it open (tried again each tick) if the store refuses."""
+        try:
+            self._close(job, state)
+            self.conditions.cleared(f"closing {job.job_id}")
+        except StoreError as error:
+            self.conditions.failing(
+                f"closing {job.job_id}", f"round {job.round} stays open: {error}"
+            )
 
     def _close(self, job: JobRecord, state: _OpenRound) -> None:
         spec = JobSpec.model_validate(job.spec)
@@ -392,21 +447,36 @@ class RoundEngine:
     def handle_upload(
         self, job_id: str, round_index: int, agent_id: str, data: bytes, transport: str
     ) -> UploadReceipt:
-        """Verify, store and tally one upload; refusals are receipts, never exceptions."""
+        """Verify, store and tally one upload; refusals are receipts, never exceptions.
+
+        A full disk refuses with ``storage`` (the agent keeps the upload and resends it),
+        logged once while the condition lasts."""
         self.metrics.bytes_in.inc(len(data))
         try:
             reason = self._accept(job_id, round_index, agent_id, data)
+            self.conditions.cleared("storing uploads")
         except FrameError as error:
             reason = error.reason
             log.warning("upload from %s refused (%s): %s", agent_id, reason, error)
+        except StoreError as error:
+            reason = "storage"
+            self.conditions.failing("storing uploads", f"uploads refused: {error}")
+        except BitfleetError as error:
+            reason = "invalid"
+            log.warning("upload from %s refused (%s): %s", agent_id, reason, error)
+        except Exception as error:  # a bug: the agent retries, the operator sees it once
+            reason = "internal"
+            self.conditions.failing("handling uploads", repr(error), traceback=True)
         return self.receipt(job_id, round_index, agent_id, reason, transport)
 
     def receipt(
         self, job_id: str, round_index: int, agent_id: str, reason: str, transport: str
     ) -> UploadReceipt:
         """Count and announce the outcome of an upload (reason '' = accepted)."""
-        receipt = UploadReceipt(job_id, round_index, agent_id, reason == "", reason)
-        if receipt.accepted:
+        receipt = UploadReceipt(job_id, round_index, agent_id, reason in ("", RESENT), reason)
+        if reason == RESENT:
+            self.metrics.uploads_resent.inc(transport=transport)
+        elif receipt.accepted:
             self.metrics.uploads_accepted.inc(transport=transport)
         else:
             self.metrics.uploads_refused.inc(reason=reason)
@@ -435,15 +505,13 @@ class RoundEngine:
             if agent_id not in state.record.selected:
                 return "not_selected"
             if agent_id in state.accepted:
-                return "duplicate"
+                return RESENT
             spec = JobSpec.model_validate(job.spec)
-            algorithm = ALGORITHMS[spec.algorithm]
-            algorithm.check_update(state.model, frame)
+            ALGORITHMS[spec.algorithm].check_update(state.model, frame)
             samples = int(frame.meta["samples"])
             if not self.store.add_upload(job_id, round_index, agent_id, samples, data):
-                return "duplicate"
-            state.accumulator.add(frame, samples if spec.weighted_votes else 1)
-            state.accepted.add(agent_id)
+                return RESENT
+            state.add(spec, agent_id, frame)
             state.bytes_up += len(data)
             log.info(
                 "job %s round %d: upload from %s accepted (%d/%d)",
@@ -454,7 +522,7 @@ class RoundEngine:
                 spec.close_at,
             )
             if state.ready(spec):
-                self._close(job, state)
+                self._try_close(job, state)
         return ""
 
     def decline(self, job_id: str, round_index: int, agent_id: str, reason: str) -> bool:
@@ -472,7 +540,7 @@ class RoundEngine:
             log.warning("job %s round %d: %s declined: %s", job_id, round_index, agent_id, reason)
             spec = JobSpec.model_validate(self.job(job_id).spec)
             if state.accepted and state.ready(spec):
-                self._close(self.job(job_id), state)
+                self._try_close(self.job(job_id), state)
             return True
 
     def _secret_lookup(self, agent_id: str) -> Callable[[dict[str, object]], bytes]:
@@ -501,6 +569,26 @@ class RoundEngine:
         with self._lock:
             state = self._open.get(job_id)
             return (len(state.accepted), len(state.record.selected)) if state else (0, 0)
+
+    def link_states(self) -> dict[str, bool]:
+        """Each registered transport link and whether it is up now."""
+        return {name: up() for name, up in self.links.items()}
+
+    def agent_model(self, job_id: str, round_index: int, agent_id: str) -> bytes:
+        """The model of an open round for an agent selected for it; NotFound for anyone
+        else (an agent sees only the jobs and rounds it was selected for)."""
+        with self._lock:
+            state = self._open.get(job_id)
+            if (
+                state is None
+                or state.record.round != round_index
+                or agent_id not in state.record.selected
+            ):
+                raise NotFound(
+                    f"no model of job {job_id!r} round {round_index} for agent {agent_id!r}: "
+                    "it is not selected for that round"
+                )
+        return self._model_bytes(job_id, round_index)
 
     def model(self, job_id: str, round_index: int | None = None) -> bytes:
         self.job(job_id)

@@ -58,6 +58,13 @@ class JobSpec(BaseModel):
     local_epochs: int = Field(1, ge=1, le=1000)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     weighted_votes: bool = Field(True, description="weight each vote by the agent's samples")
+    max_vote_share: float = Field(
+        1 / 3,
+        gt=0,
+        le=1,
+        description="the largest share of a round's declared samples one agent's vote may "
+        "weigh (see docs/security.md: vote weights)",
+    )
     on_insufficient: Literal["retry", "fail"] = Field(
         "retry", description="a round short of min_agents at its deadline is retried or fails"
     )

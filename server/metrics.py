@@ -75,6 +75,14 @@ class Metrics:
         self.uploads_refused = Counter(
             "bitfleet_uploads_refused_total", "Uploads refused, by reason"
         )
+        self.uploads_resent = Counter(
+            "bitfleet_uploads_resent_total",
+            "Uploads an agent sent again after they were accepted (answered, not counted)",
+        )
+        self.messages_refused = Counter(
+            "bitfleet_messages_refused_total",
+            "Broker messages refused before reaching the engine, by reason",
+        )
         self.declines = Counter("bitfleet_declines_total", "Tasks agents declined")
         self.bytes_in = Counter("bitfleet_bytes_in_total", "Update bytes received from agents")
         self.bytes_out = Counter("bitfleet_bytes_out_total", "Model bytes sent to agents")

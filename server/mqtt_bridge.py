@@ -3,6 +3,11 @@
 paho-mqtt 2 (callback API v2), MQTT 5, QoS 1. Subscriptions are made in ``on_connect`` so a
 reconnect restores them, and each (re)connect republishes the open rounds: a broker that
 restarted without persistence gets its retained models and tasks back.
+
+Every inbound message is hostile until checked: whatever it holds, it is refused with a
+reason counted in ``bitfleet_messages_refused_total`` (or answered with a receipt), and
+nothing it does can stop the network thread. Each selected agent gets the round's model on
+its own topic, which only it may read.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -29,17 +35,19 @@ from shared.protocol import (
     Task,
     UploadReceipt,
     agent_events_topic,
+    agent_model_topic,
     agent_tasks_topic,
     encode_message,
     parse_message,
     parse_mqtt_url,
     parse_status_topic,
     parse_update_topic,
-    round_model_topic,
 )
 
 log = logging.getLogger("bitfleet.mqtt")
 QOS = 1
+# At most one log line per refusal reason in this many seconds: a flood stays a counter.
+REFUSAL_LOG_INTERVAL_S = 10.0
 
 
 class MqttBridge:
@@ -59,7 +67,9 @@ class MqttBridge:
         self.shared_group = shared_group
         self.connected = threading.Event()
         self._reassembler = Reassembler(max_frame_bytes=engine.settings.max_frame_bytes)
-        self._model_chunks: dict[tuple[str, int], int] = {}
+        # Per open round, each agent's retained model topics (to clear when it closes).
+        self._model_topics: dict[tuple[str, int], list[str]] = {}
+        self._refusals_logged: dict[str, float] = {}
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
         )
@@ -68,10 +78,13 @@ class MqttBridge:
         if self.address.tls:
             self.client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        # A callback that raises must not end paho's network loop (it would, silently).
+        self.client.suppress_exceptions = True
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         engine.publishers.append(self)
+        engine.links["mqtt"] = self.connected.is_set
 
     def start(self) -> None:
         self.client.connect_async(self.address.host, self.address.port, keepalive=30)
@@ -110,8 +123,8 @@ class MqttBridge:
 
     # inbound
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        payload = bytes(message.payload)
         try:
+            payload = bytes(message.payload)
             if message.topic.endswith("/status"):
                 self._status(message.topic, payload)
             elif "/declines/" in message.topic:
@@ -119,7 +132,21 @@ class MqttBridge:
             else:
                 self._update(message.topic, payload)
         except BitfleetError as error:
-            log.warning("ignored message on %s: %s", message.topic, error)
+            self._refuse(getattr(error, "reason", "protocol"), message.topic, str(error))
+        except Exception as error:  # a bug in our code: counted, logged once, thread lives on
+            self.engine.metrics.messages_refused.inc(reason="internal")
+            self.engine.conditions.failing("mqtt inbound", repr(error), traceback=True)
+
+    def _refuse(self, reason: str, topic: str, detail: str) -> None:
+        """Count a refused message; log it unless this reason was logged just now."""
+        self.engine.metrics.messages_refused.inc(reason=reason)
+        now = time.monotonic()
+        if (
+            now - self._refusals_logged.get(reason, -REFUSAL_LOG_INTERVAL_S)
+            >= REFUSAL_LOG_INTERVAL_S
+        ):
+            self._refusals_logged[reason] = now
+            log.warning("refused message on %.200s (%s): %.300s", topic, reason, detail)
 
     def _status(self, topic: str, payload: bytes) -> None:
         agent_id = parse_status_topic(topic)
@@ -127,24 +154,24 @@ class MqttBridge:
             return
         status = parse_message(AgentStatus, payload)
         if status.agent_id != agent_id:
-            log.warning("status on %s names another agent %s", topic, status.agent_id)
+            self._refuse("mismatch", topic, f"status names another agent {status.agent_id}")
             return
         online = status.state != "offline"
         if not self.engine.agent_presence(agent_id, online, "mqtt", status.capabilities or None):
-            log.warning("status from unknown or revoked agent %s ignored", agent_id)
+            self._refuse("unknown_agent", topic, f"status from unknown or revoked {agent_id}")
 
     def _decline(self, topic: str, payload: bytes) -> None:
         job_id, round_index, agent_id = parse_update_topic(topic, "declines")
         decline = parse_message(Decline, payload)
         if (decline.job_id, decline.round, decline.agent_id) != (job_id, round_index, agent_id):
-            log.warning("decline on %s names another job, round or agent", topic)
+            self._refuse("mismatch", topic, "decline names another job, round or agent")
             return
         self.engine.decline(job_id, round_index, agent_id, decline.reason)
 
     def _update(self, topic: str, payload: bytes) -> None:
         job_id, round_index, agent_id = parse_update_topic(topic)
         try:
-            frame = self._reassembler.feed(payload, source=topic)
+            frame = self._reassembler.feed(payload, source=agent_id)
         except FrameError as error:
             self.engine.receipt(job_id, round_index, agent_id, error.reason, "mqtt")
             return
@@ -155,27 +182,26 @@ class MqttBridge:
     def publish_round(
         self, job_id: str, round_index: int, model: bytes, tasks: dict[str, Task]
     ) -> None:
-        self._clear_model(job_id, round_index - 1)
+        """Each agent's model on its own retained topic (chunked if needed), then its task."""
+        self._clear_models(job_id, round_index - 1)
         chunks = split_frame(model, self.max_message_bytes)
-        topic = round_model_topic(job_id, round_index)
-        if len(chunks) == 1:
-            self.client.publish(topic, model, qos=QOS, retain=True)
-        else:
-            for index, chunk in enumerate(chunks):
-                self.client.publish(f"{topic}/{index}", chunk, qos=QOS, retain=True)
-        self._model_chunks[(job_id, round_index)] = len(chunks)
+        published = self._model_topics.setdefault((job_id, round_index), [])
         for agent_id, task in tasks.items():
+            topic = agent_model_topic(agent_id, job_id, round_index)
+            parts = (
+                [(topic, model)]
+                if len(chunks) == 1
+                else [(f"{topic}/{index}", chunk) for index, chunk in enumerate(chunks)]
+            )
+            for name, part in parts:
+                self.client.publish(name, part, qos=QOS, retain=True)
+                published.append(name)
             message = encode_message(replace(task, model_chunks=len(chunks)))
             self.client.publish(agent_tasks_topic(agent_id), message, qos=QOS, retain=True)
 
-    def _clear_model(self, job_id: str, round_index: int) -> None:
-        """Drop a finished round's retained model so the broker does not keep every round."""
-        count = self._model_chunks.pop((job_id, round_index), 0)
-        topic = round_model_topic(job_id, round_index) if round_index >= 0 else None
-        if topic is None:
-            return
-        topics = [topic] if count <= 1 else [f"{topic}/{i}" for i in range(count)]
-        for name in topics:
+    def _clear_models(self, job_id: str, round_index: int) -> None:
+        """Drop a finished round's retained models so the broker does not keep every round."""
+        for name in set(self._model_topics.pop((job_id, round_index), [])):
             self.client.publish(name, b"", qos=QOS, retain=True)
 
     def withdraw_tasks(self, agent_ids: list[str]) -> None:

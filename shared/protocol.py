@@ -1,13 +1,15 @@
 """The agent protocol, shared by coordinator and agents: version, topics, message schemas.
 
 MQTT topics live under one versioned root, lowercase, no leading slash; an agent writes only
-under its own id (the broker's ACL enforces it)::
+under its own id and reads only under its own id (the broker's ACL enforces both), so an
+agent sees only the jobs and rounds it was selected for::
 
     bitfleet/v1/agents/{agent}/status            agent: retained; "offline" as Last Will
     bitfleet/v1/agents/{agent}/tasks             coordinator: retained, the agent's current task
     bitfleet/v1/agents/{agent}/events            coordinator: upload receipts
-    bitfleet/v1/jobs/{job}/rounds/{r}/model      coordinator: retained global model (or /{i}
-                                                 per chunk when it needs several messages)
+    bitfleet/v1/agents/{agent}/models/{job}/{r}  coordinator: retained global model of a round
+                                                 the agent was selected for (or /{i} per chunk
+                                                 when it needs several messages)
     bitfleet/v1/jobs/{job}/rounds/{r}/updates/{agent}   agent: signed update frames
     bitfleet/v1/jobs/{job}/rounds/{r}/declines/{agent}  agent: a task it cannot take, and why
 
@@ -30,6 +32,9 @@ PROTOCOL_VERSION = 1
 TOPIC_ROOT = f"bitfleet/v{PROTOCOL_VERSION}"
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 AGENT_STATES = ("online", "training", "offline")
+# The most samples one update (or one agent's capabilities) may claim: a vote weight must
+# fit the tallies' counters and the store's 64-bit integers with room to sum them.
+MAX_SAMPLES = 2**31 - 1
 
 
 class ProtocolError(BitfleetError):
@@ -46,6 +51,24 @@ def check_id(value: str, what: str) -> str:
     return value
 
 
+# Names no agent may take: the coordinator's default broker user and other identities an
+# operator would read as privileged. The coordinator also reserves its configured broker user.
+RESERVED_AGENT_IDS = frozenset(
+    {"coordinator", "admin", "administrator", "root", "bitfleet", "broker", "mosquitto", "system"}
+)
+
+
+def check_agent_id(value: str, reserved: frozenset[str] | set[str] = RESERVED_AGENT_IDS) -> str:
+    """An id a new agent may take: the id pattern, and not reserved."""
+    check_id(value, "agent id")
+    if value in reserved:
+        raise ProtocolError(
+            f"agent id {value!r} is reserved (reserved: {', '.join(sorted(reserved))}); "
+            "choose another name"
+        )
+    return value
+
+
 def agent_status_topic(agent_id: str) -> str:
     return f"{TOPIC_ROOT}/agents/{check_id(agent_id, 'agent id')}/status"
 
@@ -58,9 +81,12 @@ def agent_events_topic(agent_id: str) -> str:
     return f"{TOPIC_ROOT}/agents/{check_id(agent_id, 'agent id')}/events"
 
 
-def round_model_topic(job_id: str, round_index: int) -> str:
+def agent_model_topic(agent_id: str, job_id: str, round_index: int) -> str:
     """Chunk ``i`` of a model that needs several messages is at ``{topic}/{i}``."""
-    return f"{TOPIC_ROOT}/jobs/{check_id(job_id, 'job id')}/rounds/{int(round_index)}/model"
+    return (
+        f"{TOPIC_ROOT}/agents/{check_id(agent_id, 'agent id')}/models/"
+        f"{check_id(job_id, 'job id')}/{int(round_index)}"
+    )
 
 
 def update_topic(job_id: str, round_index: int, agent_id: str) -> str:
@@ -122,6 +148,14 @@ class Task:
     seed: int = 0
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     protocol: int = PROTOCOL_VERSION
+
+
+# Receipt reasons that mean "later" (the coordinator could not take the upload right now):
+# the agent keeps the upload and resends it. Every other receipt is final.
+TRANSIENT_REASONS = ("storage", "busy", "internal")
+# The reason of an accepted receipt for an upload the coordinator already held: sent again
+# (after a lost receipt, a restart), answered, never counted twice.
+RESENT = "resent"
 
 
 @dataclass(frozen=True)

@@ -164,14 +164,27 @@ class ManualAgent:
         reply = self.api.request("GET", "/api/v1/fleet/task")
         return reply.json() if reply.status == 200 else None
 
+    def declare(self, samples: int) -> None:
+        """Announce presence with the sample count that bounds this agent's vote weight."""
+        status = {
+            "agent_id": self.agent_id,
+            "state": "online",
+            "capabilities": {"samples": samples},
+        }
+        self.api.request("POST", "/api/v1/fleet/status", json_body=status)
+
     def model(self, job_id: str, round_index: int) -> bytes:
         return self.api.request(
             "GET", f"/api/v1/fleet/jobs/{job_id}/rounds/{round_index}/model"
         ).body
 
-    def update(self, job_id: str, round_index: int, flip: bool, samples: int) -> bytes:
-        """The round's global weights (inverted if ``flip``) as a signed update."""
-        model = bitmlp_from_frame(decode_frame(self.model(job_id, round_index)))
+    def update(
+        self, job_id: str, round_index: int, flip: bool, samples: int, model: bytes | None = None
+    ) -> bytes:
+        """The round's global weights (inverted if ``flip``) as a signed update; ``model``
+        for an agent that may not download it (one not selected)."""
+        frame = model if model is not None else self.model(job_id, round_index)
+        model = bitmlp_from_frame(decode_frame(frame))
         tensors = []
         for index, layer in enumerate(model.layers):
             values = layer.values() * (-1 if flip else 1)
@@ -196,11 +209,13 @@ class ManualAgent:
 
 
 def _manual_round(
-    coordinator: Coordinator, count: int, **changes: object
+    coordinator: Coordinator, count: int, declared: list[int] | None = None, **changes: object
 ) -> tuple[str, list[ManualAgent]]:
+    """Agents online (each declaring 10 samples unless ``declared`` says) and a job whose
+    round 0 is open."""
     agents = [ManualAgent(coordinator, a, s) for a, s in _enroll(coordinator, count)]
-    for agent in agents:
-        agent.task()  # heartbeat: online over HTTP
+    for agent, samples in zip(agents, declared or [10] * count, strict=True):
+        agent.declare(samples)
     job_id = _submit(coordinator, **changes)
     coordinator.wait_for(job_id, predicate="0")
     for agent in agents:
@@ -232,7 +247,14 @@ def test_a_tie_keeps_the_previous_global_weights(http_coordinator: Coordinator) 
 @pytest.mark.parametrize("weighted", [True, False])
 def test_votes_are_weighted_by_samples(http_coordinator: Coordinator, weighted: bool) -> None:
     job_id, (a, b, c) = _manual_round(
-        http_coordinator, 3, agents_per_round=3, min_agents=3, rounds=2, weighted_votes=weighted
+        http_coordinator,
+        3,
+        declared=[10, 1, 1],
+        agents_per_round=3,
+        min_agents=3,
+        rounds=2,
+        weighted_votes=weighted,
+        max_vote_share=1.0,
     )
     assert a.upload(job_id, 0, a.update(job_id, 0, flip=True, samples=10))["accepted"]
     for agent in (b, c):
@@ -274,17 +296,19 @@ def test_bad_frames_are_refused_with_reasons_and_counted(http_coordinator: Coord
             frame = _with_round(frame, first, 1)
         receipt = first.upload(job_id, round_index, frame)
         assert receipt["accepted"] is False and receipt["reason"] == reason, (reason, receipt)
-    assert (
-        outsider.upload(job_id, 0, outsider.update(job_id, 0, False, 3))["reason"] == "not_selected"
-    )
+    model = http_coordinator.api.request("GET", f"/api/v1/jobs/{job_id}/model").body
+    outsider_update = outsider.update(job_id, 0, False, 3, model=model)
+    assert outsider.upload(job_id, 0, outsider_update)["reason"] == "not_selected"
     assert first.upload(job_id, 0, good)["accepted"] is True
-    assert first.upload(job_id, 0, good)["reason"] == "duplicate"
+    resent = first.upload(job_id, 0, good)  # a resend after a lost receipt: idempotent
+    assert (resent["accepted"], resent["reason"]) == (True, "resent")
     assert second.upload(job_id, 0, second.update(job_id, 0, False, 3))["accepted"] is True
     http_coordinator.wait_for(job_id, predicate="1")
     assert first.upload(job_id, 0, good)["reason"] == "late"
     metrics = http_coordinator.api.request("GET", "/metrics").body.decode()
-    for reason in [*cases, "not_selected", "duplicate", "late"]:
+    for reason in [*cases, "not_selected", "late"]:
         assert f'bitfleet_uploads_refused_total{{reason="{reason}"}}' in metrics, reason
+    assert 'bitfleet_uploads_resent_total{transport="http"} 1' in metrics
 
 
 def _resigned(frame: bytes, agent_id: str, secret: bytes) -> bytes:
@@ -309,7 +333,7 @@ def test_sigkill_mid_round_loses_nothing_and_counts_nothing_twice(
     http_coordinator.start()
     for agent in agents:
         agent.task()
-    assert a.upload(job_id, 0, frame_a)["reason"] == "duplicate"
+    assert a.upload(job_id, 0, frame_a)["reason"] == "resent"
     for agent in (b, c):
         assert agent.upload(job_id, 0, agent.update(job_id, 0, flip=False, samples=3))["accepted"]
     job = http_coordinator.wait_for(job_id, predicate="1")

@@ -12,12 +12,12 @@ from shared.protocol import (
     ProtocolError,
     Task,
     UploadReceipt,
+    agent_model_topic,
     encode_message,
     parse_message,
     parse_mqtt_url,
     parse_status_topic,
     parse_update_topic,
-    round_model_topic,
     update_topic,
 )
 
@@ -73,7 +73,7 @@ def test_small_frames_travel_whole_and_large_ones_in_chunks_in_any_order() -> No
     results = [reassembler.feed(chunk, "agent-a") for chunk in [*order, order[0]]]
     assert results[len(order) - 1] == large
     assert all(r is None for r in results[: len(order) - 1])
-    assert reassembler.pending == 1  # a duplicate chunk after completion starts a new transfer
+    assert results[-1] is None and reassembler.pending == 0  # a late duplicate is ignored
 
 
 def test_reassembly_is_bounded_and_refuses_bad_chunks() -> None:
@@ -113,7 +113,7 @@ def test_reassembly_is_bounded_and_refuses_bad_chunks() -> None:
 def test_topics_round_trip_and_reject_bad_ids() -> None:
     assert parse_update_topic(update_topic("job-1", 4, "pi_7")) == ("job-1", 4, "pi_7")
     assert parse_status_topic("bitfleet/v1/agents/pi-1/status") == "pi-1"
-    assert round_model_topic("job-1", 2) == "bitfleet/v1/jobs/job-1/rounds/2/model"
+    assert agent_model_topic("a1", "job-1", 2) == "bitfleet/v1/agents/a1/models/job-1/2"
     for bad in ("Upper", "with/slash", "", "-lead", "x" * 65, "+", "#"):
         with pytest.raises(ProtocolError):
             update_topic("job-1", 0, bad)

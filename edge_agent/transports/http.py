@@ -48,12 +48,16 @@ class HttpTransport:
         return self.api.request("GET", path).body
 
     def upload(self, task: Task, frame: bytes, timeout: float) -> UploadReceipt | None:
+        """The receipt; None when the coordinator is unreachable or failed without one
+        (the agent's outbox resends)."""
         path = f"/api/v1/fleet/jobs/{task.job_id}/rounds/{task.round}/updates"
         try:
             reply = self.api.request("POST", path, data=frame)
         except ApiError as error:
             if isinstance(error.body, dict) and "accepted" in error.body:
                 return parse_message(UploadReceipt, error.body)
+            if error.status == 0 or error.status >= 500:
+                return None
             raise
         return parse_message(UploadReceipt, reply.body)
 

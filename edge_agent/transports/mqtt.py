@@ -22,13 +22,13 @@ from shared.protocol import (
     Task,
     UploadReceipt,
     agent_events_topic,
+    agent_model_topic,
     agent_status_topic,
     agent_tasks_topic,
     decline_topic,
     encode_message,
     parse_message,
     parse_mqtt_url,
-    round_model_topic,
     update_topic,
 )
 
@@ -69,7 +69,9 @@ class MqttTransport:
             self.client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
         offline = encode_message(AgentStatus(agent_id, "offline"))
         self.client.will_set(agent_status_topic(agent_id), offline, qos=QOS, retain=True)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        # Short backoff: a restarted broker must cost a round seconds, not half a minute.
+        self.client.reconnect_delay_set(min_delay=1, max_delay=5)
+        self.client.suppress_exceptions = True
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
@@ -151,7 +153,7 @@ class MqttTransport:
 
     def fetch_model(self, task: Task, timeout: float) -> bytes:
         """Subscribe to the round's retained model (or its chunks) and reassemble it."""
-        base = round_model_topic(task.job_id, task.round)
+        base = agent_model_topic(self.agent_id, task.job_id, task.round)
         topics = (
             [base] if task.model_chunks == 1 else [f"{base}/{i}" for i in range(task.model_chunks)]
         )
@@ -184,10 +186,14 @@ class MqttTransport:
         self.client.publish(topic, encode_message(decline), qos=QOS).wait_for_publish(timeout=10)
 
     def upload(self, task: Task, frame: bytes, timeout: float) -> UploadReceipt | None:
+        """Publish the update once connected (never queue copies while the broker is away:
+        the agent's outbox resends) and wait for the receipt."""
         topic = update_topic(task.job_id, task.round, self.agent_id)
         key = (task.job_id, task.round)
         with self._changed:
             self._receipts.pop(key, None)
+        if not self.connected.wait(timeout):
+            return None
         for chunk in split_frame(frame, self.max_message_bytes):
             self.client.publish(topic, chunk, qos=QOS)
         with self._changed:

@@ -53,6 +53,7 @@ class RoundRecord:
     opened_at: float
     deadline: float
     selected: list[str]
+    vote_caps: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -134,8 +135,16 @@ class StateStore(ABC):
     # rounds and uploads
     @abstractmethod
     def open_round(
-        self, job_id: str, round_index: int, attempt: int, deadline: float, selected: list[str]
-    ) -> RoundRecord: ...
+        self,
+        job_id: str,
+        round_index: int,
+        attempt: int,
+        deadline: float,
+        selected: list[str],
+        vote_caps: dict[str, int] | None = None,
+    ) -> RoundRecord:
+        """Open (or re-open, as a new attempt) a round. Uploads an earlier attempt of the
+        same round stored are kept: they are votes on the same global model."""
 
     @abstractmethod
     def get_open_round(self, job_id: str) -> RoundRecord | None: ...

@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS rounds (
     deadline REAL NOT NULL,
     selected TEXT NOT NULL,
     closed INTEGER NOT NULL DEFAULT 0,
+    vote_caps TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (job_id, round)
 );
 CREATE TABLE IF NOT EXISTS uploads (
@@ -97,6 +98,7 @@ class SqliteStore(StateStore):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            _migrate(self._db)
         except (OSError, sqlite3.Error) as error:
             raise StoreError(
                 f"cannot open the state database {path}: {error}; check that the data "
@@ -222,23 +224,37 @@ class SqliteStore(StateStore):
 
     # rounds and uploads
     def open_round(
-        self, job_id: str, round_index: int, attempt: int, deadline: float, selected: list[str]
+        self,
+        job_id: str,
+        round_index: int,
+        attempt: int,
+        deadline: float,
+        selected: list[str],
+        vote_caps: dict[str, int] | None = None,
     ) -> RoundRecord:
         now = time.time()
+        caps = dict(vote_caps or {})
         with self._transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO rounds "
-                "(job_id, round, attempt, opened_at, deadline, selected, closed) "
-                "VALUES (?, ?, ?, ?, ?, ?, 0)",
-                (job_id, round_index, attempt, now, deadline, json.dumps(selected)),
+                "(job_id, round, attempt, opened_at, deadline, selected, closed, vote_caps) "
+                "VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
+                (
+                    job_id,
+                    round_index,
+                    attempt,
+                    now,
+                    deadline,
+                    json.dumps(selected),
+                    json.dumps(caps),
+                ),
             )
-            db.execute("DELETE FROM uploads WHERE job_id = ? AND round = ?", (job_id, round_index))
             db.execute(
                 "UPDATE jobs SET status = 'running', reason = NULL, updated_at = ? "
                 "WHERE job_id = ?",
                 (now, job_id),
             )
-        return RoundRecord(job_id, round_index, attempt, now, deadline, selected)
+        return RoundRecord(job_id, round_index, attempt, now, deadline, selected, caps)
 
     def get_open_round(self, job_id: str) -> RoundRecord | None:
         rows = self._query(
@@ -255,6 +271,7 @@ class SqliteStore(StateStore):
             row["opened_at"],
             row["deadline"],
             json.loads(row["selected"]),
+            json.loads(row["vote_caps"]),
         )
 
     def add_upload(
@@ -384,3 +401,10 @@ def _explain(error: sqlite3.Error) -> str:
     if "full" in text:
         return "the coordinator's disk is full: free space in the data directory and retry"
     return f"the state database refused the change ({text}); nothing was written"
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a database made by an older bitfleet up to this schema."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(rounds)")}
+    if "vote_caps" not in columns:
+        db.execute("ALTER TABLE rounds ADD COLUMN vote_caps TEXT NOT NULL DEFAULT '{}'")
