@@ -76,15 +76,20 @@ class AgentRuntime:
     memory_limit_bytes: int | None = None
     upload_timeout_s: float = 30.0
     outbox: Outbox = field(default_factory=lambda: Outbox(None))
-    # How long one send waits for its receipt, and how long until an unanswered (or
-    # "later") upload is sent again: together they bound what an outage costs a round.
+    # How long one send waits for its receipt; an unanswered (or "later") upload is sent
+    # again after resend_s, doubling up to max_resend_s, and at once when the coordinator
+    # comes back (transport.coordinator_returns): an outage costs a round about a second.
     receipt_wait_s: float = 3.0
-    resend_s: float = 2.0
+    resend_s: float = 1.0
+    max_resend_s: float = 30.0
     done: set[TaskKey] = field(default_factory=set)
     stop: threading.Event = field(default_factory=threading.Event)
     _jobs: dict[str, LocalBitFlip] = field(default_factory=dict)
     _state: dict[str, Any] = field(default_factory=dict)
     _next_send: dict[str, float] = field(default_factory=dict)
+    _resend_delay: dict[str, float] = field(default_factory=dict)
+    _coordinator_returns: int = 0
+    _unreachable: bool = False
 
     def status(self, state: str) -> AgentStatus:
         return AgentStatus(self.agent_id, state, capabilities(self.y))
@@ -109,7 +114,7 @@ class AgentRuntime:
         try:
             while not self.stop.is_set():
                 self._flush_outbox()
-                task = self.transport.next_task(timeout=0.5)
+                task = self._next_task()
                 if task is None or _key(task) in self.done:
                     self.stop.wait(0.2)
                     continue
@@ -128,7 +133,7 @@ class AgentRuntime:
             return None
         self._journal(task, "started")
         self._report(state="training", task={"job_id": task.job_id, "round": task.round})
-        self.transport.announce(self.status("training"))
+        self._announce("training")
         try:
             return self._train_and_upload(task)
         except TrainingInterrupted as error:
@@ -139,7 +144,7 @@ class AgentRuntime:
             log.error("job %s round %d failed: %s", *key, error)
         finally:
             if not self.stop.is_set():
-                self.transport.announce(self.status("online"))
+                self._announce("online")
             self._report(state="waiting", task=None)
         return None
 
@@ -207,6 +212,29 @@ class AgentRuntime:
         )
         return receipt
 
+    def _next_task(self) -> Task | None:
+        """The transport's current task; None while the coordinator is unreachable (the
+        agent rides out the outage, backing off, and logs it once)."""
+        try:
+            task = self.transport.next_task(timeout=0.5)
+        except BitfleetError as error:
+            if not self._unreachable:
+                log.warning("coordinator unreachable (%s); retrying", error)
+            self._unreachable = True
+            self.stop.wait(min(5.0, self.resend_s))
+            return None
+        if self._unreachable:
+            log.info("coordinator reachable again")
+            self._unreachable = False
+        return task
+
+    def _announce(self, state: str) -> None:
+        """Tell the coordinator this agent's state; an outage only delays it."""
+        try:
+            self.transport.announce(self.status(state))
+        except BitfleetError as error:
+            log.warning("could not announce %s: %s", state, error)
+
     def _send(self, pending: Pending) -> UploadReceipt | None:
         """Send a held upload once; drop it from the outbox when its receipt is final."""
         try:
@@ -217,12 +245,19 @@ class AgentRuntime:
         if receipt is not None and (receipt.accepted or receipt.reason not in TRANSIENT_REASONS):
             self.outbox.remove(pending)
             self._next_send.pop(pending.name, None)
+            self._resend_delay.pop(pending.name, None)
         else:
-            self._next_send[pending.name] = time.monotonic() + self.resend_s
+            delay = self._resend_delay.get(pending.name, self.resend_s)
+            self._next_send[pending.name] = time.monotonic() + delay
+            self._resend_delay[pending.name] = min(2 * delay, self.max_resend_s)
         return receipt
 
     def _flush_outbox(self) -> None:
         """Resend every held upload that is due; journal the final receipts."""
+        if self.transport.coordinator_returns != self._coordinator_returns:
+            self._coordinator_returns = self.transport.coordinator_returns
+            self._next_send.clear()
+            self._resend_delay.clear()
         for pending in self.outbox.pending():
             if self.stop.is_set() or time.monotonic() < self._next_send.get(pending.name, 0.0):
                 continue

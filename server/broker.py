@@ -39,6 +39,7 @@ pattern write {TOPIC_ROOT}/agents/%u/status
 pattern read {TOPIC_ROOT}/agents/%u/tasks
 pattern read {TOPIC_ROOT}/agents/%u/events
 pattern read {TOPIC_ROOT}/agents/%u/models/#
+pattern read {TOPIC_ROOT}/coordinator/status
 pattern write {TOPIC_ROOT}/jobs/+/rounds/+/updates/%u
 pattern write {TOPIC_ROOT}/jobs/+/rounds/+/declines/%u
 """
@@ -61,6 +62,25 @@ def write_password_file(path: Path, users: dict[str, str]) -> None:
     os.replace(temp, path)
 
 
+@dataclass(frozen=True)
+class BrokerTls:
+    """The broker's TLS listener: its certificate and key, the CA that signs clients (and
+    that agents verify the broker against), and whether agents must present a client
+    certificate signed by it (mutual TLS) besides their password."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    require_client_cert: bool = False
+
+    def listener_lines(self) -> str:
+        return (
+            f"cafile {self.ca}\ncertfile {self.cert}\nkeyfile {self.key}\n"
+            "tls_version tlsv1.2\n"
+            f"require_certificate {'true' if self.require_client_cert else 'false'}\n"
+        )
+
+
 @dataclass
 class BrokerFiles:
     config: Path
@@ -76,8 +96,10 @@ def write_broker_files(
     coordinator_password: str,
     host: str = "127.0.0.1",
     max_packet_bytes: int = 4 * DEFAULT_CHUNK_BYTES,
+    tls: BrokerTls | None = None,
 ) -> BrokerFiles:
-    """A mosquitto configuration: authenticated listener, password file, per-agent ACL."""
+    """A mosquitto configuration: authenticated listener (TLS when ``tls`` is given),
+    password file, per-agent ACL, client ids bound to user names."""
     directory.mkdir(parents=True, exist_ok=True)
     files = BrokerFiles(
         directory / "mosquitto.conf",
@@ -92,6 +114,7 @@ def write_broker_files(
         # user by default, which could not read the 0600 password file).
         f"user {getpass.getuser()}\n"
         f"listener {port} {host}\n"
+        f"{tls.listener_lines() if tls else ''}"
         "allow_anonymous false\n"
         "use_username_as_clientid true\n"
         f"password_file {files.passwords}\n"

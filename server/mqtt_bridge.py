@@ -13,7 +13,6 @@ its own topic, which only it may read.
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 import time
 from dataclasses import replace
@@ -30,6 +29,9 @@ from shared.protocol import (
     ALL_DECLINE_TOPICS,
     ALL_STATUS_TOPICS,
     ALL_UPDATE_TOPICS,
+    COORDINATOR_OFFLINE,
+    COORDINATOR_ONLINE,
+    COORDINATOR_STATUS_TOPIC,
     AgentStatus,
     Decline,
     Task,
@@ -43,6 +45,7 @@ from shared.protocol import (
     parse_status_topic,
     parse_update_topic,
 )
+from shared.tls import mqtt_tls_options
 
 log = logging.getLogger("bitfleet.mqtt")
 QOS = 1
@@ -60,6 +63,7 @@ class MqttBridge:
         client_id: str = "bitfleet-coordinator",
         max_message_bytes: int = DEFAULT_CHUNK_BYTES,
         shared_group: str | None = None,
+        ca_file: str | None = None,
     ) -> None:
         self.engine = engine
         self.address = parse_mqtt_url(url)
@@ -76,8 +80,10 @@ class MqttBridge:
         if self.address.username:
             self.client.username_pw_set(self.address.username, self.address.password)
         if self.address.tls:
-            self.client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+            self.client.tls_set(**mqtt_tls_options(ca_file))
+        self.client.will_set(COORDINATOR_STATUS_TOPIC, COORDINATOR_OFFLINE, qos=QOS, retain=True)
+        # Short backoff: a restarted broker must cost a round seconds, not half a minute.
+        self.client.reconnect_delay_set(min_delay=1, max_delay=5)
         # A callback that raises must not end paho's network loop (it would, silently).
         self.client.suppress_exceptions = True
         self.client.on_connect = self._on_connect
@@ -91,6 +97,11 @@ class MqttBridge:
         self.client.loop_start()
 
     def stop(self) -> None:
+        if self.connected.is_set():
+            info = self.client.publish(
+                COORDINATOR_STATUS_TOPIC, COORDINATOR_OFFLINE, qos=QOS, retain=True
+            )
+            info.wait_for_publish(timeout=5)
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -114,6 +125,8 @@ class MqttBridge:
         self.connected.set()
         log.info("connected to broker %s:%d", self.address.host, self.address.port)
         self.engine.republish()
+        # Last: agents that see it resend the uploads they hold, now that we listen.
+        client.publish(COORDINATOR_STATUS_TOPIC, COORDINATOR_ONLINE, qos=QOS, retain=True)
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any

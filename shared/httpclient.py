@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
 from shared import __version__
-from shared.errors import BitfleetError
+from shared.errors import BitfleetError, ConfigError
+from shared.tls import client_context
 
 
 class ApiError(BitfleetError):
@@ -38,9 +40,16 @@ class Response:
 
 @dataclass
 class ApiClient:
+    """``https://`` URLs are verified against ``ca_file`` (default ``$BITFLEET_CA_FILE``,
+    else the system's CAs)."""
+
     base_url: str
     token: str | None = None
     timeout: float = 30.0
+    ca_file: str | None = None
+
+    def __post_init__(self) -> None:
+        check_base_url(self.base_url)
 
     def request(
         self,
@@ -64,7 +73,8 @@ class ApiClient:
         url = self.base_url.rstrip("/") + path
         request = urllib.request.Request(url, data=data, headers=headers, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as reply:
+            context = client_context(self.ca_file) if url.startswith("https://") else None
+            with urllib.request.urlopen(request, timeout=self.timeout, context=context) as reply:
                 response = Response(
                     reply.status, reply.read(), reply.headers.get("Content-Type", "")
                 )
@@ -94,3 +104,28 @@ def _detail(response: Response) -> str:
     if isinstance(body, dict) and isinstance(body.get("detail"), str):
         return f"{body['detail']} (HTTP {response.status})"
     return f"the coordinator answered HTTP {response.status}"
+
+
+def check_base_url(url: str) -> str:
+    """A coordinator URL is ``http(s)://HOST[:PORT][/PATH]``: checked once, up front, so a
+    typo is a clear error instead of urllib's ``unknown url type`` deep in a request."""
+    fix = "use http://HOST:PORT or https://HOST[:PORT], e.g. http://127.0.0.1:8080"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # raises for a port that is not a number or not 0..65535
+    except ValueError as error:
+        raise ConfigError(f"coordinator URL {url!r} is not valid ({error}); {fix}") from None
+    problem = None
+    if parts.scheme not in ("http", "https"):
+        problem = "it must start with http:// or https://"
+    elif not parts.hostname:
+        problem = "it names no host"
+    elif any(char.isspace() for char in url):
+        problem = "it contains spaces"
+    elif port == 0:
+        problem = "port 0 is not a port a coordinator listens on"
+    elif parts.query or parts.fragment:
+        problem = "it must not carry a query (?...) or a fragment (#...)"
+    if problem is not None:
+        raise ConfigError(f"coordinator URL {url!r} is not valid: {problem}; {fix}")
+    return url

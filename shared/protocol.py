@@ -10,6 +10,9 @@ agent sees only the jobs and rounds it was selected for::
     bitfleet/v1/agents/{agent}/models/{job}/{r}  coordinator: retained global model of a round
                                                  the agent was selected for (or /{i} per chunk
                                                  when it needs several messages)
+    bitfleet/v1/coordinator/status               coordinator: retained "online"; "offline" as
+                                                 Last Will (agents resend held uploads when it
+                                                 comes back)
     bitfleet/v1/jobs/{job}/rounds/{r}/updates/{agent}   agent: signed update frames
     bitfleet/v1/jobs/{job}/rounds/{r}/declines/{agent}  agent: a task it cannot take, and why
 
@@ -103,6 +106,9 @@ def decline_topic(job_id: str, round_index: int, agent_id: str) -> str:
 ALL_STATUS_TOPICS = f"{TOPIC_ROOT}/agents/+/status"
 ALL_UPDATE_TOPICS = f"{TOPIC_ROOT}/jobs/+/rounds/+/updates/+"
 ALL_DECLINE_TOPICS = f"{TOPIC_ROOT}/jobs/+/rounds/+/declines/+"
+COORDINATOR_STATUS_TOPIC = f"{TOPIC_ROOT}/coordinator/status"
+COORDINATOR_ONLINE = b'{"state": "online"}'
+COORDINATOR_OFFLINE = b'{"state": "offline"}'
 
 
 def parse_update_topic(topic: str, kind: str = "updates") -> tuple[str, int, str]:

@@ -11,6 +11,8 @@ class Transport(Protocol):
     """What the agent's training loop needs from a transport, and nothing more."""
 
     name: str
+    # How often the coordinator has (re)appeared: a change means "resend held uploads now".
+    coordinator_returns: int
 
     def start(self, status: AgentStatus) -> None:
         """Connect and announce ``status`` (reconnecting on its own if the link drops)."""

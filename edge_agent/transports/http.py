@@ -18,9 +18,18 @@ from shared.protocol import (
 class HttpTransport:
     name = "http"
 
-    def __init__(self, url: str, agent_id: str, secret: str, poll_s: float = 1.0) -> None:
-        self.api = ApiClient(url, f"{agent_id}:{secret}")
+    def __init__(
+        self,
+        url: str,
+        agent_id: str,
+        secret: str,
+        poll_s: float = 1.0,
+        ca_file: str | None = None,
+    ) -> None:
+        self.api = ApiClient(url, f"{agent_id}:{secret}", ca_file=ca_file)
         self.poll_s = poll_s
+        self.coordinator_returns = 0
+        self._unreachable = False
 
     def start(self, status: AgentStatus) -> None:
         self.announce(status)
@@ -36,7 +45,14 @@ class HttpTransport:
     def next_task(self, timeout: float) -> Task | None:
         deadline = time.monotonic() + timeout
         while True:
-            reply = self.api.request("GET", "/api/v1/fleet/task")
+            try:
+                reply = self.api.request("GET", "/api/v1/fleet/task")
+            except ApiError as error:
+                self._unreachable = self._unreachable or error.status == 0
+                raise
+            if self._unreachable:  # the coordinator is back: resend held uploads
+                self._unreachable = False
+                self.coordinator_returns += 1
             if reply.status == 200:
                 return parse_message(Task, reply.body)
             if time.monotonic() + self.poll_s > deadline:

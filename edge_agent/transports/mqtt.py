@@ -7,7 +7,6 @@ Presence is a retained status with an "offline" Last Will; subscriptions are mad
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 from typing import Any
 
@@ -17,6 +16,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from shared.chunks import DEFAULT_CHUNK_BYTES, Reassembler, split_frame
 from shared.errors import BitfleetError
 from shared.protocol import (
+    COORDINATOR_ONLINE,
+    COORDINATOR_STATUS_TOPIC,
     AgentStatus,
     Decline,
     Task,
@@ -31,6 +32,7 @@ from shared.protocol import (
     parse_mqtt_url,
     update_topic,
 )
+from shared.tls import mqtt_tls_options
 
 log = logging.getLogger("bitfleet.agent.mqtt")
 QOS = 1
@@ -49,6 +51,9 @@ class MqttTransport:
         agent_id: str,
         secret: str,
         max_message_bytes: int = DEFAULT_CHUNK_BYTES,
+        ca_file: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
     ) -> None:
         self.address = parse_mqtt_url(url)
         self.agent_id = agent_id
@@ -61,12 +66,13 @@ class MqttTransport:
         self._status: AgentStatus | None = None
         self._model_subscription: str | None = None
         self._closing = False
+        self.coordinator_returns = 0
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=f"bitfleet-{agent_id}", protocol=mqtt.MQTTv5
         )
         self.client.username_pw_set(agent_id, secret)
         if self.address.tls:
-            self.client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+            self.client.tls_set(**mqtt_tls_options(ca_file, client_cert, client_key))
         offline = encode_message(AgentStatus(agent_id, "offline"))
         self.client.will_set(agent_status_topic(agent_id), offline, qos=QOS, retain=True)
         # Short backoff: a restarted broker must cost a round seconds, not half a minute.
@@ -111,7 +117,11 @@ class MqttTransport:
             log.error("broker refused agent %s: %s (check id and secret)", self.agent_id, reason)
             return
         client.subscribe(
-            [(agent_tasks_topic(self.agent_id), QOS), (agent_events_topic(self.agent_id), QOS)]
+            [
+                (agent_tasks_topic(self.agent_id), QOS),
+                (agent_events_topic(self.agent_id), QOS),
+                (COORDINATOR_STATUS_TOPIC, QOS),
+            ]
         )
         if self._model_subscription is not None:  # a model download in progress
             client.subscribe(self._model_subscription, QOS)
@@ -139,6 +149,9 @@ class MqttTransport:
     def _store(self, topic: str, payload: bytes) -> None:
         if topic == agent_tasks_topic(self.agent_id):
             self._task = parse_message(Task, payload) if payload else None
+        elif topic == COORDINATOR_STATUS_TOPIC:
+            if payload == COORDINATOR_ONLINE:  # (re)started, or we reconnected: resend
+                self.coordinator_returns += 1
         elif topic == agent_events_topic(self.agent_id):
             receipt = parse_message(UploadReceipt, payload)
             self._receipts[(receipt.job_id, receipt.round)] = receipt
