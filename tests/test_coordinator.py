@@ -19,36 +19,13 @@ from edge_agent.runtime import AgentRuntime
 from edge_agent.transports.http import HttpTransport
 from edge_agent.transports.mqtt import MqttTransport
 from shared.datasets import load_dataset
-from shared.federated import INPUT_MEAN, update_frame
+from shared.federated import update_frame
 from shared.frames import KIND_UPDATE, Tensor, decode_frame, encode_frame
 from shared.httpclient import ApiClient, ApiError
 from shared.modelfile import bitmlp_from_frame
-from shared.models import PackedLayer
 from shared.partition import partition
 from tests.cluster import Broker, Coordinator
-
-JOB = {
-    "name": "digits-binary",
-    "algorithm": "bitflip",
-    "model": {"layers": [64, 64, 10], "weights": "binary"},
-    "dataset": "digits",
-    "rounds": 3,
-    "agents_per_round": 3,
-    "min_agents": 2,
-    "round_deadline_s": 60,
-    "local_epochs": 2,
-    "seed": 1,
-}
-
-
-def _enroll(coordinator: Coordinator, count: int) -> list[tuple[str, str]]:
-    pairs = []
-    for index in range(count):
-        body = coordinator.api.request(
-            "POST", "/api/v1/agents", json_body={"agent_id": f"a{index}"}
-        )
-        pairs.append((body.json()["agent_id"], body.json()["secret"]))
-    return pairs
+from tests.manual import JOB, ManualAgent, enroll, global_values, manual_round, submit
 
 
 def _shards(count: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -71,20 +48,14 @@ def _agents(runtimes: list[AgentRuntime]) -> Iterator[None]:
             thread.join(timeout=10)
 
 
-def _submit(coordinator: Coordinator, **changes: object) -> str:
-    return str(
-        coordinator.api.request("POST", "/api/v1/jobs", json_body={**JOB, **changes}).json()["id"]
-    )
-
-
 def test_three_round_bitflip_job_over_mqtt(coordinator: Coordinator, broker: Broker) -> None:
-    pairs = _enroll(coordinator, 3)
+    pairs = enroll(coordinator, 3)
     runtimes = [
         AgentRuntime(agent_id, secret, x, y, MqttTransport(broker.agent_url, agent_id, secret))
         for (agent_id, secret), (x, y) in zip(pairs, _shards(3), strict=True)
     ]
     with _agents(runtimes):
-        job_id = _submit(coordinator)
+        job_id = submit(coordinator)
         job = coordinator.wait_for(job_id)
     assert job["status"] == "completed", job
     assert [m["round"] for m in job["metrics"]] == [0, 1, 2]
@@ -103,7 +74,7 @@ def test_three_round_bitflip_job_over_mqtt(coordinator: Coordinator, broker: Bro
 
 
 def test_three_round_bitflip_job_over_http(http_coordinator: Coordinator) -> None:
-    pairs = _enroll(http_coordinator, 2)
+    pairs = enroll(http_coordinator, 2)
     runtimes = [
         AgentRuntime(
             agent_id,
@@ -115,7 +86,7 @@ def test_three_round_bitflip_job_over_http(http_coordinator: Coordinator) -> Non
         for (agent_id, secret), (x, y) in zip(pairs, _shards(2), strict=True)
     ]
     with _agents(runtimes):
-        job_id = _submit(http_coordinator, agents_per_round=2)
+        job_id = submit(http_coordinator, agents_per_round=2)
         job = http_coordinator.wait_for(job_id)
     assert job["status"] == "completed", job
     assert len(job["metrics"]) == 3 and job["metrics"][-1]["uploads"] == 2
@@ -142,103 +113,25 @@ def test_auth_refusals_and_clear_errors(http_coordinator: Coordinator) -> None:
     with pytest.raises(ApiError) as missing_job:
         api.request("GET", "/api/v1/jobs/job-nothere")
     assert missing_job.value.status == 404
-    job_id = _submit(http_coordinator)
+    job_id = submit(http_coordinator)
     api.request("POST", f"/api/v1/jobs/{job_id}/cancel")
     with pytest.raises(ApiError) as again:
         api.request("POST", f"/api/v1/jobs/{job_id}/cancel")
     assert again.value.status == 409
-    _enroll(http_coordinator, 1)
+    enroll(http_coordinator, 1)
     with pytest.raises(ApiError) as taken:
         api.request("POST", "/api/v1/agents", json_body={"agent_id": "a0"})
     assert taken.value.status == 409
 
 
-class ManualAgent:
-    """Speaks the fleet HTTP API by hand, so tests control exactly what is uploaded."""
-
-    def __init__(self, coordinator: Coordinator, agent_id: str, secret: str) -> None:
-        self.agent_id, self.secret = agent_id, secret
-        self.api = ApiClient(coordinator.url, f"{agent_id}:{secret}")
-
-    def task(self) -> dict | None:
-        reply = self.api.request("GET", "/api/v1/fleet/task")
-        return reply.json() if reply.status == 200 else None
-
-    def declare(self, samples: int) -> None:
-        """Announce presence with the sample count that bounds this agent's vote weight."""
-        status = {
-            "agent_id": self.agent_id,
-            "state": "online",
-            "capabilities": {"samples": samples},
-        }
-        self.api.request("POST", "/api/v1/fleet/status", json_body=status)
-
-    def model(self, job_id: str, round_index: int) -> bytes:
-        return self.api.request(
-            "GET", f"/api/v1/fleet/jobs/{job_id}/rounds/{round_index}/model"
-        ).body
-
-    def update(
-        self, job_id: str, round_index: int, flip: bool, samples: int, model: bytes | None = None
-    ) -> bytes:
-        """The round's global weights (inverted if ``flip``) as a signed update; ``model``
-        for an agent that may not download it (one not selected)."""
-        frame = model if model is not None else self.model(job_id, round_index)
-        model = bitmlp_from_frame(decode_frame(frame))
-        tensors = []
-        for index, layer in enumerate(model.layers):
-            values = layer.values() * (-1 if flip else 1)
-            packed = PackedLayer.from_values(values, "binary")
-            tensors.append(
-                Tensor(
-                    f"dense_{index}", "binary", (layer.outputs, layer.inputs), packed.positive[None]
-                )
-            )
-        tensors.append(Tensor(INPUT_MEAN, "uint8", (64,), np.full(64, 3, np.uint8)))
-        meta = {"samples": samples, "round": round_index, "job_id": job_id}
-        return update_frame(tensors, meta, self.agent_id, self.secret.encode())
-
-    def upload(self, job_id: str, round_index: int, frame: bytes) -> dict:
-        try:
-            reply = self.api.request(
-                "POST", f"/api/v1/fleet/jobs/{job_id}/rounds/{round_index}/updates", data=frame
-            )
-            return reply.json()
-        except ApiError as error:
-            return {**error.body, "status": error.status}
-
-
-def _manual_round(
-    coordinator: Coordinator, count: int, declared: list[int] | None = None, **changes: object
-) -> tuple[str, list[ManualAgent]]:
-    """Agents online (each declaring 10 samples unless ``declared`` says) and a job whose
-    round 0 is open."""
-    agents = [ManualAgent(coordinator, a, s) for a, s in _enroll(coordinator, count)]
-    for agent, samples in zip(agents, declared or [10] * count, strict=True):
-        agent.declare(samples)
-    job_id = _submit(coordinator, **changes)
-    coordinator.wait_for(job_id, predicate="0")
-    for agent in agents:
-        for _ in range(50):
-            if agent.task() is not None:
-                break
-            threading.Event().wait(0.1)
-    return job_id, agents
-
-
-def _global_values(coordinator: Coordinator, job_id: str, round_index: int) -> list[np.ndarray]:
-    frame = coordinator.api.request("GET", f"/api/v1/jobs/{job_id}/model?round={round_index}").body
-    return [layer.values() for layer in bitmlp_from_frame(decode_frame(frame)).layers]
-
-
 def test_a_tie_keeps_the_previous_global_weights(http_coordinator: Coordinator) -> None:
-    job_id, (a, b) = _manual_round(http_coordinator, 2, agents_per_round=2, min_agents=2, rounds=2)
+    job_id, (a, b) = manual_round(http_coordinator, 2, agents_per_round=2, min_agents=2, rounds=2)
     assert a.upload(job_id, 0, a.update(job_id, 0, flip=True, samples=5))["accepted"]
     assert b.upload(job_id, 0, b.update(job_id, 0, flip=False, samples=5))["accepted"]
     http_coordinator.wait_for(job_id, predicate="1")
     for before, after in zip(
-        _global_values(http_coordinator, job_id, 0),
-        _global_values(http_coordinator, job_id, 1),
+        global_values(http_coordinator, job_id, 0),
+        global_values(http_coordinator, job_id, 1),
         strict=True,
     ):
         np.testing.assert_array_equal(before, after)
@@ -246,7 +139,7 @@ def test_a_tie_keeps_the_previous_global_weights(http_coordinator: Coordinator) 
 
 @pytest.mark.parametrize("weighted", [True, False])
 def test_votes_are_weighted_by_samples(http_coordinator: Coordinator, weighted: bool) -> None:
-    job_id, (a, b, c) = _manual_round(
+    job_id, (a, b, c) = manual_round(
         http_coordinator,
         3,
         declared=[10, 1, 1],
@@ -260,14 +153,14 @@ def test_votes_are_weighted_by_samples(http_coordinator: Coordinator, weighted: 
     for agent in (b, c):
         assert agent.upload(job_id, 0, agent.update(job_id, 0, flip=False, samples=1))["accepted"]
     http_coordinator.wait_for(job_id, predicate="1")
-    before = _global_values(http_coordinator, job_id, 0)
-    after = _global_values(http_coordinator, job_id, 1)
+    before = global_values(http_coordinator, job_id, 0)
+    after = global_values(http_coordinator, job_id, 1)
     for old, new in zip(before, after, strict=True):
         np.testing.assert_array_equal(new, -old if weighted else old)
 
 
 def test_bad_frames_are_refused_with_reasons_and_counted(http_coordinator: Coordinator) -> None:
-    job_id, (a, b, c) = _manual_round(
+    job_id, (a, b, c) = manual_round(
         http_coordinator, 3, agents_per_round=2, min_agents=2, quorum=2
     )
     selected = [agent for agent in (a, b, c) if agent.task() is not None]
@@ -325,7 +218,7 @@ def _with_round(frame: bytes, agent: ManualAgent, round_index: int) -> bytes:
 def test_sigkill_mid_round_loses_nothing_and_counts_nothing_twice(
     http_coordinator: Coordinator,
 ) -> None:
-    job_id, agents = _manual_round(http_coordinator, 3, agents_per_round=3, min_agents=3, rounds=2)
+    job_id, agents = manual_round(http_coordinator, 3, agents_per_round=3, min_agents=3, rounds=2)
     a, b, c = agents
     frame_a = a.update(job_id, 0, flip=True, samples=4)
     assert a.upload(job_id, 0, frame_a)["accepted"]
@@ -338,8 +231,8 @@ def test_sigkill_mid_round_loses_nothing_and_counts_nothing_twice(
         assert agent.upload(job_id, 0, agent.update(job_id, 0, flip=False, samples=3))["accepted"]
     job = http_coordinator.wait_for(job_id, predicate="1")
     assert job["metrics"][0]["uploads"] == 3
-    before = _global_values(http_coordinator, job_id, 0)
-    after = _global_values(http_coordinator, job_id, 1)
+    before = global_values(http_coordinator, job_id, 0)
+    after = global_values(http_coordinator, job_id, 1)
     for old, new in zip(before, after, strict=True):
         np.testing.assert_array_equal(new, old)  # 4 < 3 + 3 once; counted twice, 8 would win
 
@@ -348,7 +241,7 @@ def test_sigkill_mid_round_loses_nothing_and_counts_nothing_twice(
 def test_a_round_short_of_min_agents_is_retried_or_fails(
     http_coordinator: Coordinator, policy: str
 ) -> None:
-    job_id, (a, _) = _manual_round(
+    job_id, (a, _) = manual_round(
         http_coordinator,
         2,
         agents_per_round=2,
@@ -397,7 +290,7 @@ def test_openapi_documents_the_job_example_and_every_endpoint(
 
 
 def test_revoked_agent_is_refused_everywhere(http_coordinator: Coordinator) -> None:
-    ((agent_id, secret),) = _enroll(http_coordinator, 1)
+    ((agent_id, secret),) = enroll(http_coordinator, 1)
     agent = ManualAgent(http_coordinator, agent_id, secret)
     assert agent.task() is None
     revoked = http_coordinator.api.request("POST", f"/api/v1/agents/{agent_id}/revoke").json()
@@ -418,7 +311,7 @@ def test_the_broker_keeps_each_agent_under_its_own_id(
 
     from shared.protocol import update_topic
 
-    (a0, s0), (a1, _) = _enroll(coordinator, 2)
+    (a0, s0), (a1, _) = enroll(coordinator, 2)
     outcomes: dict[str, object] = {}
     done = threading.Event()
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="intruder", protocol=mqtt.MQTTv5)
@@ -474,7 +367,7 @@ def test_forward_job_votes_signs_of_change_onto_a_pretrained_model(
     assert missing.value.status == 422 and "pretrained" in str(missing.value)
     initial = fixedmlp_to_frame(pretrained)
     spec["initial_model"] = base64.b64encode(initial).decode()
-    pairs = _enroll(http_coordinator, 2)
+    pairs = enroll(http_coordinator, 2)
     runtimes = [
         AgentRuntime(a, s, x, y, HttpTransport(http_coordinator.url, a, s, poll_s=0.2))
         for (a, s), (x, y) in zip(pairs, _shards(2), strict=True)
@@ -499,14 +392,14 @@ def test_frames_larger_than_the_message_limit_travel_in_chunks(
         tmp_path / "chunked", broker, extra_args=["--max-message-bytes", "1024"]
     ).start()
     try:
-        pairs = _enroll(coordinator, 2)
+        pairs = enroll(coordinator, 2)
         runtimes = [
             AgentRuntime(a, s, x, y, MqttTransport(broker.agent_url, a, s, max_message_bytes=1024))
             for (a, s), (x, y) in zip(pairs, _shards(2), strict=True)
         ]
         model = {"layers": [64, 256, 10], "weights": "binary"}
         with _agents(runtimes):
-            job_id = _submit(coordinator, model=model, agents_per_round=2, rounds=2)
+            job_id = submit(coordinator, model=model, agents_per_round=2, rounds=2)
             job = coordinator.wait_for(job_id)
     finally:
         coordinator.kill()

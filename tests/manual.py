@@ -1,0 +1,121 @@
+"""Hand-driven fleet agents and job helpers for tests that control exactly what is uploaded."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from shared.federated import INPUT_MEAN, update_frame
+from shared.frames import Tensor, decode_frame
+from shared.httpclient import ApiClient, ApiError
+from shared.modelfile import bitmlp_from_frame
+from shared.models import PackedLayer
+from tests.cluster import Coordinator
+
+JOB = {
+    "name": "digits-binary",
+    "algorithm": "bitflip",
+    "model": {"layers": [64, 64, 10], "weights": "binary"},
+    "dataset": "digits",
+    "rounds": 3,
+    "agents_per_round": 3,
+    "min_agents": 2,
+    "round_deadline_s": 60,
+    "local_epochs": 2,
+    "seed": 1,
+}
+
+
+def enroll(coordinator: Coordinator, count: int) -> list[tuple[str, str]]:
+    pairs = []
+    for index in range(count):
+        body = coordinator.api.request(
+            "POST", "/api/v1/agents", json_body={"agent_id": f"a{index}"}
+        )
+        pairs.append((body.json()["agent_id"], body.json()["secret"]))
+    return pairs
+
+
+def submit(coordinator: Coordinator, **changes: object) -> str:
+    return str(
+        coordinator.api.request("POST", "/api/v1/jobs", json_body={**JOB, **changes}).json()["id"]
+    )
+
+
+class ManualAgent:
+    """Speaks the fleet HTTP API by hand, so tests control exactly what is uploaded."""
+
+    def __init__(self, coordinator: Coordinator, agent_id: str, secret: str) -> None:
+        self.agent_id, self.secret = agent_id, secret
+        self.api = ApiClient(coordinator.url, f"{agent_id}:{secret}")
+
+    def task(self) -> dict | None:
+        reply = self.api.request("GET", "/api/v1/fleet/task")
+        return reply.json() if reply.status == 200 else None
+
+    def declare(self, samples: int) -> None:
+        """Announce presence with the sample count that bounds this agent's vote weight."""
+        status = {
+            "agent_id": self.agent_id,
+            "state": "online",
+            "capabilities": {"samples": samples},
+        }
+        self.api.request("POST", "/api/v1/fleet/status", json_body=status)
+
+    def model(self, job_id: str, round_index: int) -> bytes:
+        return self.api.request(
+            "GET", f"/api/v1/fleet/jobs/{job_id}/rounds/{round_index}/model"
+        ).body
+
+    def update(
+        self, job_id: str, round_index: int, flip: bool, samples: int, model: bytes | None = None
+    ) -> bytes:
+        """The round's global weights (inverted if ``flip``) as a signed update; ``model``
+        for an agent that may not download it (one not selected)."""
+        frame = model if model is not None else self.model(job_id, round_index)
+        model = bitmlp_from_frame(decode_frame(frame))
+        tensors = []
+        for index, layer in enumerate(model.layers):
+            values = layer.values() * (-1 if flip else 1)
+            packed = PackedLayer.from_values(values, "binary")
+            tensors.append(
+                Tensor(
+                    f"dense_{index}", "binary", (layer.outputs, layer.inputs), packed.positive[None]
+                )
+            )
+        tensors.append(Tensor(INPUT_MEAN, "uint8", (64,), np.full(64, 3, np.uint8)))
+        meta = {"samples": samples, "round": round_index, "job_id": job_id}
+        return update_frame(tensors, meta, self.agent_id, self.secret.encode())
+
+    def upload(self, job_id: str, round_index: int, frame: bytes) -> dict:
+        try:
+            reply = self.api.request(
+                "POST", f"/api/v1/fleet/jobs/{job_id}/rounds/{round_index}/updates", data=frame
+            )
+            return reply.json()
+        except ApiError as error:
+            return {**error.body, "status": error.status}
+
+
+def manual_round(
+    coordinator: Coordinator, count: int, declared: list[int] | None = None, **changes: object
+) -> tuple[str, list[ManualAgent]]:
+    """Agents online (each declaring 10 samples unless ``declared`` says) and a job whose
+    round 0 is open."""
+    agents = [ManualAgent(coordinator, a, s) for a, s in enroll(coordinator, count)]
+    for agent, samples in zip(agents, declared or [10] * count, strict=True):
+        agent.declare(samples)
+    job_id = submit(coordinator, **changes)
+    coordinator.wait_for(job_id, predicate="0")
+    for agent in agents:
+        for _ in range(50):
+            if agent.task() is not None:
+                break
+            threading.Event().wait(0.1)
+    return job_id, agents
+
+
+def global_values(coordinator: Coordinator, job_id: str, round_index: int) -> list[np.ndarray]:
+    frame = coordinator.api.request("GET", f"/api/v1/jobs/{job_id}/model?round={round_index}").body
+    return [layer.values() for layer in bitmlp_from_frame(decode_frame(frame)).layers]
