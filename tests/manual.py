@@ -43,6 +43,29 @@ def submit(coordinator: Coordinator, **changes: object) -> str:
     )
 
 
+def echo_update(
+    model_frame: bytes,
+    job_id: str,
+    round_index: int,
+    agent_id: str,
+    secret: str,
+    flip: bool,
+    samples: int,
+) -> bytes:
+    """A signed update that votes the model's own weights (inverted if ``flip``)."""
+    model = bitmlp_from_frame(decode_frame(model_frame))
+    tensors = []
+    for index, layer in enumerate(model.layers):
+        values = layer.values() * (-1 if flip else 1)
+        packed = PackedLayer.from_values(values, "binary")
+        shape = (layer.outputs, layer.inputs)
+        tensors.append(Tensor(f"dense_{index}", "binary", shape, packed.positive[None]))
+    features = model.layer_sizes[0]
+    tensors.append(Tensor(INPUT_MEAN, "uint8", (features,), np.full(features, 3, np.uint8)))
+    meta = {"samples": samples, "round": round_index, "job_id": job_id}
+    return update_frame(tensors, meta, agent_id, secret.encode())
+
+
 class ManualAgent:
     """Speaks the fleet HTTP API by hand, so tests control exactly what is uploaded."""
 
@@ -74,19 +97,7 @@ class ManualAgent:
         """The round's global weights (inverted if ``flip``) as a signed update; ``model``
         for an agent that may not download it (one not selected)."""
         frame = model if model is not None else self.model(job_id, round_index)
-        model = bitmlp_from_frame(decode_frame(frame))
-        tensors = []
-        for index, layer in enumerate(model.layers):
-            values = layer.values() * (-1 if flip else 1)
-            packed = PackedLayer.from_values(values, "binary")
-            tensors.append(
-                Tensor(
-                    f"dense_{index}", "binary", (layer.outputs, layer.inputs), packed.positive[None]
-                )
-            )
-        tensors.append(Tensor(INPUT_MEAN, "uint8", (64,), np.full(64, 3, np.uint8)))
-        meta = {"samples": samples, "round": round_index, "job_id": job_id}
-        return update_frame(tensors, meta, self.agent_id, self.secret.encode())
+        return echo_update(frame, job_id, round_index, self.agent_id, self.secret, flip, samples)
 
     def upload(self, job_id: str, round_index: int, frame: bytes) -> dict:
         try:
