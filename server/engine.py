@@ -61,6 +61,9 @@ class Publisher(Protocol):
 class EngineSettings:
     presence_timeout_s: float = 30.0
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    # Largest model a job may ask for, in dense weights: 10x a 784-512-10 network, about
+    # 80 MB of bit-flip training state on an agent, 8 MB as an int16 model file.
+    max_model_weights: int = 4_000_000
     tick_s: float = 0.25
     data_dir: str | None = None
 
@@ -181,6 +184,13 @@ class RoundEngine:
 
     # jobs
     def create_job(self, spec: JobSpec) -> JobRecord:
+        # Checked before anything is built: the initial model alone would allocate this much.
+        if spec.model.weight_count > self.settings.max_model_weights:
+            raise ConfigError(
+                f"model layers {spec.model.layers} have {spec.model.weight_count} weights, more "
+                f"than this coordinator's limit of {self.settings.max_model_weights}: use smaller "
+                "layers, or restart the coordinator with a larger --max-model-weights"
+            )
         algorithm = ALGORITHMS.get(spec.algorithm)
         if algorithm is None:
             raise ConfigError(f"algorithm {spec.algorithm!r} is not available on this coordinator")

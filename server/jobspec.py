@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from shared.errors import ConfigError
+from shared.federated import bitflip_config
+from shared.federated_forward import qzo_config
 
 EXAMPLE_JOB: dict[str, Any] = {
     "name": "fmnist-binary",
@@ -18,6 +23,7 @@ EXAMPLE_JOB: dict[str, Any] = {
     "local_epochs": 1,
     "seed": 1,
 }
+MAX_ROUNDS = 10_000
 
 
 class ModelSpec(BaseModel):
@@ -36,6 +42,11 @@ class ModelSpec(BaseModel):
             raise ValueError("every layer size must be between 1 and 65536")
         return self
 
+    @property
+    def weight_count(self) -> int:
+        """Weights of the dense layers (what a coordinator's model-size limit counts)."""
+        return sum(inputs * outputs for inputs, outputs in pairwise(self.layers))
+
 
 class JobSpec(BaseModel):
     """A federated training job. Only the example's fields are needed; the rest default."""
@@ -48,7 +59,7 @@ class JobSpec(BaseModel):
     dataset: str = Field(
         "fashion-mnist", description="held-out test split the coordinator evaluates on"
     )
-    rounds: int = Field(10, ge=1, le=10_000)
+    rounds: int = Field(10, ge=1, le=MAX_ROUNDS)
     agents_per_round: int = Field(5, ge=1, le=10_000)
     min_agents: int = Field(1, ge=1, description="fewest uploads that may close a round")
     quorum: int | None = Field(
@@ -91,6 +102,20 @@ class JobSpec(BaseModel):
                 f"algorithm {self.algorithm!r} does not train {self.model.weights!r} weights: "
                 "bitflip trains binary/ternary, forward trains int16/int8"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _hyperparameters(self) -> JobSpec:
+        """The agents' own check, run at submission: a job every agent would refuse (or
+        crash on) is refused here instead."""
+        try:
+            if self.algorithm == "bitflip":
+                weights = self.model.weights
+                bitflip_config(self.hyperparameters, weights, self.local_epochs, self.seed)
+            else:
+                qzo_config(self.hyperparameters, self.local_epochs, self.seed)
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
         return self
 
     @property

@@ -180,7 +180,8 @@ class Coordinator:
                     f"{self.log_path.read_text()[-2000:]}"
                 )
             try:
-                self.api.request("GET", "/healthz")
+                # 503 (degraded) is up too: the broker may start after us, from our config.
+                self.api.request("GET", "/healthz", ok=(200, 503))
                 return self
             except ApiError:
                 time.sleep(0.1)

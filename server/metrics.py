@@ -83,6 +83,9 @@ class Metrics:
             "bitfleet_messages_refused_total",
             "Broker messages refused before reaching the engine, by reason",
         )
+        self.http_refused = Counter(
+            "bitfleet_http_refused_total", "HTTP requests answered with a 4xx, by reason"
+        )
         self.declines = Counter("bitfleet_declines_total", "Tasks agents declined")
         self.bytes_in = Counter("bitfleet_bytes_in_total", "Update bytes received from agents")
         self.bytes_out = Counter("bitfleet_bytes_out_total", "Model bytes sent to agents")

@@ -20,6 +20,8 @@ engine, :mod:`shared.intmath`); the only randomness is an integer PRNG under a s
 
 from __future__ import annotations
 
+import numbers
+import reprlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +37,32 @@ from shared.models import ENCODINGS, BitMLP, PackedLayer, validate_layer_sizes
 
 # Learning rates are fixed point with 8 fractional bits so the step stays integer.
 LR_FRACTION_BITS = 8
+# Upper bounds of the options: generous for any board, and far inside the int64 training
+# arithmetic at real model sizes. lr = 256 already moves a counter across its whole range
+# in one vote.
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 1 << 16
+MAX_LR = 256.0
+MAX_DIVISOR = 1 << 10
+MAX_SEED = 2**64 - 1
+
+
+def require_type(name: str, value: object, integral: bool) -> None:
+    """Refuse a value of the wrong type: JSON ``true``, ``2.5`` or ``"5"`` must not pass for
+    an integer option, nor a bool or a string for a number."""
+    kind = numbers.Integral if integral else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        expected = "a whole number" if integral else "a number"
+        raise ConfigError(f"{name} must be {expected}, got {reprlib.repr(value)}")
+
+
+def require_int(name: str, value: int, low: int, high: int) -> None:
+    """An integer option within ``[low, high]``, else a ConfigError naming the bound."""
+    require_type(name, value, integral=True)
+    if value < low:
+        raise ConfigError(f"{name} must be at least {low}, got {value}")
+    if value > high:
+        raise ConfigError(f"{name} must be at most {high}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -54,19 +82,30 @@ class BitFlipConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        if self.encoding not in ENCODINGS:
-            raise ConfigError(f"unknown weight encoding {self.encoding!r}; use one of {ENCODINGS}")
+        """Check every option's type and range: job hyperparameters arrive as JSON, and a
+        value that passes here must train without error on every agent."""
+        if not isinstance(self.encoding, str) or self.encoding not in ENCODINGS:
+            raise ConfigError(
+                f"unknown weight encoding {reprlib.repr(self.encoding)}; use one of {ENCODINGS}"
+            )
         lowest = 2 if self.encoding == "ternary" else 1
+        require_type("state_bits", self.state_bits, integral=True)
         if not lowest <= self.state_bits <= 16:
             raise ConfigError(
-                f"--state-bits {self.state_bits} is out of range for {self.encoding} weights: "
+                f"state_bits {self.state_bits} is out of range for {self.encoding} weights: "
                 f"use {lowest}..16 (the weight's own bits included)"
             )
-        for name in ("epochs", "batch_size", "margin_divisor", "max_error", "window_divisor"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0 or not 0 < self.lr_decay <= 1:
-            raise ConfigError("lr must be > 0 and lr_decay in (0, 1]")
+        require_int("epochs", self.epochs, 1, MAX_EPOCHS)
+        require_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        for name in ("margin_divisor", "max_error", "window_divisor", "ternary_zero_fraction"):
+            require_int(name, getattr(self, name), 1, MAX_DIVISOR)
+        require_int("seed", self.seed, 0, MAX_SEED)
+        require_type("lr", self.lr, integral=False)
+        if not 0 < self.lr <= MAX_LR:
+            raise ConfigError(f"lr must be > 0 and at most {MAX_LR:g}, got {self.lr}")
+        require_type("lr_decay", self.lr_decay, integral=False)
+        if not 0 < self.lr_decay <= 1:
+            raise ConfigError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
 
     @property
     def lr_fixed(self) -> int:

@@ -33,18 +33,19 @@ PROVISIONAL_OFFSET = 128
 def bitflip_config(
     hyperparameters: dict[str, Any], encoding: str, epochs: int, seed: int
 ) -> BitFlipConfig:
-    """A trainer config from a job's hyperparameters (unknown names are a clear error)."""
+    """A trainer config from a job's hyperparameters, every name, type and range checked:
+    the coordinator refuses a job with this check, and agents build their config with it."""
     known = set(BitFlipConfig.__dataclass_fields__) - {"encoding", "epochs", "seed"}
     unknown = set(hyperparameters) - known
     if unknown:
         raise ConfigError(
             f"unknown bit-flip hyperparameters {sorted(unknown)}; known: {sorted(known)}"
         )
+    config = BitFlipConfig(**hyperparameters, encoding=encoding, epochs=epochs, seed=seed)
     try:
-        config = BitFlipConfig(**hyperparameters, encoding=encoding, epochs=epochs, seed=seed)
-    except TypeError as error:
+        config.validate()
+    except ConfigError as error:
         raise ConfigError(f"bad bit-flip hyperparameters: {error}") from None
-    config.validate()
     return config
 
 

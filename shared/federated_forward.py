@@ -29,17 +29,21 @@ _INT32 = np.iinfo(np.int32)
 
 
 def qzo_config(hyperparameters: dict[str, Any], epochs: int, seed: int) -> QZOConfig:
-    """A QZO-FF config from a job's hyperparameters (unknown names are a clear error)."""
+    """A QZO-FF config from a job's hyperparameters, every name, type and model-free range
+    checked: the coordinator refuses a job with this check, and agents build their config
+    with it (the model-specific checks follow in :meth:`QZOConfig.validate`)."""
     known = {f.name for f in fields(QZOConfig)} - {"epochs", "seed"}
     unknown = set(hyperparameters) - known
     if unknown:
         raise ConfigError(
             f"unknown forward hyperparameters {sorted(unknown)}; known: {sorted(known)}"
         )
+    config = QZOConfig(**hyperparameters, epochs=epochs, seed=seed)
     try:
-        return QZOConfig(**hyperparameters, epochs=epochs, seed=seed)
-    except TypeError as error:
+        config.check_options()
+    except ConfigError as error:
         raise ConfigError(f"bad forward hyperparameters: {error}") from None
+    return config
 
 
 def tensor_pairs(model: FixedMLP) -> list[tuple[str, NDArray[np.integer]]]:

@@ -19,6 +19,7 @@ gradient, no stored activations, no copy of the weights.
 from __future__ import annotations
 
 import math
+import reprlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from shared import kernels
-from shared.bitflip import EpochReport
+from shared.bitflip import (
+    MAX_BATCH_SIZE,
+    MAX_EPOCHS,
+    MAX_SEED,
+    EpochReport,
+    require_int,
+    require_type,
+)
 from shared.errors import ConfigError
 from shared.fixedpoint import FixedMLP, qmax
 from shared.kernels.reference import splitmix64
@@ -39,6 +47,11 @@ UPDATE_FRACTION_BITS = 16
 # eps and lr are given in steps of an int16 weight; an int8 weight's step is 2**8 larger.
 REFERENCE_BITS = 16
 _FULL_DENSITY = 1 << 32
+# Upper bounds of the options (docs/algorithms.md measured m <= 128 and lr <= 4096): eps and
+# lr beyond the int16 range cannot move a weight further.
+MAX_PERTURBATIONS = 4096
+MAX_LR = 65536.0
+MAX_MARGIN = 1000.0
 
 
 @dataclass(frozen=True)
@@ -58,22 +71,49 @@ class QZOConfig:
     batch_size: int = 100
     seed: int = 0
 
+    def check_options(self) -> None:
+        """Check every option's type and the ranges that hold for any model: job
+        hyperparameters arrive as JSON, and are checked here before a model is at hand."""
+        require_int("perturbations", self.perturbations, 1, MAX_PERTURBATIONS)
+        require_int("epochs", self.epochs, 1, MAX_EPOCHS)
+        require_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        require_int("seed", self.seed, 0, MAX_SEED)
+        require_type("train_layers", self.train_layers, integral=True)
+        require_type("eps", self.eps, integral=True)
+        if not 1 <= self.eps <= qmax(REFERENCE_BITS):
+            raise ConfigError(
+                f"eps {self.eps} is out of range: use 1 to {qmax(REFERENCE_BITS)} int16 weight "
+                "steps (int8 models need at least 128)"
+            )
+        require_type("density", self.density, integral=False)
+        if not 0 < self.density <= 1:
+            raise ConfigError(f"density must be in (0, 1], got {self.density}")
+        if not isinstance(self.schedule, str) or self.schedule not in SCHEDULES:
+            raise ConfigError(
+                f"unknown schedule {reprlib.repr(self.schedule)}; use one of {SCHEDULES}"
+            )
+        require_type("lr", self.lr, integral=False)
+        if not 0 < self.lr <= MAX_LR:
+            raise ConfigError(
+                f"lr must be > 0 and at most {MAX_LR:g} int16 weight steps, got {self.lr}"
+            )
+        require_type("margin", self.margin, integral=False)
+        if not 0 <= self.margin <= MAX_MARGIN:
+            raise ConfigError(f"margin must be in [0, {MAX_MARGIN:g}], got {self.margin}")
+        for name in ("stochastic_rounding", "train_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(
+                    f"{name} must be true or false, got {reprlib.repr(getattr(self, name))}"
+                )
+
     def validate(self, model: FixedMLP) -> None:
-        """Check every option against the model it will train (clear ConfigErrors)."""
-        for name in ("perturbations", "epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        """Check every option, then against the model it will train (clear ConfigErrors)."""
+        self.check_options()
         if not 0 <= self.train_layers <= len(model.layers):
             raise ConfigError(
                 f"train_layers must be 0 (all) to {len(model.layers)} for this model, "
                 f"got {self.train_layers}"
             )
-        if not 0 < self.density <= 1:
-            raise ConfigError(f"density must be in (0, 1], got {self.density}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"unknown schedule {self.schedule!r}; use one of {SCHEDULES}")
-        if self.lr <= 0 or self.margin < 0:
-            raise ConfigError("lr must be > 0 and margin >= 0")
         eps = self.eps_steps(model.weight_bits)
         if not 1 <= eps <= qmax(model.weight_bits) // 4:
             raise ConfigError(

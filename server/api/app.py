@@ -1,13 +1,20 @@
-"""The FastAPI application: routers, error mapping, health and metrics."""
+"""The FastAPI application: routers, error mapping, request limits, health and metrics."""
 
 from __future__ import annotations
 
-from fastapi import Depends, FastAPI, Request
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException
 
 from server.api import control, fleet
 from server.api.auth import admin_guard
+from server.api.limits import ApiLimits, BodySizeLimit, CountRefusals
+from server.api.schemas import Health
 from server.engine import JobConflict, NotFound, RoundEngine
 from server.state.base import AlreadyExists, StoreError
 from shared import __version__
@@ -23,9 +30,12 @@ ERROR_STATUS: list[tuple[type[BitfleetError], int]] = [
     (ProtocolError, 422),
     (BitfleetError, 422),
 ]
+DEFAULT_LIMITS = ApiLimits()
 
 
-def create_app(engine: RoundEngine, admin_token: str | None) -> FastAPI:
+def create_app(
+    engine: RoundEngine, admin_token: str | None, limits: ApiLimits = DEFAULT_LIMITS
+) -> FastAPI:
     """The coordinator app; ``admin_token=None`` means --insecure (no admin auth)."""
     app = FastAPI(
         title="bitfleet coordinator",
@@ -40,15 +50,28 @@ def create_app(engine: RoundEngine, admin_token: str | None) -> FastAPI:
     admin = [Depends(admin_guard(admin_token))]
     app.include_router(control.router, dependencies=admin)
     app.include_router(fleet.router)
+    uploads = {fleet.router.prefix + fleet.UPDATES_PATH: engine.settings.max_frame_bytes}
+    app.add_middleware(BodySizeLimit, max_bytes=limits.max_request_bytes, routes=uploads)
+    app.add_middleware(CountRefusals, counter=engine.metrics.http_refused)  # sees the 413s
 
     @app.exception_handler(BitfleetError)
     async def bitfleet_error(request: Request, error: BitfleetError) -> JSONResponse:
         status = next(code for kind, code in ERROR_STATUS if isinstance(error, kind))
         return JSONResponse({"detail": str(error)}, status_code=status)
 
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> Response:
+        if error.status_code == 400:  # FastAPI's only 400: a body it could not decode
+            error = HTTPException(
+                400,
+                "the body could not be decoded as JSON: send UTF-8 JSON, nested less than "
+                "1000 levels deep, with numbers of at most 4300 digits",
+            )
+        return await http_exception_handler(request, error)
+
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": [str(p) for p in e["loc"]], "msg": str(e["msg"])} for e in error.errors()]
+        errors = [{"loc": [str(p) for p in e["loc"]], "msg": _message(e)} for e in error.errors()]
         problems = [
             f"{'.'.join(p for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in errors
         ]
@@ -57,12 +80,31 @@ def create_app(engine: RoundEngine, admin_token: str | None) -> FastAPI:
             status_code=422,
         )
 
-    @app.get("/healthz", tags=["health"], summary="Liveness and readiness")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok", "version": __version__}
+    @app.get(
+        "/healthz",
+        tags=["health"],
+        summary="Liveness and readiness: 503 while a transport link (the broker) is down",
+        response_model=Health,
+        responses={503: {"model": Health, "description": "a transport link is down"}},
+    )
+    def healthz() -> JSONResponse:
+        links = engine.link_states()
+        health = Health(
+            status="ok" if all(links.values()) else "degraded",
+            version=__version__,
+            links={name: "connected" if up else "disconnected" for name, up in links.items()},
+        )
+        return JSONResponse(health.model_dump(), status_code=200 if health.status == "ok" else 503)
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse, summary="Prometheus")
     def metrics() -> str:
         return engine.metrics.render(lambda: len(engine.online_agents()))
 
     return app
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    """A validator's own message, without pydantic's "Value error, " in front of it."""
+    if error["type"] == "value_error" and "error" in error.get("ctx", {}):
+        return str(error["ctx"]["error"])
+    return str(error["msg"])

@@ -7,18 +7,25 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Request, Response
 
-from server.api.schemas import AgentView, Enrollment, EnrollRequest, Error, JobCreated, JobView
+from server.api.schemas import (
+    AUTH_ERRORS,
+    INVALID,
+    JSON_BODY_ERRORS,
+    NOT_FOUND,
+    AgentView,
+    Enrollment,
+    EnrollRequest,
+    Error,
+    JobCreated,
+    JobView,
+)
 from server.engine import NotFound, RoundEngine
-from server.jobspec import EXAMPLE_JOB, JobSpec
+from server.jobspec import EXAMPLE_JOB, MAX_ROUNDS, JobSpec
 from shared.protocol import check_id
 
 FRAME_MEDIA_TYPE = "application/vnd.bitfleet.frame"
-ERRORS: dict[int | str, dict[str, object]] = {
-    401: {"model": Error, "description": "no credentials"},
-    403: {"model": Error, "description": "wrong admin token"},
-}
 
-router = APIRouter(prefix="/api/v1", responses=ERRORS)
+router = APIRouter(prefix="/api/v1", responses=AUTH_ERRORS)
 
 
 def _engine(request: Request) -> RoundEngine:
@@ -42,7 +49,7 @@ def _view(engine: RoundEngine, job_id: str) -> JobView:
     response_model=JobCreated,
     tags=["jobs"],
     summary="Submit a training job",
-    responses={422: {"model": Error, "description": "invalid job specification"}},
+    responses=JSON_BODY_ERRORS,
 )
 def create_job(
     request: Request, spec: Annotated[JobSpec, Body(examples=[EXAMPLE_JOB])]
@@ -62,7 +69,7 @@ def list_jobs(request: Request) -> list[JobView]:
     response_model=JobView,
     tags=["jobs"],
     summary="A job's status, current round and per-round metrics",
-    responses={404: {"model": Error}},
+    responses={**NOT_FOUND, **INVALID},
 )
 def get_job(request: Request, job_id: str) -> JobView:
     return _view(_engine(request), job_id)
@@ -73,7 +80,11 @@ def get_job(request: Request, job_id: str) -> JobView:
     response_model=JobView,
     tags=["jobs"],
     summary="Cancel a job",
-    responses={404: {"model": Error}, 409: {"model": Error, "description": "already finished"}},
+    responses={
+        **NOT_FOUND,
+        409: {"model": Error, "description": "already finished"},
+        **INVALID,
+    },
 )
 def cancel_job(request: Request, job_id: str) -> JobView:
     engine = _engine(request)
@@ -86,13 +97,13 @@ def cancel_job(request: Request, job_id: str) -> JobView:
     tags=["jobs"],
     summary="Download the current (or a given round's) global model as a .bfm frame",
     response_class=Response,
-    responses={200: {"content": {FRAME_MEDIA_TYPE: {}}}, 404: {"model": Error}},
+    responses={200: {"content": {FRAME_MEDIA_TYPE: {}}}, **NOT_FOUND, **INVALID},
 )
 def download_model(
     request: Request,
     job_id: str,
     round: Annotated[
-        int | None, Query(ge=0, description="the model that opened this round")
+        int | None, Query(ge=0, le=MAX_ROUNDS, description="the model that opened this round")
     ] = None,
 ) -> Response:
     frame = _engine(request).model(job_id, round)
@@ -109,7 +120,7 @@ def download_model(
     response_model=Enrollment,
     tags=["agents"],
     summary="Enroll an agent: returns its id and secret (shown once)",
-    responses={409: {"model": Error, "description": "the id is taken"}, 422: {"model": Error}},
+    responses={409: {"model": Error, "description": "the id is taken"}, **JSON_BODY_ERRORS},
 )
 def enroll_agent(request: Request, body: EnrollRequest | None = None) -> Enrollment:
     agent_id = check_id(
@@ -134,7 +145,7 @@ def list_agents(request: Request) -> list[AgentView]:
     response_model=AgentView,
     tags=["agents"],
     summary="Revoke an agent: its uploads and logins are refused from now on",
-    responses={404: {"model": Error}},
+    responses={**NOT_FOUND, **INVALID},
 )
 def revoke_agent(request: Request, agent_id: str) -> AgentView:
     engine = _engine(request)

@@ -6,25 +6,38 @@ round's model, and posts its signed update; the receipt is the response.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import TypeAdapter
 
 from server.api.auth import agent_identity
 from server.api.control import FRAME_MEDIA_TYPE
-from server.api.schemas import Error, Receipt
+from server.api.schemas import AUTH_ERRORS, INVALID, NOT_FOUND, TOO_LARGE, Error, Receipt
 from server.engine import RoundEngine
+from server.jobspec import MAX_ROUNDS
 from shared.protocol import (
     AgentStatus,
     Decline,
     ProtocolError,
+    Task,
     encode_message,
     parse_message,
 )
 
-router = APIRouter(prefix="/api/v1/fleet", tags=["fleet"], responses={403: {"model": Error}})
+router = APIRouter(prefix="/api/v1/fleet", tags=["fleet"], responses=AUTH_ERRORS)
 Agent = Annotated[str, Depends(agent_identity)]
+RoundIndex = Annotated[int, Path(ge=0, le=MAX_ROUNDS)]
+# The upload route's path, which has its own body limit (server.api.limits).
+UPDATES_PATH = "/jobs/{job_id}/rounds/{round_index}/updates"
+
+
+def _json_body(message: type[Any]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that parses a protocol message itself."""
+    schema = TypeAdapter(message).json_schema()
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
 
 # Refusal reasons and the HTTP status that carries them.
 REFUSAL_STATUS = {
@@ -52,7 +65,12 @@ def whoami(agent_id: Agent) -> dict[str, str]:
     return {"agent_id": agent_id}
 
 
-@router.post("/status", summary="Announce presence and capabilities (heartbeat)")
+@router.post(
+    "/status",
+    summary="Announce presence and capabilities (heartbeat)",
+    responses={**TOO_LARGE, **INVALID},
+    openapi_extra=_json_body(AgentStatus),
+)
 async def post_status(request: Request, agent_id: Agent) -> dict[str, str]:
     try:
         status = parse_message(AgentStatus, await request.body())
@@ -68,7 +86,10 @@ async def post_status(request: Request, agent_id: Agent) -> dict[str, str]:
 @router.get(
     "/task",
     summary="The agent's current task (204 when there is none); counts as a heartbeat",
-    responses={204: {"description": "no task"}},
+    responses={
+        200: {"content": {"application/json": {"schema": TypeAdapter(Task).json_schema()}}},
+        204: {"description": "no task"},
+    },
 )
 def get_task(request: Request, agent_id: Agent) -> Response:
     engine = _engine(request)
@@ -81,21 +102,24 @@ def get_task(request: Request, agent_id: Agent) -> Response:
 
 @router.get(
     "/jobs/{job_id}/rounds/{round_index}/model",
-    summary="Download a round's global model frame",
+    summary="Download the global model of a round the agent is selected for",
     response_class=Response,
-    responses={200: {"content": {FRAME_MEDIA_TYPE: {}}}, 404: {"model": Error}},
+    responses={200: {"content": {FRAME_MEDIA_TYPE: {}}}, **NOT_FOUND, **INVALID},
 )
-def get_model(request: Request, job_id: str, round_index: int, agent_id: Agent) -> Response:
+def get_model(request: Request, job_id: str, round_index: RoundIndex, agent_id: Agent) -> Response:
     # Counted once per selected agent when the round opens, whichever transport serves it.
-    return Response(_engine(request).model(job_id, round_index), media_type=FRAME_MEDIA_TYPE)
+    model = _engine(request).agent_model(job_id, round_index, agent_id)
+    return Response(model, media_type=FRAME_MEDIA_TYPE)
 
 
 @router.post(
     "/jobs/{job_id}/rounds/{round_index}/decline",
     summary="Decline a task the agent cannot take (e.g. not enough memory), with the reason",
+    responses={**TOO_LARGE, **INVALID},
+    openapi_extra=_json_body(Decline),
 )
 async def post_decline(
-    request: Request, job_id: str, round_index: int, agent_id: Agent
+    request: Request, job_id: str, round_index: RoundIndex, agent_id: Agent
 ) -> dict[str, bool]:
     decline = parse_message(Decline, await request.body())
     if (decline.job_id, decline.round, decline.agent_id) != (job_id, round_index, agent_id):
@@ -104,20 +128,29 @@ async def post_decline(
 
 
 @router.post(
-    "/jobs/{job_id}/rounds/{round_index}/updates",
+    UPDATES_PATH,
     summary="Upload a signed update frame; the response is the receipt",
     response_model=Receipt,
-    responses={409: {"model": Receipt}, 400: {"model": Receipt}, 404: {"model": Receipt}},
+    responses={
+        400: {"model": Receipt, "description": "the frame is refused"},
+        403: {"model": Receipt | Error, "description": "credentials or signature refused"},
+        404: {"model": Receipt, "description": "no such job"},
+        409: {"model": Receipt, "description": "not for this round, or already uploaded"},
+        413: {"model": Receipt | Error, "description": "the body or the frame header is too large"},
+        **INVALID,
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {FRAME_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
 )
 async def post_update(
-    request: Request, job_id: str, round_index: int, agent_id: Agent
+    request: Request, job_id: str, round_index: RoundIndex, agent_id: Agent
 ) -> JSONResponse:
-    engine = _engine(request)
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > engine.settings.max_frame_bytes:
-        receipt = engine.receipt(job_id, round_index, agent_id, "oversized", "http")
-    else:
-        body = await request.body()
-        receipt = engine.handle_upload(job_id, round_index, agent_id, body, "http")
+    # Bodies over the engine's max_frame_bytes never get here (server.api.limits).
+    body = await request.body()
+    receipt = _engine(request).handle_upload(job_id, round_index, agent_id, body, "http")
     status = 200 if receipt.accepted else REFUSAL_STATUS.get(receipt.reason, 400)
     return JSONResponse(Receipt(**receipt.__dict__).model_dump(), status)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -11,6 +11,47 @@ from server.state.base import AgentRecord, DeclineRecord, JobRecord, RoundMetric
 
 class Error(BaseModel):
     detail: str = Field(description="what is wrong and how to fix it")
+
+
+class Problem(BaseModel):
+    loc: list[str] = Field(description="where: body, path, query or header, then the field")
+    msg: str
+
+
+class Invalid(Error):
+    errors: list[Problem] = Field(
+        default_factory=list,
+        description="each problem of a request that failed validation (none when the "
+        "request was well-formed but its content was refused)",
+    )
+
+
+# OpenAPI declarations of the errors routes share, merged into their ``responses=``.
+Responses = dict[int | str, dict[str, Any]]
+AUTH_ERRORS: Responses = {
+    401: {"model": Error, "description": "no credentials: send an Authorization header"},
+    403: {"model": Error, "description": "the credentials are not valid here"},
+}
+INVALID: Responses = {
+    422: {"model": Invalid, "description": "invalid request: the detail says what to change"}
+}
+TOO_LARGE: Responses = {
+    413: {"model": Error, "description": "the body is larger than the coordinator accepts"}
+}
+JSON_BODY_ERRORS: Responses = {
+    400: {"model": Error, "description": "the body could not be decoded as JSON"},
+    **TOO_LARGE,
+    **INVALID,
+}
+NOT_FOUND: Responses = {404: {"model": Error, "description": "no such job, round or agent"}}
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"] = Field(description="degraded: a transport link is down")
+    version: str
+    links: dict[str, Literal["connected", "disconnected"]] = Field(
+        description="each transport link (mqtt) and its state; none on an HTTP-only coordinator"
+    )
 
 
 class JobCreated(BaseModel):
