@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+from pydantic import ValidationError
 
 from server.algorithms import ALGORITHMS, Accumulator, JobAlgorithm
 from server.conditions import ConditionLog
@@ -35,6 +36,7 @@ from shared.frames import DEFAULT_MAX_FRAME_BYTES, Frame, FrameError, decode_fra
 from shared.protocol import RESENT, RESERVED_AGENT_IDS, Task, UploadReceipt, check_agent_id
 
 log = logging.getLogger("bitfleet.engine")
+DATASET_CACHE = 4
 
 
 class NotFound(BitfleetError):
@@ -140,11 +142,25 @@ class RoundEngine:
         """Rebuild every open round from the store; close those whose uploads are all in."""
         with self._lock:
             for job in self.store.list_jobs(ACTIVE):
+                if not self._spec_still_valid(job):
+                    continue
                 record = self.store.get_open_round(job.job_id)
                 if record is not None and record.round == job.round and record.selected:
                     state = self._restore(job, record)
                     if state.ready(JobSpec.model_validate(job.spec)):
                         self._try_close(job, state)
+
+    def _spec_still_valid(self, job: JobRecord) -> bool:
+        """A job stored by an older, laxer coordinator whose spec this one refuses fails
+        with the reason instead of stopping the start."""
+        try:
+            JobSpec.model_validate(job.spec)
+            return True
+        except ValidationError as error:
+            reason = f"its stored spec is not valid here: {error.errors()[0]['msg']}"
+            self.store.set_job_status(job.job_id, "failed", reason)
+            log.error("job %s failed: %s", job.job_id, reason)
+            return False
 
     def _restore(self, job: JobRecord, record: RoundRecord) -> _OpenRound:
         spec = JobSpec.model_validate(job.spec)
@@ -236,9 +252,15 @@ class RoundEngine:
         return job
 
     def dataset(self, name: str) -> Dataset:
-        if name not in self._datasets:
-            self._datasets[name] = load_dataset(name, data_dir=self.settings.data_dir)
-        return self._datasets[name]
+        """The evaluation data set, from a small cache (a few names are in use at a time;
+        an admin naming many shifted variants must not grow memory without bound)."""
+        dataset = self._datasets.pop(name, None) or load_dataset(
+            name, data_dir=self.settings.data_dir
+        )
+        self._datasets[name] = dataset  # most recently used last
+        while len(self._datasets) > DATASET_CACHE:
+            del self._datasets[next(iter(self._datasets))]
+        return dataset
 
     # agents
     def enroll(self, agent_id: str, secret: str) -> AgentRecord:
@@ -302,13 +324,25 @@ class RoundEngine:
         is tried again) or whose deadline passed."""
         with self._lock:
             for job in self.store.list_jobs(ACTIVE):
-                state = self._open.get(job.job_id)
-                if state is None:
-                    self._try_open(job, self._waiting_attempt(job))
-                elif state.accepted and state.ready(JobSpec.model_validate(job.spec)):
-                    self._try_close(job, state)
-                elif self.clock() >= state.record.deadline:
-                    self._deadline(job, state)
+                try:
+                    self._tick_job(job)
+                    self.conditions.cleared(f"job {job.job_id}")
+                except StoreError as error:
+                    self.conditions.failing(f"job {job.job_id}", str(error))
+                except Exception as error:  # one broken job must not stall the others
+                    self.conditions.failing(f"job {job.job_id}", repr(error), traceback=True)
+
+    def _tick_job(self, job: JobRecord) -> None:
+        if not self._spec_still_valid(job):
+            self._open.pop(job.job_id, None)
+            return
+        state = self._open.get(job.job_id)
+        if state is None:
+            self._try_open(job, self._waiting_attempt(job))
+        elif state.accepted and state.ready(JobSpec.model_validate(job.spec)):
+            self._try_close(job, state)
+        elif self.clock() >= state.record.deadline:
+            self._deadline(job, state)
 
     def _waiting_attempt(self, job: JobRecord) -> int:
         """The attempt a job waiting for agents is at (a retry that found too few agents)."""

@@ -38,6 +38,8 @@ AGENT_STATES = ("online", "training", "offline")
 # The most samples one update (or one agent's capabilities) may claim: a vote weight must
 # fit the tallies' counters and the store's 64-bit integers with room to sum them.
 MAX_SAMPLES = 2**31 - 1
+# The largest JSON message (status, task, receipt, decline) either side parses.
+MAX_MESSAGE_BYTES = 64 * 1024
 
 
 class ProtocolError(BitfleetError):
@@ -46,7 +48,7 @@ class ProtocolError(BitfleetError):
 
 def check_id(value: str, what: str) -> str:
     """Ids appear in topics: lowercase letters, digits, '-' and '_', at most 64 characters."""
-    if not isinstance(value, str) or not ID_PATTERN.match(value):
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
         raise ProtocolError(
             f"{what} {value!r} is not valid: use 1-64 lowercase letters, digits, '-' or '_', "
             "starting with a letter or digit"
@@ -197,9 +199,15 @@ def encode_message(message: AgentStatus | Task | UploadReceipt | Decline) -> byt
 def parse_message(kind: type[Message], raw: bytes | str | dict[str, Any]) -> Message:
     """Validate a JSON message against ``kind``'s fields and their types."""
     try:
+        if not isinstance(raw, dict) and len(raw) > MAX_MESSAGE_BYTES:
+            raise ProtocolError(f"{kind.__name__} exceeds {MAX_MESSAGE_BYTES} bytes")
         data = raw if isinstance(raw, dict) else json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ProtocolError(f"{kind.__name__} is not valid JSON: {error}") from None
+    except (RecursionError, ValueError):  # nested too deep, or an integer of 4,300+ digits
+        raise ProtocolError(
+            f"{kind.__name__} is not a plausible message (nesting, numbers)"
+        ) from None
     if not isinstance(data, dict):
         raise ProtocolError(f"{kind.__name__} must be a JSON object")
     if data.get("protocol", PROTOCOL_VERSION) != PROTOCOL_VERSION:

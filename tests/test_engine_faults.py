@@ -108,3 +108,23 @@ def test_a_retried_round_keeps_the_uploads_an_earlier_attempt_accepted(tmp_path:
     assert _upload(engine, job_id, c) == "accepted"
     assert engine.job(job_id).status == "completed"
     assert engine.store.list_metrics(job_id)[0].uploads == 3
+
+
+def test_a_stored_job_this_version_refuses_fails_alone(tmp_path: Path) -> None:
+    """A job an older, laxer coordinator stored (batch_size 2.5) fails with the reason on
+    start; the other jobs run on."""
+    engine = _engine(tmp_path / "state.db")
+    job_id, (a, b) = _open_round(engine, 2, min_agents=2, rounds=1)
+    spec = JobSpec.model_validate({**JOB, "name": "old"}).model_dump()
+    spec["hyperparameters"] = {"batch_size": 2.5}
+    model = engine.store.get_model(job_id, 0)
+    assert model is not None
+    engine.store.create_job("job-legacy", spec, model)
+    restarted = _engine(tmp_path / "state.db")
+    restarted.recover()
+    restarted.tick()
+    legacy = restarted.job("job-legacy")
+    assert legacy.status == "failed" and "batch_size" in (legacy.reason or "")
+    assert _upload(restarted, job_id, a) == "accepted"
+    assert _upload(restarted, job_id, b) == "accepted"
+    assert restarted.job(job_id).status == "completed"
