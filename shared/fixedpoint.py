@@ -32,6 +32,9 @@ ACT_MAX = 127
 # Exponents a model may carry: far beyond what any sane layer needs, small enough that a
 # hostile file cannot ask for shifts the kernels do not support.
 MAX_EXP = 40
+# Largest shift between a layer's accumulator and its output: the kernels shift int64
+# accumulators (|sum| < 2**47), so a larger one overflows the rounding term.
+MAX_SHIFT = 62
 _INT32_LIMIT = 2**31
 # Rows evaluated per call: bounds inference buffers on large test sets.
 _EVAL_CHUNK = 1024
@@ -108,8 +111,11 @@ class FixedMLP:
             if layer.bias.dtype != np.int32:
                 raise ConfigError(f"layer {index}: bias must be int32, got {layer.bias.dtype}")
             exps = (layer.input_exp, layer.weight_exp, layer.output_exp)
-            if any(abs(e) > MAX_EXP for e in exps):
-                raise ConfigError(f"layer {index}: exponents {exps} are out of range")
+            if any(abs(e) > MAX_EXP for e in exps) or abs(layer.shift) > MAX_SHIFT:
+                raise ConfigError(
+                    f"layer {index}: exponents {exps} are out of range (each within "
+                    f"+-{MAX_EXP}, input + weight - output within +-{MAX_SHIFT})"
+                )
         for previous, layer in pairwise(self.layers):
             if layer.inputs != previous.outputs or layer.input_exp != previous.output_exp:
                 raise ConfigError(

@@ -16,6 +16,17 @@ Tensor sizes are derived from encoding and shape, never read from the frame, and
 decoder checks every length against the bytes actually present: a truncated, oversized,
 padded, corrupted, forged or hostile frame raises :class:`FrameError` (a
 :class:`ModelFileError`) whose ``reason`` names the defect, and nothing else.
+
+The header is parsed before the signature can be checked (``meta`` names the sender), so
+it is bounded before and while it is parsed, and any defect is ``FrameError("header")``:
+
+* at most ``MAX_HEADER_BYTES`` (1 MiB) of UTF-8, nested at most ``MAX_HEADER_DEPTH`` (32)
+  arrays/objects deep (a scan that does not parse, so no recursion limit is reached);
+* integers of at most ``MAX_INT_DIGITS`` (20) digits, which holds any int64/uint64 and
+  keeps clear of Python's 4,300-digit int conversion limit; finite floats only, no
+  ``NaN``/``Infinity``; no key twice in one object; no lone UTF-16 surrogate escapes;
+* tensor entries of rank at most ``MAX_RANK`` (8), dimensions in 1..``MAX_DIM``, at most
+  ``MAX_ELEMENTS`` elements.
 """
 
 from __future__ import annotations
@@ -23,11 +34,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import struct
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from math import prod
+from math import isfinite, prod
 from typing import Any
 
 import numpy as np
@@ -47,9 +60,17 @@ DEFAULT_MAX_FRAME_BYTES = 64 << 20
 MAX_HEADER_BYTES = 1 << 20
 MAX_DIM = 1 << 24
 MAX_ELEMENTS = 1 << 28
+MAX_RANK = 8
+MAX_HEADER_DEPTH = 32
+MAX_INT_DIGITS = 20
+# Longest excerpt of a hostile value quoted in an error message.
+_QUOTE_CHARS = 80
 
 _PREFIX = struct.Struct("<4sBBHI")
 _CRC = struct.Struct("<I")
+# A JSON string (escapes included), and any run of characters that are not brackets.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
 
 # Plain (unpacked) encodings and their little-endian dtypes.
 PLAIN_DTYPES: dict[str, np.dtype[Any]] = {
@@ -103,7 +124,7 @@ def _stored_shape(encoding: str, shape: tuple[int, ...]) -> tuple[tuple[int, ...
     if encoding in PLAIN_DTYPES:
         return shape, PLAIN_DTYPES[encoding]
     raise FrameError(
-        "encoding", f"unknown tensor encoding {encoding!r}; known: {', '.join(ENCODINGS)}"
+        "encoding", f"unknown tensor encoding {excerpt(encoding)}; known: {', '.join(ENCODINGS)}"
     )
 
 
@@ -196,10 +217,33 @@ def decode_frame(
 
 
 def _parse_header(raw: bytes) -> dict[str, Any]:
+    """The header as JSON, bounded in depth and number size before and while it is parsed."""
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise FrameError("header", f"frame header is not valid JSON: {error}") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FrameError("header", "frame header is not valid UTF-8 text") from None
+    depth = _nesting_depth(text)
+    if depth > MAX_HEADER_DEPTH:
+        raise FrameError(
+            "header",
+            f"frame header nests {depth} arrays/objects deep; at most {MAX_HEADER_DEPTH} "
+            "are allowed",
+        )
+    try:
+        header = json.loads(
+            text,
+            parse_int=_bounded_int,
+            parse_float=_finite_float,
+            parse_constant=_no_constant,
+            object_pairs_hook=_unique_keys,
+        )
+        if "\\u" in text:
+            # Escapes may spell lone surrogates, which are not text and break any encode().
+            json.dumps(header, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise FrameError("header", "frame header escapes a lone UTF-16 surrogate") from None
+    except (ValueError, RecursionError) as error:
+        raise FrameError("header", f"frame header is not valid JSON: {excerpt(error)}") from None
     if (
         not isinstance(header, dict)
         or not isinstance(header.get("meta"), dict)
@@ -209,21 +253,66 @@ def _parse_header(raw: bytes) -> dict[str, Any]:
     return header
 
 
+def _nesting_depth(text: str) -> int:
+    """How deep arrays and objects nest, counted outside strings without parsing."""
+    brackets = _NOT_BRACKETS.sub("", _JSON_STRING.sub("", text)).encode("ascii")
+    if not brackets:
+        return 0
+    codes = np.frombuffer(brackets, dtype=np.uint8)
+    steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1)
+    return int(np.cumsum(steps).max())
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+        raise FrameError(
+            "header",
+            f"frame header holds a {len(digits.lstrip('-'))}-digit integer; at most "
+            f"{MAX_INT_DIGITS} digits are allowed",
+        )
+    return int(digits)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not isfinite(value):
+        raise FrameError("header", f"frame header number {excerpt(text)} overflows a float")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise FrameError("header", f"frame header holds {name}, which is not a finite number")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        twice = Counter(key for key, _ in pairs).most_common(1)[0][0]
+        raise FrameError("header", f"frame header repeats the key {excerpt(twice)} in one object")
+    return result
+
+
+def excerpt(value: Any) -> str:
+    """``repr`` of a hostile value, cut short so an error message stays readable."""
+    text = repr(value) if not isinstance(value, Exception) else str(value)
+    return text if len(text) <= _QUOTE_CHARS else text[:_QUOTE_CHARS] + "..."
+
+
 def _read_tensors(entries: list[Any], data: bytes, offset: int, end: int) -> dict[str, Tensor]:
     tensors: dict[str, Tensor] = {}
     for entry in entries:
         name, encoding, shape = _check_entry(entry)
         if name in tensors:
-            raise FrameError("header", f"tensor {name!r} appears twice")
+            raise FrameError("header", f"tensor {excerpt(name)} appears twice")
         stored, dtype = _stored_shape(encoding, shape)
         size = prod(stored) * dtype.itemsize
         if offset + size > end:
             raise FrameError(
-                "truncated", f"tensor {name!r} runs past the end of the frame (truncated)"
+                "truncated", f"tensor {excerpt(name)} runs past the end of the frame (truncated)"
             )
         array = np.frombuffer(data, dtype=dtype, count=prod(stored), offset=offset).reshape(stored)
         if encoding in PACKED_PLANES and has_padding_bits(array, shape[1]):
-            raise FrameError("padding", f"tensor {name!r} has nonzero padding bits")
+            raise FrameError("padding", f"tensor {excerpt(name)} has nonzero padding bits")
         tensors[name] = Tensor(name, encoding, shape, array)
         offset += size
     if offset != end:
@@ -236,9 +325,21 @@ def _check_entry(entry: Any) -> tuple[str, str, tuple[int, ...]]:
         raise FrameError("header", "tensor entry must be an object")
     name, encoding, shape = entry.get("name"), entry.get("encoding"), entry.get("shape")
     if not isinstance(name, str) or not isinstance(encoding, str) or not isinstance(shape, list):
-        raise FrameError("header", f"tensor entry {entry!r} needs a name, an encoding and a shape")
+        raise FrameError(
+            "header", f"tensor entry {excerpt(entry)} needs a name, an encoding and a shape"
+        )
+    if not 0 < len(shape) <= MAX_RANK:
+        raise FrameError(
+            "shape", f"tensor {excerpt(name)} has rank {len(shape)}; 1 to {MAX_RANK} are allowed"
+        )
     if not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= MAX_DIM for d in shape):
-        raise FrameError("shape", f"tensor {name!r} has an invalid shape {shape}")
-    if not shape or prod(shape) > MAX_ELEMENTS:
-        raise FrameError("shape", f"tensor {name!r} shape {shape} is empty or too large")
+        raise FrameError(
+            "shape",
+            f"tensor {excerpt(name)} has an invalid shape {excerpt(shape)}: every dimension "
+            f"must be an integer from 1 to {MAX_DIM}",
+        )
+    if prod(shape) > MAX_ELEMENTS:
+        raise FrameError(
+            "shape", f"tensor {excerpt(name)} shape {shape} exceeds {MAX_ELEMENTS} elements"
+        )
     return name, encoding, tuple(shape)

@@ -1,4 +1,11 @@
-"""Model files (``.bfm``): bit, fixed-point and float networks to and from frames and disk."""
+"""Model files (``.bfm``): bit, fixed-point and float networks to and from frames and disk.
+
+A frame that decodes is still hostile: each loader checks the model type, that the frame
+holds exactly the tensors of its layers, every tensor's encoding and rank, that shapes
+chain from the inputs to the scores, that float tensors are finite, and that a ``layers``
+entry in ``meta`` matches. A model a loader returns can run ``predict``/``accuracy`` on
+inputs of its width; anything else is a :class:`ModelFileError` saying what is wrong.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +19,7 @@ import numpy as np
 from shared.errors import ConfigError, ModelFileError
 from shared.fixedpoint import FixedLayer, FixedMLP
 from shared.floatmlp import FloatMLP
-from shared.frames import KIND_MODEL, Frame, Tensor, decode_frame, encode_frame
+from shared.frames import KIND_MODEL, Frame, Tensor, decode_frame, encode_frame, excerpt
 from shared.models import BitMLP, PackedLayer
 
 MODEL_TYPE_BITMLP = "bitmlp"
@@ -37,25 +44,28 @@ def bitmlp_to_frame(model: BitMLP, meta: dict[str, Any] | None = None) -> bytes:
 
 def bitmlp_from_frame(frame: Frame) -> BitMLP:
     """Rebuild a bit network from a decoded frame, checking that its tensors fit together."""
-    if frame.meta.get("model_type") != MODEL_TYPE_BITMLP:
-        raise ModelFileError(f"not a bit network (model_type={frame.meta.get('model_type')!r})")
+    _check_model_type(frame, MODEL_TYPE_BITMLP, "bit network")
     offset = frame.tensors.get("input_offset")
     if offset is None or offset.encoding != "uint8" or len(offset.shape) != 1:
         raise ModelFileError("bit network frame lacks a 1-D uint8 'input_offset' tensor")
+    count = len(frame.tensors) - 1
+    _check_tensor_names(frame, "bit network", "dense layers", ["input_offset"], ("dense",), count)
     layers = []
-    for index in range(len(frame.tensors) - 1):
-        tensor = frame.tensors.get(f"dense_{index}")
-        if tensor is None or tensor.encoding not in ("binary", "ternary"):
-            raise ModelFileError(f"bit network frame lacks a packed 'dense_{index}' tensor")
+    for index in range(count):
+        tensor = frame.tensors[f"dense_{index}"]
+        if tensor.encoding not in ("binary", "ternary"):
+            raise ModelFileError(f"bit network dense_{index} must be binary or ternary")
         outputs, inputs = tensor.shape
         nonzero = tensor.data[1] if tensor.encoding == "ternary" else None
         layers.append(PackedLayer(inputs, outputs, tensor.data[0], nonzero))
-    if not layers or len({layer.encoding for layer in layers}) != 1:
+    if len({layer.encoding for layer in layers}) != 1:
         raise ModelFileError("bit network frame needs dense layers of one encoding")
     try:
-        return BitMLP(layers, np.asarray(offset.data))
+        model = BitMLP(layers, np.asarray(offset.data))
     except ConfigError as error:
         raise ModelFileError(f"bit network frame is inconsistent: {error}") from None
+    _check_layer_sizes(frame, model.layer_sizes)
+    return model
 
 
 def floatmlp_to_frame(model: FloatMLP, meta: dict[str, Any] | None = None) -> bytes:
@@ -69,20 +79,35 @@ def floatmlp_to_frame(model: FloatMLP, meta: dict[str, Any] | None = None) -> by
 
 
 def floatmlp_from_frame(frame: Frame) -> FloatMLP:
+    """Rebuild the float baseline: finite float32 tensors whose shapes chain."""
+    _check_model_type(frame, MODEL_TYPE_FLOATMLP, "float network")
     count = (len(frame.tensors) - 1) // 2
-    try:
-        weights = [np.asarray(frame.tensors[f"weight_{i}"].data) for i in range(count)]
-        biases = [np.asarray(frame.tensors[f"bias_{i}"].data) for i in range(count)]
-        mean = np.asarray(frame.tensors["input_mean"].data)
-    except KeyError as missing:
-        raise ModelFileError(f"float network frame lacks tensor {missing}") from None
-    sizes = [mean.shape[0]] + [w.shape[-1] for w in weights]
-    if count == 0 or any(
-        w.shape != (n_in, n_out) or b.shape != (n_out,)
-        for w, b, n_in, n_out in zip(weights, biases, sizes[:-1], sizes[1:], strict=True)
-    ):
-        raise ModelFileError("float network frame has tensors that do not chain")
-    return FloatMLP(weights, biases, mean)
+    names = ("weight", "bias")
+    _check_tensor_names(frame, "float network", "weights and biases", ["input_mean"], names, count)
+    for tensor in frame.tensors.values():
+        if tensor.encoding != "float32":
+            raise ModelFileError(f"float network tensor {tensor.name} must be float32")
+        if not np.isfinite(tensor.data).all():
+            raise ModelFileError(f"float network tensor {tensor.name} holds NaN or infinity")
+    mean = frame.tensors["input_mean"]
+    if len(mean.shape) != 1:
+        raise ModelFileError(f"float network input_mean must be 1-D, not of shape {mean.shape}")
+    sizes = [mean.shape[0]]
+    for index in range(count):
+        weight, bias = frame.tensors[f"weight_{index}"], frame.tensors[f"bias_{index}"]
+        if len(weight.shape) != 2 or weight.shape[0] != sizes[-1] or bias.shape != weight.shape[1:]:
+            raise ModelFileError(
+                f"float network tensors do not chain: layer {index} takes {sizes[-1]} inputs "
+                f"but has weights {weight.shape} and bias {bias.shape}"
+            )
+        sizes.append(weight.shape[1])
+    model = FloatMLP(
+        [np.asarray(frame.tensors[f"weight_{i}"].data) for i in range(count)],
+        [np.asarray(frame.tensors[f"bias_{i}"].data) for i in range(count)],
+        np.asarray(mean.data),
+    )
+    _check_layer_sizes(frame, model.layer_sizes)
+    return model
 
 
 def fixedmlp_to_frame(model: FixedMLP, meta: dict[str, Any] | None = None) -> bytes:
@@ -113,23 +138,25 @@ def fixedmlp_to_frame(model: FixedMLP, meta: dict[str, Any] | None = None) -> by
 
 def fixedmlp_from_frame(frame: Frame) -> FixedMLP:
     """Rebuild a fixed-point network, checking encodings, shapes and exponents."""
+    _check_model_type(frame, MODEL_TYPE_FIXEDMLP, "fixed-point network")
     tensors = frame.tensors
     exponents = tensors.get("exponents")
     offset = tensors.get("input_offset")
     if exponents is None or exponents.encoding != "int32" or len(exponents.shape) != 2:
         raise ModelFileError("fixed-point frame lacks a 2-D int32 'exponents' tensor")
-    if offset is None or offset.encoding != "uint8":
-        raise ModelFileError("fixed-point frame lacks a uint8 'input_offset' tensor")
-    count = exponents.shape[0]
-    if exponents.shape[1] != 3 or len(tensors) != 2 + 2 * count:
-        raise ModelFileError(f"fixed-point frame needs weights and biases for {count} layers")
+    if offset is None or offset.encoding != "uint8" or len(offset.shape) != 1:
+        raise ModelFileError("fixed-point frame lacks a 1-D uint8 'input_offset' tensor")
+    count = exponents.shape[0] if exponents.shape[1] == 3 else 0
+    fixed = ["input_offset", "exponents"]
+    names = ("weight", "bias")
+    _check_tensor_names(frame, "fixed-point", "weights and biases", fixed, names, count)
     layers = []
     for index, (input_exp, weight_exp, output_exp) in enumerate(exponents.data.tolist()):
-        weight, bias = tensors.get(f"weight_{index}"), tensors.get(f"bias_{index}")
-        if weight is None or bias is None or weight.encoding not in ("int8", "int16"):
-            raise ModelFileError(f"fixed-point frame lacks int8/int16 weight_{index} or bias")
-        if bias.encoding != "int32":
-            raise ModelFileError(f"fixed-point bias_{index} must be int32")
+        weight, bias = tensors[f"weight_{index}"], tensors[f"bias_{index}"]
+        if weight.encoding not in ("int8", "int16") or len(weight.shape) != 2:
+            raise ModelFileError(f"fixed-point weight_{index} must be 2-D int8 or int16")
+        if bias.encoding != "int32" or len(bias.shape) != 1:
+            raise ModelFileError(f"fixed-point bias_{index} must be 1-D int32")
         layers.append(
             FixedLayer(
                 np.array(weight.data),
@@ -140,9 +167,41 @@ def fixedmlp_from_frame(frame: Frame) -> FixedMLP:
             )
         )
     try:
-        return FixedMLP(layers, np.array(offset.data))
+        model = FixedMLP(layers, np.array(offset.data))
     except ConfigError as error:
         raise ModelFileError(f"fixed-point frame is inconsistent: {error}") from None
+    _check_layer_sizes(frame, model.layer_sizes)
+    return model
+
+
+def _check_model_type(frame: Frame, model_type: str, kind: str) -> None:
+    if frame.meta.get("model_type") != model_type:
+        raise ModelFileError(
+            f"not a {kind} (model_type={excerpt(frame.meta.get('model_type'))}, "
+            f"expected {model_type!r})"
+        )
+
+
+def _check_tensor_names(
+    frame: Frame, kind: str, what: str, fixed: list[str], per_layer: tuple[str, ...], count: int
+) -> None:
+    """The frame holds exactly the ``fixed`` tensors and ``per_layer`` ones for ``count``."""
+    expected = {*fixed, *(f"{name}_{i}" for i in range(count) for name in per_layer)}
+    if count < 1 or set(frame.tensors) != expected:
+        missing = sorted(expected - set(frame.tensors))
+        unexpected = sorted(set(frame.tensors) - expected)
+        raise ModelFileError(
+            f"{kind} frame needs {what} for {count} layers (at least 1): missing "
+            f"{excerpt(missing)}, unexpected {excerpt(unexpected)}"
+        )
+
+
+def _check_layer_sizes(frame: Frame, sizes: list[int]) -> None:
+    """A ``layers`` entry in ``meta`` (what tools show) must be what the tensors hold."""
+    if "layers" in frame.meta and frame.meta["layers"] != sizes:
+        raise ModelFileError(
+            f"model frame says layers {excerpt(frame.meta['layers'])} but its tensors hold {sizes}"
+        )
 
 
 def model_to_frame(model: Model, meta: dict[str, Any] | None = None) -> bytes:
