@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo train test lint setup system-deps bench clean
+.PHONY: demo train test lint setup system-deps bench reliability clean
 
 demo: setup
 	$(BIN)/bitfleet demo
@@ -22,6 +22,16 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# The reliability suite at full size (CI runs a bounded version of each part in `make test`):
+# 10^6 fuzzed frames, model files and chunks; 200k hypothesis examples; schemathesis with 500
+# examples per operation against a live coordinator; hostile agents; fault tests.
+reliability: setup
+	$(BIN)/python scripts/fuzz-codecs.py --inputs 1000000
+	BITFLEET_FUZZ_EXAMPLES=40000 $(BIN)/pytest -q tests/test_fuzz_codecs.py
+	BITFLEET_SCHEMA_EXAMPLES=500 $(BIN)/pytest -q tests/test_api_schema.py
+	$(BIN)/pytest -q -s tests/test_hostile_agents.py tests/test_api_hostile.py \
+		tests/test_engine_faults.py tests/test_faults.py
 
 bench: setup
 	$(BIN)/bitfleet bench kernels
