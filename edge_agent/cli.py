@@ -1,8 +1,10 @@
 """``bitfleet-agent``: enroll a board, run the agent, show what it is doing.
 
-Exit codes: 0 success, 2 a user error (bad option, refused credentials, unreadable data),
-130 interrupted. ``run`` stops cleanly on SIGTERM or Ctrl-C: a round in training is
-abandoned (and journaled), the transport says "offline" and disconnects.
+Exit codes: 0 success, 2 a user error (bad option, refused credentials, unreadable data,
+a state directory another agent holds: one line on stderr, and with ``--json`` one JSON
+error object on stdout, see :mod:`shared.cliargs`), 130 interrupted. ``run`` stops cleanly
+on SIGTERM or Ctrl-C: a round in training is abandoned (and journaled), the transport says
+"offline" and disconnects.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from typing import Any
 
 from edge_agent.config import AgentConfig, default_config_path, default_state_dir
 from edge_agent.journal import Journal
+from edge_agent.outbox import Outbox
 from edge_agent.runtime import AgentRuntime
 from edge_agent.transports import Transport
 from edge_agent.transports.http import HttpTransport
 from shared import __version__, kernels
+from shared.cliargs import CliParser, http_url, label_column, positive_int, run_cli
 from shared.datasets import load_dataset
-from shared.errors import BitfleetError, ConfigError
+from shared.errors import ConfigError
 from shared.federated import update_frame
 from shared.frames import decode_frame
 from shared.httpclient import ApiClient, ApiError
@@ -36,7 +40,7 @@ log = logging.getLogger("bitfleet.agent")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="bitfleet-agent",
         description="The bitfleet edge agent: trains on this board's data, uploads bits.",
     )
@@ -49,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check the agent id and secret ('bitfleet agents add' prints them) "
         "against the coordinator and save them (0600) for 'run'.",
     )
-    enroll.add_argument("--coordinator", required=True, help="coordinator URL, http(s)://...")
+    enroll.add_argument(
+        "--coordinator", type=http_url, required=True, help="coordinator URL, http(s)://..."
+    )
     enroll.add_argument("--agent-id", required=True, help="the id 'bitfleet agents add' printed")
     enroll.add_argument("--secret", required=True, help="the secret printed with it")
     enroll.add_argument("--mqtt-url", help="broker URL, mqtt://host:port (omit: HTTP only)")
@@ -70,10 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="local data: .npz (as 'bitfleet data partition' writes), IDX or CSV",
     )
-    run.add_argument("--label-column", default="-1", help="CSV label column (index or name)")
+    run.add_argument(
+        "--label-column", type=label_column, default=-1, help="CSV label column (index or name)"
+    )
     run.add_argument("--config", type=Path, help=f"config file (default {default_config_path()})")
     run.add_argument(
         "--coordinator",
+        type=http_url,
         default=os.environ.get("BITFLEET_COORDINATOR"),
         help="coordinator URL instead of a config file (env BITFLEET_COORDINATOR)",
     )
@@ -101,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--max-memory",
-        type=int,
+        type=positive_int,
         metavar="MB",
         help="decline jobs needing more (default: the memory the OS has free)",
     )
@@ -122,8 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     selftest.add_argument(
         "--data", default="fashion-mnist", help="data set name or file (default fashion-mnist)"
     )
-    selftest.add_argument("--samples", type=int, default=10_000, help="(default 10000)")
-    selftest.add_argument("--hidden", type=int, default=512, help="(default 512)")
+    selftest.add_argument("--samples", type=positive_int, default=10_000, help="(default 10000)")
+    selftest.add_argument("--hidden", type=positive_int, default=512, help="(default 512)")
     selftest.add_argument("--json", action="store_true", help="print JSON for scripts")
     selftest.set_defaults(func=run_selftest)
 
@@ -136,14 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except BitfleetError as error:
-        print(f"bitfleet-agent: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    """Entry point of the ``bitfleet-agent`` console script."""
+    return run_cli(build_parser(), argv)
 
 
 def run_enroll(args: argparse.Namespace) -> int:
@@ -211,11 +214,10 @@ def run_agent(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    journal = Journal(args.state_dir or default_state_dir())
+    journal.lock()  # first: a second agent on this directory stops before any work
     config = _config(args)
-    label_column: int | str = (
-        int(args.label_column) if args.label_column.lstrip("-").isdigit() else args.label_column
-    )
-    data = load_dataset(args.data, label_column=label_column)
+    data = load_dataset(args.data, label_column=args.label_column)
     _check_credentials(config)
     runtime = AgentRuntime(
         config.agent_id,
@@ -223,8 +225,9 @@ def run_agent(args: argparse.Namespace) -> int:
         data.x_train,
         data.y_train,
         _transport(config, args.transport),
-        journal=Journal(args.state_dir or default_state_dir()),
+        journal=journal,
         memory_limit_bytes=args.max_memory << 20 if args.max_memory else None,
+        outbox=Outbox(journal.directory),
     )
 
     def stop(signum: int, _: Any) -> None:
@@ -238,7 +241,13 @@ def run_agent(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    journal = Journal(args.state_dir or default_state_dir())
+    """Read-only: works beside a running agent (no lock) and creates nothing."""
+    state_dir = args.state_dir or default_state_dir()
+    if state_dir.exists() and not state_dir.is_dir():
+        raise ConfigError(
+            f"state directory {state_dir} is not a directory: pass the agent's --state-dir DIR"
+        )
+    journal = Journal(state_dir)
     status = journal.read_status() or {"state": "never run"}
     config_path = args.config or default_config_path()
     if "agent_id" not in status and config_path.exists():

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import os
 import stat
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from shared.errors import ConfigError
+from shared.httpclient import check_base_url
 from shared.protocol import check_id
 
 CONFIG_ENV = "BITFLEET_AGENT_CONFIG"
@@ -38,21 +40,30 @@ class AgentConfig:
 
     def __post_init__(self) -> None:
         check_id(self.agent_id, "agent id")
-        if not self.coordinator.startswith(("http://", "https://")):
-            raise ConfigError(f"coordinator URL {self.coordinator!r} must start with http(s)://")
+        check_base_url(self.coordinator)
         if not self.secret:
             raise ConfigError(
                 "the agent secret is empty: use the one 'bitfleet agents add' printed"
             )
 
     def save(self, path: Path) -> None:
-        """Write atomically with 0600 permissions (created that way, never world-readable)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(path.name + ".tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(asdict(self), handle, indent=2)
-        os.replace(temp, path)
+        """Write atomically with 0600 permissions (mkstemp creates it so, never readable by
+        others), through a temp file of a unique name so concurrent saves cannot collide."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        except OSError as error:
+            raise ConfigError(
+                f"cannot write agent config {path} ({error.strerror}): pass --config with a "
+                "path this user can write"
+            ) from None
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(asdict(self), handle, indent=2)
+            os.replace(temp, path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(cls, path: Path) -> AgentConfig:

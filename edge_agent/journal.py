@@ -1,31 +1,68 @@
 """What the agent did with each task, on disk, so a crash or reboot never uploads twice.
 
 One JSON line per event in ``STATE_DIR/journal.jsonl``: ``started``, then ``uploaded``,
-``declined``, ``failed`` or ``abandoned``. A round that was started but never finished (the
-agent was killed) is abandoned on the next start and never retried. ``status.json`` holds
+``declined``, ``failed`` or ``abandoned``; ``receipt`` when a held upload was resent and its
+final receipt came (see ``outbox``). A round that was started but never finished training
+(the agent was killed) is abandoned on the next start and never retrained; an upload it had
+already put in the outbox is still resent. ``status.json`` holds
 what the running agent is doing, for ``bitfleet-agent status``.
+
+A state directory belongs to one running agent: :meth:`Journal.lock` takes an exclusive
+``flock`` on ``STATE_DIR/agent.lock`` (holding the owner's pid) for the process lifetime,
+so a second agent on the same directory stops with a clear error instead of interleaving
+its journal and racing on ``status.json``. Readers (``status``) take no lock.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from shared.errors import ConfigError
+
 JOURNAL = "journal.jsonl"
 STATUS = "status.json"
-FINAL = ("uploaded", "declined", "failed", "abandoned")
+LOCK = "agent.lock"
+FINAL = ("uploaded", "declined", "failed", "abandoned", "receipt")
 # A task is one attempt at one round of one job: a retried round is a new task.
 TaskKey = tuple[str, int, int]
 
 
 class Journal:
+    """The journal and status of ``directory``; reading needs neither the lock nor the
+    directory to exist, writing needs :meth:`lock` first (``bitfleet-agent run`` does)."""
+
     def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.path = directory / JOURNAL
+
+    def lock(self) -> None:
+        """Create the directory and lock it for this process (released when it exits)."""
+        fix = "pass --state-dir with a directory this agent can write"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise ConfigError(
+                f"state directory {self.directory} is not usable ({error.strerror}): {fix}"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError(
+                f"state directory {self.directory} is in use by another bitfleet-agent "
+                f"(pid {holder}): stop it, or give this agent its own --state-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        # fd stays open, holding the lock, until the process exits.
 
     def entries(self) -> list[dict[str, Any]]:
         if not self.path.exists():
@@ -59,9 +96,16 @@ class Journal:
         return set(latest), interrupted
 
     def write_status(self, status: dict[str, Any]) -> None:
-        temp = self.directory / (STATUS + ".tmp")
-        temp.write_text(json.dumps({**status, "pid": os.getpid(), "updated_at": time.time()}))
-        os.replace(temp, self.directory / STATUS)
+        """Replace status.json atomically, through a temp file of a unique name."""
+        fd, temp = tempfile.mkstemp(dir=self.directory, prefix=f".{STATUS}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                os.fchmod(handle.fileno(), 0o644)  # readable like the journal, for `status`
+                json.dump({**status, "pid": os.getpid(), "updated_at": time.time()}, handle)
+            os.replace(temp, self.directory / STATUS)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
 
     def read_status(self) -> dict[str, Any] | None:
         try:

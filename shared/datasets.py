@@ -11,7 +11,9 @@ Conversions, identical for every source:
   anything else is mapped linearly onto 0..255 using the min and max of the *training*
   split only (one global range, so images keep their relative contrast), and test values
   outside that range are clipped;
-* labels must be non-negative whole numbers; ``num_classes`` is the largest label + 1;
+* labels must be whole numbers in 0..MAX_CLASSES-1; ``num_classes`` is the largest label
+  + 1 (models, histograms and one-hot targets are sized by it, so a stray label of 10^9
+  would allocate gigabytes: :data:`MAX_CLASSES` bounds it);
 * sources without a test split (digits, a single IDX file, an .npz or CSV without test
   data) hold out :data:`HOLDOUT_FRACTION` of their samples, chosen by a permutation seeded
   with :data:`HOLDOUT_SEED`, so the split is the same on every machine and every run.
@@ -47,6 +49,7 @@ MNIST_FILES = (
 )
 HOLDOUT_FRACTION = 0.2
 HOLDOUT_SEED = 20240607
+MAX_CLASSES = 4096  # labels are 0..MAX_CLASSES-1 (see the module docstring)
 ACCEPTED_SPECS = (
     "'fashion-mnist', 'digits' (either with a shift such as ':rotate30'), or a path to an "
     ".npz file (X, y, optional X_test, y_test), a .csv file, an IDX images file (optionally "
@@ -378,7 +381,7 @@ def _check_features(where: str, x: NDArray[Any]) -> None:
 
 
 def _checked_labels(where: str, y: NDArray[Any]) -> NDArray[np.int64]:
-    """Labels are class indices: non-negative whole numbers (whole floats allowed)."""
+    """Labels are class indices: whole numbers (whole floats allowed) in 0..MAX_CLASSES-1."""
     is_whole = y.dtype.kind in "biu" or (
         y.dtype.kind == "f" and bool(np.isfinite(y).all()) and bool((y == np.round(y)).all())
     )
@@ -391,6 +394,11 @@ def _checked_labels(where: str, y: NDArray[Any]) -> NDArray[np.int64]:
         raise DataError(
             f"{where} labels include {y.min()}; class indices must be 0 or greater, so shift "
             "or remap them"
+        )
+    if y.max() >= MAX_CLASSES:
+        raise DataError(
+            f"{where} labels include {y.max()}; class indices must be 0 to {MAX_CLASSES - 1} "
+            f"(at most {MAX_CLASSES} classes), so remap the classes to 0..C-1"
         )
     return y.astype(np.int64)
 

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from edge_agent.cli import main as agent_main
 from edge_agent.runtime import AgentRuntime
 from edge_agent.transports.http import HttpTransport
 from server.cli import main
 from shared.modelfile import load_model
+from tests.agents import AgentProcess
 from tests.cluster import Coordinator
 from tests.test_coordinator import JOB, _agents, _shards
 
@@ -109,3 +114,38 @@ def test_live_view_prints_each_round_as_it_closes(
     rounds = [line.split() for line in lines if line.strip()[:1].isdigit()]
     assert [int(r[0]) for r in rounds] == [0, 1]
     assert all(0 < float(r[1]) <= 1 for r in rounds) and lines[-1] == "completed"
+
+
+def test_a_second_agent_on_a_running_agents_state_directory_stops_with_exit_2(
+    capsys: pytest.CaptureFixture[str], http_coordinator: Coordinator, tmp_path: Path
+) -> None:
+    """Two agents on one state directory used to race on status.json and stop uploading."""
+    pair = _cli(capsys, http_coordinator, "agents", "add", "--id", "pi-lock")
+    (x, y), _ = _shards(2)
+    data = tmp_path / "shard.npz"
+    np.savez(data, X=x, y=y)
+    state = tmp_path / "state"
+    first = AgentProcess(
+        "pi-lock", pair["secret"], http_coordinator.url, data, state, transport="http"
+    ).start()
+    try:
+        first.wait_for_state("waiting")
+        command = ["run", "--data", str(data), "--coordinator", http_coordinator.url]
+        credentials = ["--agent-id", "pi-lock", f"--secret={pair['secret']}"]
+        second = subprocess.run(
+            [sys.executable, "-m", "edge_agent", *command, *credentials, "--state-dir", str(state)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert second.returncode == 2 and second.stdout == ""
+        assert first.process is not None and second.stderr == (
+            f"bitfleet-agent: error: state directory {state} is in use by another "
+            f"bitfleet-agent (pid {first.process.pid}): stop it, or give this agent its own "
+            "--state-dir\n"
+        )
+        assert agent_main(["status", "--state-dir", str(state), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["state"] == "waiting"
+    finally:
+        assert first.stop() == 0

@@ -109,10 +109,49 @@ def test_a_job_rides_out_coordinator_kills_and_broker_restarts(
             acknowledged = _acknowledged(agent, job_id)
             # Lost: acknowledged but not counted; twice: counted more often than rounds.
             assert contributed[agent.agent_id] == len(acknowledged) == ROUNDS, agent.agent_id
-        print(
-            "round seconds:", [m["seconds"] for m in job["metrics"]], "faults at", sorted(faults)
-        )
+        print("round seconds:", [m["seconds"] for m in job["metrics"]], "faults at", sorted(faults))
     finally:
         for agent in agents:
             agent.stop()
+        coordinator.kill()
+
+
+def test_an_agent_killed_before_its_receipt_resends_its_upload_after_restart(
+    tmp_path: Path, partitions: list[Path]
+) -> None:
+    """The coordinator freezes while an agent uploads; the agent is SIGKILLed holding the
+    upload in its outbox, the coordinator too; both restart, and the held upload (not a
+    retrained one) completes the round."""
+    coordinator = Coordinator(tmp_path / "coordinator").start()
+    state_dir = tmp_path / "agents" / "solo"
+    agent = coordinator.start_agent(
+        "solo", partitions[0], state_dir, transport="http", kind=AgentProcess
+    )
+    try:
+        coordinator.wait_online(1, agents=[agent])
+        slow = {"layers": [64, 512, 10], "weights": "binary"}  # seconds of training
+        job = {**JOB, "model": slow, "local_epochs": 100, "rounds": 1}
+        job.update(agents_per_round=1, min_agents=1)
+        job_id = coordinator.api.request("POST", "/api/v1/jobs", json_body=job).json()["id"]
+        agent.wait_for_state("training")
+        time.sleep(0.3)  # the model download (loopback, milliseconds) is done
+        assert coordinator.process is not None
+        coordinator.process.send_signal(signal.SIGSTOP)
+        outbox = state_dir / "outbox"
+        deadline = time.monotonic() + 60
+        while not list(outbox.glob("*.json")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert list(outbox.glob("*.json")), agent.log()
+        agent.signal(signal.SIGKILL)
+        coordinator.kill(signal.SIGKILL)
+        coordinator.start()
+        agent.start()
+        done = coordinator.wait_for(job_id, timeout=120)
+        assert done["status"] == "completed" and done["metrics"][0]["uploads"] == 1
+        events = [e["event"] for e in agent.journal() if e["job_id"] == job_id]
+        assert events.count("started") == 1  # trained once: the held upload was resent
+        assert _acknowledged(agent, job_id) == {0}
+        assert not list(outbox.glob("*"))
+    finally:
+        agent.stop()
         coordinator.kill()

@@ -3,22 +3,20 @@
 Each subcommand lives in its own module exposing ``register(subparsers)``; the module's
 parser sets ``func`` to a ``run(args) -> int`` callable. Exit codes: 0 success, 1 a run
 that failed (e.g. a benchmark target missed is *not* a failure), 2 a user error (bad
-option, missing or malformed input), 130 interrupted.
+option, missing or malformed input: one line on stderr, and with ``--json`` one JSON error
+object on stdout, see :mod:`shared.cliargs`), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 from shared import __version__
-from shared.errors import BitfleetError
+from shared.cliargs import CliParser, run_cli
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         train_cmd,
     )
 
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="bitfleet",
         description="Federated edge training of tiny quantized networks.",
     )
@@ -61,13 +59,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bitfleet`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except BitfleetError as error:
-        print(f"bitfleet: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("bitfleet: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    return run_cli(build_parser(), argv)

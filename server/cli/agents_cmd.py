@@ -8,6 +8,9 @@ from typing import Any
 
 from server.cli.client_options import add_client_options, client
 from server.cli.output import print_json
+from shared.cliargs import identifier
+
+agent_id = identifier("agent id")
 
 
 def register(subparsers: Any) -> None:
@@ -16,12 +19,12 @@ def register(subparsers: Any) -> None:
     )
     actions = parser.add_subparsers(dest="agents_command", metavar="ACTION", required=True)
     add = actions.add_parser("add", help="enroll an agent: prints its id and secret (once)")
-    add.add_argument("--id", dest="agent_id", help="agent id (default: generated)")
+    add.add_argument("--id", dest="agent_id", type=agent_id, help="agent id (default: generated)")
     add.set_defaults(func=run_add)
     listing = actions.add_parser("list", help="list agents with presence and contributions")
     listing.set_defaults(func=run_list)
     revoke = actions.add_parser("revoke", help="revoke an agent")
-    revoke.add_argument("agent_id", help="the agent to revoke")
+    revoke.add_argument("agent_id", type=agent_id, help="the agent to revoke")
     revoke.set_defaults(func=run_revoke)
     for action in (add, listing, revoke):
         add_client_options(action)

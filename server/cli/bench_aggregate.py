@@ -20,7 +20,7 @@ from server.cli import EXIT_FAILURE, EXIT_OK
 from server.cli.output import print_json
 from shared import kernels
 from shared.bitpack import WORD_BITS, words_for
-from shared.errors import ConfigError
+from shared.cliargs import int_range, positive_int
 from shared.frames import MAX_DIM, PACKED_PLANES
 from shared.tally import LayerTally
 
@@ -39,8 +39,10 @@ def register(benches: Any) -> None:
             "same, and reports payload bytes per second and the speedup."
         ),
     )
-    parser.add_argument("--payloads", type=int, default=1000, help="payloads per round")
-    parser.add_argument("--weights", type=int, default=1_000_000, help="weights per payload")
+    parser.add_argument("--payloads", type=positive_int, default=1000, help="payloads per round")
+    parser.add_argument(
+        "--weights", type=int_range(1, MAX_DIM), default=1_000_000, help="weights per payload"
+    )
     parser.add_argument(
         "--encoding", choices=tuple(PACKED_PLANES), default="binary", help="payload encoding"
     )
@@ -49,7 +51,7 @@ def register(benches: Any) -> None:
         action="store_true",
         help=f"weight each vote by a random sample count in 1..{MAX_SAMPLE_COUNT}",
     )
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per side")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed runs per side")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run_aggregate)
 
@@ -133,8 +135,6 @@ def run_aggregate(args: argparse.Namespace) -> int:
     # bench_cmd imports this module to register it, so its helpers are imported late.
     from server.cli.bench_cmd import best_seconds
 
-    if args.payloads < 1 or args.repeats < 1 or not 1 <= args.weights <= MAX_DIM:
-        raise ConfigError(f"need --payloads >= 1, --repeats >= 1 and 1 <= --weights <= {MAX_DIM}")
     work = make_workload(args.encoding, args.payloads, args.weights, args.weighted)
     outputs: dict[str, Any] = {}
     baseline_s = best_seconds(lambda: outputs.update(naive=naive_vote(work)), args.repeats)

@@ -15,6 +15,7 @@ from server.cli.output import print_json
 from shared import kernels
 from shared.bitflip import BitFlipConfig, BitFlipTrainer
 from shared.bitpack import bit_planes, pack_binary
+from shared.cliargs import positive_int
 from shared.floatmlp import FloatConfig, FloatTrainer
 
 
@@ -34,7 +35,9 @@ def register(subparsers: Any) -> None:
             "training beside the float32 backprop baseline on the same synthetic data."
         ),
     )
-    kernels_parser.add_argument("--repeats", type=int, default=50, help="timed calls per kernel")
+    kernels_parser.add_argument(
+        "--repeats", type=positive_int, default=50, help="timed calls per kernel"
+    )
     kernels_parser.add_argument("--json", action="store_true", help="print one JSON object")
     kernels_parser.set_defaults(func=run_kernels)
     bench_aggregate.register(benches)

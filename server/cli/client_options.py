@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from shared.cliargs import http_url
 from shared.httpclient import ApiClient
 
 URL_ENV = "BITFLEET_URL"
@@ -15,6 +16,7 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 def add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--url",
+        type=http_url,
         default=os.environ.get(URL_ENV, DEFAULT_URL),
         help=f"coordinator URL (env {URL_ENV}, default {DEFAULT_URL})",
     )

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from shared.chunks import DEFAULT_CHUNK_BYTES
+from shared.cliargs import tcp_port
 from shared.errors import ConfigError
 from shared.frames import DEFAULT_MAX_FRAME_BYTES
 from shared.protocol import check_id, parse_mqtt_url
@@ -32,7 +35,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--data-dir", required=True, help="state directory (SQLite database)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8080, help="port to listen on")
+    parser.add_argument("--port", type=tcp_port, default=8080, help="port to listen on")
     parser.add_argument(
         "--mqtt-url",
         default=os.environ.get(MQTT_URL_ENV),
@@ -100,13 +103,19 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
+    try:
+        import uvicorn
 
-    from server.api.app import create_app
-    from server.broker import BrokerCredentials, write_broker_files
-    from server.engine import EngineSettings, RoundEngine
-    from server.mqtt_bridge import MqttBridge
-    from server.state import open_store
+        from server.api.app import create_app
+        from server.broker import BrokerCredentials, write_broker_files
+        from server.engine import EngineSettings, RoundEngine
+        from server.mqtt_bridge import MqttBridge
+        from server.state import open_store
+    except ImportError as error:
+        raise ConfigError(
+            "the coordinator needs the server extra: pip install 'bitfleet[server]' "
+            f"({error.name or error} is missing)"
+        ) from None
 
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -118,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
             f"no admin token: pass --admin-token or set {TOKEN_ENV} (or --insecure to run "
             "without one, for local experiments only)"
         )
+    check_listen_address(args.host, args.port)
     if args.insecure:
         logging.getLogger("bitfleet").warning(
             "INSECURE: the control API accepts requests without a token"
@@ -179,6 +189,33 @@ def run(args: argparse.Namespace) -> int:
     app.router.lifespan_context = lifespan
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """Bind HOST:PORT once before anything starts, as uvicorn will: a taken port or a bad
+    host is then a clear error (exit 2) instead of uvicorn's log and exit 3."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as error:
+        raise ConfigError(
+            f"--host {host!r} is not an address of this machine ({error.strerror}): "
+            "pass an IP address or name of this host, e.g. 127.0.0.1 or 0.0.0.0"
+        ) from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"port {port} on {host} is in use: stop the other process or pass --port"
+                ) from None
+            raise ConfigError(
+                f"cannot listen on {host} port {port} ({error.strerror}): pass a --host "
+                "address of this machine, and a --port of 1024 or more unless running as root"
+            ) from None
 
 
 def provision_agents(engine: Any, path: Path) -> None:

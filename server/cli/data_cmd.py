@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from server.cli.output import print_json
+from shared.cliargs import label_column, non_negative_int, positive_float
 from shared.datasets import Dataset, load_dataset
 from shared.partition import SCHEMES, label_histogram, partition, write_partitions
 
@@ -51,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     split.add_argument(
         "--alpha",
-        type=float,
+        type=positive_float,
         default=0.5,
         metavar="A",
         help="dirichlet concentration: small (0.1) gives strong label skew, large (100) "
@@ -64,7 +65,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="K",
         help="shards per agent for --scheme shards (default: %(default)s)",
     )
-    split.add_argument("--seed", type=int, required=True, metavar="S", help="random seed")
+    split.add_argument(
+        "--seed", type=non_negative_int, required=True, metavar="S", help="random seed"
+    )
     split.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
 
 
@@ -78,20 +81,12 @@ def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--label-column",
-        type=_column,
+        type=label_column,
         default=-1,
         metavar="COL",
         help="label column of a CSV file: index or header name (default: last column)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-
-
-def _column(text: str) -> int | str:
-    """A CSV column given as an index (possibly negative) or as a header name."""
-    try:
-        return int(text)
-    except ValueError:
-        return text
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,8 +13,11 @@ from typing import Any
 from server.cli.client_options import add_client_options, client
 from server.cli.output import print_json
 from server.jobstatus import TERMINAL
+from shared.cliargs import existing_file, identifier, non_negative_int, output_file
 from shared.errors import ConfigError
 from shared.modelfile import save_model
+
+job_id = identifier("job id")
 
 
 def register(subparsers: Any) -> None:
@@ -25,7 +28,9 @@ def register(subparsers: Any) -> None:
 
     submit = actions.add_parser("submit", help="submit a job from a JSON file")
     submit.add_argument("file", help="job specification (JSON); '-' reads standard input")
-    submit.add_argument("--initial-model", help="a .bfm model to start from (forward jobs)")
+    submit.add_argument(
+        "--initial-model", type=existing_file, help="a .bfm model to start from (forward jobs)"
+    )
     submit.add_argument("--watch", action="store_true", help="follow the job until it ends")
     submit.set_defaults(func=run_submit)
 
@@ -33,18 +38,18 @@ def register(subparsers: Any) -> None:
     listing.set_defaults(func=run_list)
 
     show = actions.add_parser("show", help="a job's status and per-round metrics")
-    show.add_argument("job_id", help="the job id 'jobs submit' printed")
+    show.add_argument("job_id", type=job_id, help="the job id 'jobs submit' printed")
     show.add_argument("--watch", action="store_true", help="refresh until the job ends")
     show.set_defaults(func=run_show)
 
     cancel = actions.add_parser("cancel", help="cancel a job")
-    cancel.add_argument("job_id", help="the job id 'jobs submit' printed")
+    cancel.add_argument("job_id", type=job_id, help="the job id 'jobs submit' printed")
     cancel.set_defaults(func=run_cancel)
 
     download = actions.add_parser("download", help="download a job's global model (.bfm)")
-    download.add_argument("job_id", help="the job id 'jobs submit' printed")
-    download.add_argument("--round", type=int, help="the model that opened this round")
-    download.add_argument("--out", help="output file (default JOB_ID.bfm)")
+    download.add_argument("job_id", type=job_id, help="the job id 'jobs submit' printed")
+    download.add_argument("--round", type=non_negative_int, help="the model that opened this round")
+    download.add_argument("--out", type=output_file, help="output file (default JOB_ID.bfm)")
     download.set_defaults(func=run_download)
 
     for action in (submit, listing, show, cancel, download):
@@ -54,7 +59,7 @@ def register(subparsers: Any) -> None:
 def run_submit(args: argparse.Namespace) -> int:
     spec = _read_spec(args.file)
     if args.initial_model:
-        spec["initial_model"] = base64.b64encode(Path(args.initial_model).read_bytes()).decode()
+        spec["initial_model"] = base64.b64encode(_read_model(args.initial_model)).decode()
     created = client(args).request("POST", "/api/v1/jobs", json_body=spec).json()
     if args.watch:
         return _watch(args, created["id"])
@@ -76,6 +81,13 @@ def _read_spec(path: str) -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise ConfigError(f"job file {path} must hold a JSON object")
     return spec
+
+
+def _read_model(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise ConfigError(f"cannot read --initial-model {path}: {error.strerror}") from None
 
 
 def run_list(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 from server.cli.output import ProgressBar, print_json
 from server.cli.pretrain_cmd import DEFAULT_HIDDEN, pretrain
 from server.cli.qzo_options import add_qzo_arguments, load_fixed_model, memory_fields, qzo_config
+from shared.cliargs import non_negative_int, positive_int
 from shared.datasets import BUILTIN_DATASETS, Dataset, load_dataset
 from shared.errors import ConfigError
 from shared.fixedpoint import WEIGHT_BITS, FixedMLP, dequantize
@@ -53,17 +54,17 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--samples",
-        type=int,
+        type=positive_int,
         default=DEFAULT_SAMPLES,
         help="shifted training samples to adapt on (default %(default)s)",
     )
     parser.add_argument(
         "--val-size",
-        type=int,
+        type=positive_int,
         default=DEFAULT_VALIDATION,
         help="shifted validation samples (default %(default)s)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument(
         "--dataset",
         default="fashion-mnist",
@@ -76,7 +77,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--hidden",
-        type=int,
+        type=positive_int,
         default=DEFAULT_HIDDEN,
         help="hidden units of the model pretrained here (default %(default)s)",
     )
@@ -97,10 +98,10 @@ def run(args: argparse.Namespace) -> int:
     shift = parse_shift(args.shift)
     base = load_dataset(args.dataset, data_dir=args.data_dir)
     pool = args.samples + args.val_size
-    if args.samples < 1 or args.val_size < 1 or pool >= len(base.y_train):
+    if pool >= len(base.y_train):
         raise ConfigError(
-            f"--samples {args.samples} plus --val-size {args.val_size} must be positive and "
-            f"leave pretraining data out of the {len(base.y_train)} training samples"
+            f"--samples {args.samples} plus --val-size {args.val_size} must leave pretraining "
+            f"data out of the {len(base.y_train)} training samples: choose smaller ones"
         )
     x_pool, y_pool = shift(base.x_train[-pool:]), base.y_train[-pool:]
     x_adapt, y_adapt = x_pool[: args.samples], y_pool[: args.samples]

@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 
 from server.cli.output import ProgressBar, print_json
 from server.cli.train_cmd import carve_validation, parse_layers
+from shared.cliargs import non_negative_int, output_file, positive_float, positive_int
 from shared.datasets import Dataset, load_dataset
 from shared.fixedpoint import WEIGHT_BITS, FixedMLP, quantize
 from shared.floatmlp import FloatConfig, FloatMLP, FloatTrainer
@@ -41,14 +42,18 @@ def register(subparsers: Any) -> None:
         "--layers", help=f"layer sizes (default: features,{DEFAULT_HIDDEN},classes)"
     )
     parser.add_argument("--weight-bits", type=int, choices=WEIGHT_BITS, default=16)
-    parser.add_argument("--epochs", type=int, default=FloatConfig.epochs)
-    parser.add_argument("--lr", type=float, default=FloatConfig.lr)
-    parser.add_argument("--batch-size", type=int, default=FloatConfig.batch_size)
+    parser.add_argument("--epochs", type=positive_int, default=FloatConfig.epochs)
+    parser.add_argument("--lr", type=positive_float, default=FloatConfig.lr)
+    parser.add_argument("--batch-size", type=positive_int, default=FloatConfig.batch_size)
     parser.add_argument(
-        "--val-size", type=int, help="validation samples from the end of the training split"
+        "--val-size",
+        type=non_negative_int,
+        help="validation samples from the end of the training split",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", required=True, help="write the fixed-point model to this file")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument(
+        "--out", type=output_file, required=True, help="write the fixed-point model to this file"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.set_defaults(func=run)
 

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from shared.cliargs import positive_float, positive_int
 from shared.errors import ConfigError
 from shared.fixedpoint import FixedMLP
 from shared.modelfile import load_model
@@ -22,20 +23,20 @@ def add_qzo_arguments(parser: argparse.ArgumentParser, with_common: bool) -> Non
     if with_common:
         group.add_argument(
             "--epochs",
-            type=int,
+            type=positive_int,
             default=DEFAULTS.epochs,
             help="passes over the samples (default %(default)s)",
         )
         group.add_argument(
             "--lr",
-            type=float,
+            type=positive_float,
             default=DEFAULTS.lr,
             help="update per step at full agreement, in int16 weight steps (default %(default)s)",
         )
-        group.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+        group.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size)
     group.add_argument(
         "--perturbations",
-        type=int,
+        type=positive_int,
         default=DEFAULTS.perturbations,
         help="m: perturbations averaged per step (default %(default)s)",
     )

@@ -13,6 +13,13 @@ from server.cli.output import ProgressBar, print_json
 from server.cli.qzo_options import add_qzo_arguments, load_fixed_model, memory_fields, qzo_config
 from shared import kernels
 from shared.bitflip import BitFlipConfig, BitFlipTrainer, EpochReport
+from shared.cliargs import (
+    label_column,
+    non_negative_int,
+    output_file,
+    positive_float,
+    positive_int,
+)
 from shared.datasets import Dataset, load_dataset, split_validation
 from shared.errors import ConfigError
 from shared.floatmlp import FloatConfig, FloatTrainer
@@ -51,10 +58,12 @@ def register(subparsers: Any) -> None:
         help="fashion-mnist, digits, or a path to your own .npz, .csv or IDX data",
     )
     parser.add_argument("--data-dir", help="directory holding the data set's files")
-    parser.add_argument("--label-column", default="-1", help="CSV label column (index or name)")
+    parser.add_argument(
+        "--label-column", type=label_column, default=-1, help="CSV label column (index or name)"
+    )
     parser.add_argument(
         "--epochs",
-        type=int,
+        type=positive_int,
         help=f"epochs (default 20 bitflip, 8 float, {QZOConfig.epochs} forward)",
     )
     parser.add_argument(
@@ -65,18 +74,18 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--lr",
-        type=float,
+        type=positive_float,
         help=f"learning rate (default 2.0 bitflip, 0.05 float, {QZOConfig.lr} forward)",
     )
-    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--batch-size", type=positive_int, default=100)
     parser.add_argument(
         "--val-size",
-        type=int,
+        type=non_negative_int,
         help=f"validation samples taken from the end of the training split "
         f"(default: 10%% of it, at most {MAX_VALIDATION}; 0 disables epoch selection)",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", help="write the trained model to this .bfm file")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--out", type=output_file, help="write the trained model to this .bfm file")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     add_qzo_arguments(parser, with_common=False)
     parser.set_defaults(func=run)
@@ -105,10 +114,7 @@ def carve_validation(
 
 
 def run(args: argparse.Namespace) -> int:
-    label_column: int | str = (
-        int(args.label_column) if _is_int(args.label_column) else args.label_column
-    )
-    dataset = load_dataset(args.dataset, data_dir=args.data_dir, label_column=label_column)
+    dataset = load_dataset(args.dataset, data_dir=args.data_dir, label_column=args.label_column)
     x_fit, y_fit, x_val, y_val = carve_validation(dataset.x_train, dataset.y_train, args.val_size)
     if (args.algo == "forward") != (args.init is not None):
         raise ConfigError("--init FILE goes with --algo forward, and --algo forward needs it")
@@ -155,8 +161,6 @@ def run(args: argparse.Namespace) -> int:
             ),
         )
         epochs, state_bits = trainer.config.epochs, 32
-    if epochs < 1 or args.batch_size < 1:
-        raise ConfigError("--epochs and --batch-size must be at least 1")
 
     history: list[EpochReport] = []
     progress = ProgressBar(total=1, label=f"train {args.algo}")
@@ -249,7 +253,3 @@ def _print_summary(summary: dict[str, Any]) -> None:
     )
     if "model_path" in summary:
         print(f"model written to {summary['model_path']}")
-
-
-def _is_int(text: str) -> bool:
-    return text.lstrip("-").isdigit()
