@@ -18,8 +18,10 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from edge_agent.config import AgentConfig, default_config_path, default_state_dir
 from edge_agent.journal import Journal
@@ -28,13 +30,21 @@ from edge_agent.runtime import AgentRuntime
 from edge_agent.transports import Transport
 from edge_agent.transports.http import HttpTransport
 from shared import __version__, kernels
-from shared.cliargs import CliParser, http_url, label_column, positive_int, run_cli
+from shared.cliargs import (
+    CliParser,
+    existing_file,
+    http_url,
+    label_column,
+    positive_int,
+    run_cli,
+)
 from shared.datasets import load_dataset
 from shared.errors import ConfigError
 from shared.federated import update_frame
 from shared.frames import decode_frame
 from shared.httpclient import ApiClient, ApiError
 from shared.protocol import parse_mqtt_url
+from shared.tls import CA_FILE_ENV, mqtt_tls_options, require_secure
 
 log = logging.getLogger("bitfleet.agent")
 
@@ -58,7 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     enroll.add_argument("--agent-id", required=True, help="the id 'bitfleet agents add' printed")
     enroll.add_argument("--secret", required=True, help="the secret printed with it")
-    enroll.add_argument("--mqtt-url", help="broker URL, mqtt://host:port (omit: HTTP only)")
+    enroll.add_argument(
+        "--mqtt-url", help="broker URL, mqtts://host:port (mqtt:// on loopback; omit: HTTP only)"
+    )
+    _add_tls_options(enroll)
     enroll.add_argument(
         "--config", type=Path, help=f"config file (default {default_config_path()})"
     )
@@ -99,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("BITFLEET_MQTT_URL"),
         help="broker URL, overrides the config file (env BITFLEET_MQTT_URL)",
     )
+    _add_tls_options(run)
     run.add_argument(
         "--transport",
         choices=("auto", "mqtt", "http"),
@@ -144,15 +158,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_tls_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ca-file",
+        type=existing_file,
+        help=f"CA to verify the coordinator and broker against (env {CA_FILE_ENV}; default: "
+        "the system's CAs)",
+    )
+    parser.add_argument(
+        "--client-cert", type=existing_file, help="client certificate for a mutual-TLS broker"
+    )
+    parser.add_argument("--client-key", type=existing_file, help="the key of --client-cert")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow http:// or mqtt:// off loopback (the secret then crosses the network in clear)",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bitfleet-agent`` console script."""
     return run_cli(build_parser(), argv)
 
 
 def run_enroll(args: argparse.Namespace) -> int:
-    config = AgentConfig(args.coordinator, args.agent_id, args.secret, args.mqtt_url)
-    if args.mqtt_url:
-        parse_mqtt_url(args.mqtt_url)
+    config = AgentConfig(args.coordinator, args.agent_id, args.secret, args.mqtt_url, **_tls(args))
+    _check_links(config, args.insecure)
     _check_credentials(config)
     path = args.config or default_config_path()
     config.save(path)
@@ -163,11 +194,33 @@ def run_enroll(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tls(args: argparse.Namespace) -> dict[str, str]:
+    """The TLS options given on the command line."""
+    options = {
+        "ca_file": args.ca_file,
+        "client_cert": args.client_cert,
+        "client_key": args.client_key,
+    }
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def _check_links(config: AgentConfig, insecure: bool) -> None:
+    """The secret signs every frame: it may cross only loopback in clear, unless asked."""
+    coordinator = urlsplit(config.coordinator)
+    require_secure(
+        coordinator.hostname or "", coordinator.scheme == "https", insecure, "the coordinator"
+    )
+    if config.mqtt_url:
+        broker = parse_mqtt_url(config.mqtt_url)
+        require_secure(broker.host, broker.tls, insecure, "the broker")
+    mqtt_tls_options(config.ca_file, config.client_cert, config.client_key)  # both or none
+
+
 def _check_credentials(config: AgentConfig) -> None:
     try:
-        ApiClient(config.coordinator, f"{config.agent_id}:{config.secret}").request(
-            "GET", "/api/v1/fleet/whoami"
-        )
+        ApiClient(
+            config.coordinator, f"{config.agent_id}:{config.secret}", ca_file=config.ca_file
+        ).request("GET", "/api/v1/fleet/whoami")
     except ApiError as error:
         if error.status in (401, 403):
             raise ConfigError(f"the coordinator refused agent {config.agent_id}: {error}") from None
@@ -182,22 +235,32 @@ def _config(args: argparse.Namespace) -> AgentConfig:
     else:
         config = AgentConfig.load(args.config or default_config_path())
     if args.mqtt_url:
-        config = AgentConfig(config.coordinator, config.agent_id, config.secret, args.mqtt_url)
+        config = replace(config, mqtt_url=args.mqtt_url)
+    config = replace(config, **_tls(args))
+    _check_links(config, args.insecure)
     return config
 
 
 def _transport(config: AgentConfig, choice: str) -> Transport:
+    http = HttpTransport(config.coordinator, config.agent_id, config.secret, ca_file=config.ca_file)
     if choice == "http" or (choice == "auto" and not config.mqtt_url):
-        return HttpTransport(config.coordinator, config.agent_id, config.secret)
+        return http
     if not config.mqtt_url:
         raise ConfigError("--transport mqtt needs a broker URL: --mqtt-url mqtt://host:port")
     address = parse_mqtt_url(config.mqtt_url)
     if choice == "auto" and not _reachable(address.host, address.port):
         log.warning("broker %s:%d unreachable; using HTTP", address.host, address.port)
-        return HttpTransport(config.coordinator, config.agent_id, config.secret)
+        return http
     from edge_agent.transports.mqtt import MqttTransport
 
-    return MqttTransport(config.mqtt_url, config.agent_id, config.secret)
+    return MqttTransport(
+        config.mqtt_url,
+        config.agent_id,
+        config.secret,
+        ca_file=config.ca_file,
+        client_cert=config.client_cert,
+        client_key=config.client_key,
+    )
 
 
 def _reachable(host: str, port: int, timeout: float = 3.0) -> bool:

@@ -37,6 +37,11 @@ class AgentConfig:
     agent_id: str
     secret: str
     mqtt_url: str | None = None
+    # TLS: the CA to verify the coordinator and the broker against (default: the system's,
+    # or $BITFLEET_CA_FILE), and a client certificate for brokers that require one.
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
 
     def __post_init__(self) -> None:
         check_id(self.agent_id, "agent id")

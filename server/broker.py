@@ -64,21 +64,19 @@ def write_password_file(path: Path, users: dict[str, str]) -> None:
 
 @dataclass(frozen=True)
 class BrokerTls:
-    """The broker's TLS listener: its certificate and key, the CA that signs clients (and
-    that agents verify the broker against), and whether agents must present a client
-    certificate signed by it (mutual TLS) besides their password."""
+    """The broker's TLS listener: its certificate and key (paths as the broker sees them)
+    and, for mutual TLS, the CA whose client certificates agents must present besides
+    their password."""
 
-    ca: Path
     cert: Path
     key: Path
-    require_client_cert: bool = False
+    client_ca: Path | None = None
 
     def listener_lines(self) -> str:
-        return (
-            f"cafile {self.ca}\ncertfile {self.cert}\nkeyfile {self.key}\n"
-            "tls_version tlsv1.2\n"
-            f"require_certificate {'true' if self.require_client_cert else 'false'}\n"
-        )
+        lines = f"certfile {self.cert}\nkeyfile {self.key}\ntls_version tlsv1.2\n"
+        if self.client_ca is None:
+            return lines + "require_certificate false\n"
+        return lines + f"cafile {self.client_ca}\nrequire_certificate true\n"
 
 
 @dataclass

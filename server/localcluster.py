@@ -1,5 +1,8 @@
 """A cluster on one machine: Mosquitto, the coordinator and agents as real processes.
 
+With a throwaway CA (``server.tlsca``) every link is TLS, as in a deployment: the broker
+listens with mqtts://, the coordinator serves HTTPS, and agents verify both against the CA.
+
 Used by ``bitfleet demo`` and by the integration tests, so both run exactly the parts a
 deployment runs. Every process listens on loopback only; children are asked to die with
 their parent (Linux PR_SET_PDEATHSIG), so even a killed demo leaves no orphans behind.
@@ -19,12 +22,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from server.broker import BrokerFiles, write_broker_files
+from server.broker import BrokerFiles, BrokerTls, write_broker_files
 from server.jobstatus import TERMINAL
 from shared.errors import BitfleetError, ConfigError
 from shared.httpclient import ApiClient, ApiError
+
+if TYPE_CHECKING:
+    from server.tlsca import ThrowawayCa
 
 
 def free_port() -> int:
@@ -99,13 +105,21 @@ class Broker:
     port: int = field(default_factory=free_port)
     user: str = "coordinator"
     password: str = field(default_factory=lambda: secrets.token_hex(12))
+    tls: ThrowawayCa | None = None
+    mutual_tls: bool = False  # agents must present a client certificate of ``tls``
     process: subprocess.Popen[bytes] | None = None
     files: BrokerFiles | None = None
 
     def start(self) -> Broker:
         """Start (or restart) the broker; its files are written once, as a real install's."""
         if self.files is None:
-            self.files = write_broker_files(self.directory, self.port, self.user, self.password)
+            listener = None
+            if self.tls is not None:
+                client_ca = self.tls.ca if self.mutual_tls else None
+                listener = BrokerTls(self.tls.server.cert, self.tls.server.key, client_ca)
+            self.files = write_broker_files(
+                self.directory, self.port, self.user, self.password, tls=listener
+            )
         log = self.directory / "mosquitto.log"
         self.process = spawn([mosquitto_binary(), "-c", str(self.files.config)], log)
         if not wait_for_port(self.port):
@@ -114,12 +128,16 @@ class Broker:
         return self
 
     @property
+    def scheme(self) -> str:
+        return "mqtts" if self.tls else "mqtt"
+
+    @property
     def coordinator_url(self) -> str:
-        return f"mqtt://{self.user}:{self.password}@127.0.0.1:{self.port}"
+        return f"{self.scheme}://{self.user}:{self.password}@127.0.0.1:{self.port}"
 
     @property
     def agent_url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         stop_process(self.process)
@@ -132,15 +150,21 @@ class Coordinator:
     port: int = field(default_factory=free_port)
     token: str = field(default_factory=lambda: secrets.token_hex(12))
     extra_args: list[str] = field(default_factory=list)
+    tls: ThrowawayCa | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def ca_file(self) -> str | None:
+        """The CA clients verify this coordinator (and its broker) against."""
+        return str(self.tls.ca) if self.tls else None
 
     @property
     def api(self) -> ApiClient:
-        return ApiClient(self.url, self.token)
+        return ApiClient(self.url, self.token, ca_file=self.ca_file)
 
     @property
     def log_path(self) -> Path:
@@ -162,6 +186,9 @@ class Coordinator:
             "5",
             *self.extra_args,
         ]
+        if self.tls is not None:
+            command += ["--tls-cert", str(self.tls.server.cert), "--tls-key"]
+            command += [str(self.tls.server.key), "--ca-file", str(self.tls.ca)]
         if self.broker is not None and self.broker.files is not None:
             command += [
                 "--mqtt-url",
@@ -207,7 +234,14 @@ class Coordinator:
         enrolled = self.api.request("POST", "/api/v1/agents", json_body={"agent_id": agent_id})
         secret = enrolled.json()["secret"]
         process = (kind or AgentProcess)(
-            agent_id, secret, self.url, data, state_dir, mqtt_url, transport, extra or []
+            agent_id,
+            secret,
+            self.url,
+            data,
+            state_dir,
+            mqtt_url,
+            transport,
+            [*(["--ca-file", self.ca_file] if self.ca_file else []), *(extra or [])],
         )
         return process.start()
 

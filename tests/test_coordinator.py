@@ -18,12 +18,14 @@ import pytest
 from edge_agent.runtime import AgentRuntime
 from edge_agent.transports.http import HttpTransport
 from edge_agent.transports.mqtt import MqttTransport
+from server.tlsca import ThrowawayCa
 from shared.datasets import load_dataset
 from shared.federated import update_frame
 from shared.frames import KIND_UPDATE, Tensor, decode_frame, encode_frame
 from shared.httpclient import ApiClient, ApiError
 from shared.modelfile import bitmlp_from_frame
 from shared.partition import partition
+from shared.tls import mqtt_tls_options
 from tests.cluster import Broker, Coordinator
 from tests.manual import JOB, ManualAgent, enroll, global_values, manual_round, submit
 
@@ -315,6 +317,7 @@ def test_the_broker_keeps_each_agent_under_its_own_id(
     outcomes: dict[str, object] = {}
     done = threading.Event()
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="intruder", protocol=mqtt.MQTTv5)
+    client.tls_set(**mqtt_tls_options())
     client.username_pw_set(a0, s0)
     client.on_publish = lambda c, u, mid, reason, props: (
         outcomes.update(reason=reason),
@@ -331,6 +334,7 @@ def test_the_broker_keeps_each_agent_under_its_own_id(
         client.loop_stop()
     answered = threading.Event()
     stranger = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="stranger", protocol=mqtt.MQTTv5)
+    stranger.tls_set(**mqtt_tls_options())
     stranger.username_pw_set(a0, "wrong-secret")
     stranger.on_connect = lambda c, u, f, reason, p: (outcomes.update(login=reason), answered.set())
     stranger.connect("127.0.0.1", broker.port)
@@ -386,10 +390,10 @@ def test_forward_job_votes_signs_of_change_onto_a_pretrained_model(
 
 
 def test_frames_larger_than_the_message_limit_travel_in_chunks(
-    tmp_path: Path, broker: Broker
+    tmp_path: Path, broker: Broker, tls_ca: ThrowawayCa
 ) -> None:
     coordinator = Coordinator(
-        tmp_path / "chunked", broker, extra_args=["--max-message-bytes", "1024"]
+        tmp_path / "chunked", broker, extra_args=["--max-message-bytes", "1024"], tls=tls_ca
     ).start()
     try:
         pairs = enroll(coordinator, 2)

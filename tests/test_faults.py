@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from server.cli import main as bitfleet_main
+from server.tlsca import ThrowawayCa
 from tests.agents import AgentProcess
 from tests.cluster import Broker, Coordinator
 
@@ -69,9 +70,9 @@ def _wait_mid_round(coordinator: Coordinator, job_id: str, round_index: int) -> 
 
 
 def test_a_job_rides_out_coordinator_kills_and_broker_restarts(
-    tmp_path: Path, broker: Broker, partitions: list[Path]
+    tmp_path: Path, broker: Broker, partitions: list[Path], tls_ca: ThrowawayCa
 ) -> None:
-    coordinator = Coordinator(tmp_path / "coordinator", broker).start()
+    coordinator = Coordinator(tmp_path / "coordinator", broker, tls=tls_ca).start()
     transports = ["mqtt"] * (AGENTS - 1) + ["http"]
     agents = [
         coordinator.start_agent(
@@ -117,12 +118,12 @@ def test_a_job_rides_out_coordinator_kills_and_broker_restarts(
 
 
 def test_an_agent_killed_before_its_receipt_resends_its_upload_after_restart(
-    tmp_path: Path, partitions: list[Path]
+    tmp_path: Path, partitions: list[Path], tls_ca: ThrowawayCa
 ) -> None:
     """The coordinator freezes while an agent uploads; the agent is SIGKILLed holding the
     upload in its outbox, the coordinator too; both restart, and the held upload (not a
     retrained one) completes the round."""
-    coordinator = Coordinator(tmp_path / "coordinator").start()
+    coordinator = Coordinator(tmp_path / "coordinator", tls=tls_ca).start()
     state_dir = tmp_path / "agents" / "solo"
     agent = coordinator.start_agent(
         "solo", partitions[0], state_dir, transport="http", kind=AgentProcess

@@ -23,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from shared.frames import FORMAT_VERSION, KIND_UPDATE, MAGIC
 from shared.httpclient import ApiClient, ApiError
 from shared.protocol import MAX_SAMPLES, TOPIC_ROOT, update_topic
+from shared.tls import mqtt_tls_options
 from tests.cluster import Broker, Coordinator
 from tests.manual import global_values, manual_round, submit
 
@@ -34,6 +35,8 @@ def raw_client(
     """A bare paho client logged in as ``user``: (client, messages seen, disconnected)."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     client.username_pw_set(user, password)
+    if broker.tls is not None:
+        client.tls_set(**mqtt_tls_options())
     seen: list[tuple[str, bytes]] = []
     connected, dropped = threading.Event(), threading.Event()
     client.on_connect = lambda c, u, f, reason, p: (

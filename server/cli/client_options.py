@@ -1,12 +1,13 @@
-"""Options every API client subcommand shares: coordinator URL, admin token, --json."""
+"""Options every API client subcommand shares: coordinator URL, admin token, CA, --json."""
 
 from __future__ import annotations
 
 import argparse
 import os
 
-from shared.cliargs import http_url
+from shared.cliargs import existing_file, http_url
 from shared.httpclient import ApiClient
+from shared.tls import CA_FILE_ENV
 
 URL_ENV = "BITFLEET_URL"
 TOKEN_ENV = "BITFLEET_ADMIN_TOKEN"
@@ -23,8 +24,14 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--token", default=os.environ.get(TOKEN_ENV), help=f"admin token (env {TOKEN_ENV})"
     )
+    parser.add_argument(
+        "--ca-file",
+        type=existing_file,
+        help=f"CA to verify an https:// coordinator against (env {CA_FILE_ENV}; default: the "
+        "system's CAs)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
 def client(args: argparse.Namespace) -> ApiClient:
-    return ApiClient(args.url, args.token)
+    return ApiClient(args.url, args.token, ca_file=args.ca_file)

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from shared.chunks import DEFAULT_CHUNK_BYTES
-from shared.cliargs import tcp_port
+from shared.cliargs import existing_file, int_range, positive_float, positive_int, tcp_port
 from shared.errors import ConfigError
 from shared.frames import DEFAULT_MAX_FRAME_BYTES
 from shared.protocol import check_id, parse_mqtt_url
+from shared.tls import CA_FILE_ENV, require_secure
 
 TOKEN_ENV = "BITFLEET_ADMIN_TOKEN"
 MQTT_URL_ENV = "BITFLEET_MQTT_URL"
@@ -47,7 +48,25 @@ def register(subparsers: Any) -> None:
         help=f"bearer token for the control API (env {TOKEN_ENV})",
     )
     parser.add_argument(
-        "--insecure", action="store_true", help="serve the control API without a token (unsafe)"
+        "--no-admin-token",
+        action="store_true",
+        help="serve the control API without a token (local experiments only; unsafe)",
+    )
+    parser.add_argument(
+        "--tls-cert", type=existing_file, help="serve HTTPS with this PEM certificate (chain)"
+    )
+    parser.add_argument("--tls-key", type=existing_file, help="the private key of --tls-cert")
+    parser.add_argument(
+        "--ca-file",
+        type=existing_file,
+        default=os.environ.get(CA_FILE_ENV),
+        help=f"CA to verify an mqtts:// broker against (env {CA_FILE_ENV}; default: system CAs)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plaintext HTTP or mqtt:// off loopback (agent secrets and the admin token "
+        "then cross the network in clear)",
     )
     parser.add_argument(
         "--broker-passwd-file",
@@ -69,6 +88,18 @@ def register(subparsers: Any) -> None:
         help="interface the broker of --broker-config-dir listens on (default %(default)s)",
     )
     parser.add_argument(
+        "--broker-tls-cert",
+        type=Path,
+        help="the broker's certificate, as the broker sees the path: with --broker-config-dir "
+        "and an mqtts:// --mqtt-url, the broker gets a TLS listener",
+    )
+    parser.add_argument("--broker-tls-key", type=Path, help="the key of --broker-tls-cert")
+    parser.add_argument(
+        "--broker-client-ca",
+        type=Path,
+        help="require agents to present a client certificate signed by this CA (mutual TLS)",
+    )
+    parser.add_argument(
         "--provision-agents",
         type=Path,
         help='JSON list of {"agent_id": ..., "secret": ...} to enroll at start if missing '
@@ -76,19 +107,29 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--max-message-bytes",
-        type=int,
+        type=int_range(1024),
         default=DEFAULT_CHUNK_BYTES,
         help="largest MQTT message; bigger frames travel in chunks (default %(default)s)",
     )
     parser.add_argument(
         "--max-frame-bytes",
-        type=int,
+        type=int_range(1024),
         default=DEFAULT_MAX_FRAME_BYTES,
         help="largest update frame accepted (default %(default)s)",
     )
     parser.add_argument(
+        "--max-request-bytes",
+        type=int_range(1024),
+        help="largest request body of the control API, refused before it is read (default 16 MiB)",
+    )
+    parser.add_argument(
+        "--max-model-weights",
+        type=positive_int,
+        help="largest model a job may ask for, in weights (default 4,000,000)",
+    )
+    parser.add_argument(
         "--presence-timeout",
-        type=float,
+        type=positive_float,
         default=30.0,
         help="seconds after which a silent HTTP agent counts as offline",
     )
@@ -107,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
 
         from server.api.app import create_app
+        from server.api.limits import ApiLimits
         from server.broker import BrokerCredentials, write_broker_files
         from server.engine import EngineSettings, RoundEngine
         from server.mqtt_bridge import MqttBridge
@@ -122,24 +164,33 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
-    if not args.admin_token and not args.insecure:
+    if not args.admin_token and not args.no_admin_token:
         raise ConfigError(
-            f"no admin token: pass --admin-token or set {TOKEN_ENV} (or --insecure to run "
-            "without one, for local experiments only)"
+            f"no admin token: pass --admin-token or set {TOKEN_ENV} (or --no-admin-token to "
+            "run without one, for local experiments only)"
         )
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ConfigError("HTTPS needs both --tls-cert and --tls-key")
+    require_secure(args.host, args.tls_cert is not None, args.insecure, "the REST API on --host")
+    broker = parse_mqtt_url(args.mqtt_url) if args.mqtt_url else None
+    if broker is not None:
+        require_secure(broker.host, broker.tls, args.insecure, "the broker link (--mqtt-url)")
     check_listen_address(args.host, args.port)
-    if args.insecure:
+    if args.no_admin_token:
         logging.getLogger("bitfleet").warning(
             "INSECURE: the control API accepts requests without a token"
         )
-    broker = parse_mqtt_url(args.mqtt_url) if args.mqtt_url else None
     store = open_store(args.data_dir)
     engine = RoundEngine(
         store,
         EngineSettings(
-            presence_timeout_s=args.presence_timeout, max_frame_bytes=args.max_frame_bytes
+            presence_timeout_s=args.presence_timeout,
+            max_frame_bytes=args.max_frame_bytes,
+            **_given(max_model_weights=args.max_model_weights),
         ),
     )
+    if broker is not None and broker.username:
+        engine.reserved_agent_ids.add(broker.username)
     if args.provision_agents is not None:
         provision_agents(engine, args.provision_agents)
     passwords = args.broker_passwd_file
@@ -156,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
                 broker.username,
                 broker.password,
                 args.broker_listen_host,
+                tls=_broker_tls(args, broker.tls),
             )
             passwords = files.passwords
         credentials = BrokerCredentials(
@@ -169,11 +221,16 @@ def run(args: argparse.Namespace) -> int:
             args.mqtt_url,
             max_message_bytes=args.max_message_bytes,
             shared_group=args.shared_subscription,
+            ca_file=args.ca_file,
         )
         if args.mqtt_url
         else None
     )
-    app = create_app(engine, None if args.insecure else args.admin_token)
+    app = create_app(
+        engine,
+        None if args.no_admin_token else args.admin_token,
+        ApiLimits(**_given(max_request_bytes=args.max_request_bytes)),
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
@@ -187,8 +244,40 @@ def run(args: argparse.Namespace) -> int:
         store.close()
 
     app.router.lifespan_context = lifespan
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        ssl_certfile=args.tls_cert,
+        ssl_keyfile=args.tls_key,
+    )
     return 0
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    """The options the user set (the others keep their defaults where they are defined)."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def _broker_tls(args: argparse.Namespace, mqtts: bool) -> Any:
+    """The TLS listener of a broker configuration we write: required for mqtts://."""
+    if not mqtts:
+        if args.broker_tls_cert or args.broker_client_ca:
+            raise ConfigError("--broker-tls-cert/--broker-client-ca need an mqtts:// --mqtt-url")
+        return None
+    if args.broker_tls_cert is None or args.broker_tls_key is None:
+        raise ConfigError(
+            "an mqtts:// --mqtt-url with --broker-config-dir needs --broker-tls-cert and "
+            "--broker-tls-key (the broker's certificate and key, as the broker sees the paths)"
+        )
+    from server.broker import BrokerTls
+
+    return BrokerTls(
+        args.broker_tls_cert,
+        args.broker_tls_key,
+        client_ca=args.broker_client_ca,
+    )
 
 
 def check_listen_address(host: str, port: int) -> None:
