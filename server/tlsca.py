@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from shared.errors import ConfigError
+
 VALID_DAYS = 30
 
 
@@ -72,6 +74,24 @@ def create_ca(directory: Path, names: tuple[str, ...] = ("127.0.0.1", "localhost
     (directory / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     server = _issue(directory, "server", key, cert, server_names=names)
     return ThrowawayCa(directory, directory / "ca.pem", server)
+
+
+def load_ca(directory: Path) -> ThrowawayCa:
+    """The CA an earlier :func:`create_ca` wrote in ``directory``."""
+    ca = ThrowawayCa(
+        directory,
+        directory / "ca.pem",
+        IssuedPair(directory / "server.pem", directory / "server.key"),
+    )
+    missing = [
+        p for p in (ca.ca, ca.server.cert, ca.server.key, directory / "ca.key") if not p.exists()
+    ]
+    if missing:
+        raise ConfigError(
+            f"{directory} is not a CA directory ({missing[0].name} is missing): run "
+            "'bitfleet tls init --dir DIR' first"
+        )
+    return ca
 
 
 def _issue(

@@ -27,6 +27,7 @@ from server.localcluster import (
     stop_process,
     wait_for_port,
 )
+from server.tlsca import load_ca
 from tests.agents import AgentProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +44,8 @@ def _source_text() -> str:
 
 def test_services_and_their_build_contexts_exist() -> None:
     assert (
-        set(SERVICES) == {"broker", "data", "coordinator", "submit", *AGENTS} and len(AGENTS) == 3
+        set(SERVICES) == {"tls", "broker", "data", "coordinator", "submit", *AGENTS}
+        and len(AGENTS) == 3
     )
     for name, service in SERVICES.items():
         build = service.get("build")
@@ -109,24 +111,33 @@ def test_mounted_files_exist_and_are_valid() -> None:
 
 
 def test_the_compose_flow_runs_on_loopback(tmp_path: Path) -> None:
-    """Coordinator writes the broker config and provisions agents; the broker runs from that
-    config; an agent with credentials from its environment joins and trains a round."""
+    """The tls service makes a CA; the coordinator serves HTTPS, writes the broker config
+    (with its TLS listener) and provisions agents; the broker runs from that config; an
+    agent with credentials from its environment joins over mqtts:// and trains a round."""
     broker_dir = tmp_path / "broker"
     port = free_port()
     provisioned = tmp_path / "agents.json"
     provisioned.write_text(json.dumps([{"agent_id": "agent-1", "secret": "-s3cret-agent-1"}]))
+    tls_dir = tmp_path / "tls"
+    assert server_cli.main(["tls", "init", "--dir", str(tls_dir), "--json"]) == 0
+    ca = load_ca(tls_dir)
     coordinator = Coordinator(
         tmp_path / "coordinator",
         extra_args=[
             "--mqtt-url",
-            f"mqtt://coordinator:pw@127.0.0.1:{port}",
+            f"mqtts://coordinator:pw@127.0.0.1:{port}",
             "--broker-config-dir",
             str(broker_dir),
             "--broker-listen-host",
             "127.0.0.1",
+            "--broker-tls-cert",
+            str(ca.server.cert),
+            "--broker-tls-key",
+            str(ca.server.key),
             "--provision-agents",
             str(provisioned),
         ],
+        tls=ca,
     ).start()
     broker = spawn(
         [mosquitto_binary(), "-c", str(broker_dir / "mosquitto.conf")], tmp_path / "broker.log"
@@ -162,8 +173,9 @@ def test_the_compose_flow_runs_on_loopback(tmp_path: Path) -> None:
             coordinator.url,
             data,
             tmp_path / "state",
-            mqtt_url=f"mqtt://127.0.0.1:{port}",
+            mqtt_url=f"mqtts://127.0.0.1:{port}",
             transport="mqtt",
+            extra=["--ca-file", str(ca.ca)],
         ).start()
         spec = {
             "name": "flow",

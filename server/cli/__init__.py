@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         jobs_cmd,
         lastmile_cmd,
         pretrain_cmd,
+        tls_cmd,
         train_cmd,
     )
 
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         coordinator_cmd,
         jobs_cmd,
         agents_cmd,
+        tls_cmd,
     )
     for module in modules:
         module.register(subparsers)

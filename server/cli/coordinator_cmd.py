@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.chunks import DEFAULT_CHUNK_BYTES
-from shared.cliargs import existing_file, int_range, positive_float, positive_int, tcp_port
+from shared.cliargs import int_range, positive_float, positive_int, tcp_port
 from shared.errors import ConfigError
 from shared.frames import DEFAULT_MAX_FRAME_BYTES
 from shared.protocol import check_id, parse_mqtt_url
@@ -52,13 +52,12 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="serve the control API without a token (local experiments only; unsafe)",
     )
-    parser.add_argument(
-        "--tls-cert", type=existing_file, help="serve HTTPS with this PEM certificate (chain)"
-    )
-    parser.add_argument("--tls-key", type=existing_file, help="the private key of --tls-cert")
+    # Files are checked when the coordinator starts, not when its command line is parsed:
+    # in a container they appear on a volume another service fills.
+    parser.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate (chain)")
+    parser.add_argument("--tls-key", help="the private key of --tls-cert")
     parser.add_argument(
         "--ca-file",
-        type=existing_file,
         default=os.environ.get(CA_FILE_ENV),
         help=f"CA to verify an mqtts:// broker against (env {CA_FILE_ENV}; default: system CAs)",
     )
@@ -171,6 +170,10 @@ def run(args: argparse.Namespace) -> int:
         )
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("HTTPS needs both --tls-cert and --tls-key")
+    for flag in ("tls_cert", "tls_key", "ca_file"):
+        if getattr(args, flag) is not None and not Path(getattr(args, flag)).is_file():
+            option = "--" + flag.replace("_", "-")
+            raise ConfigError(f"{option} {getattr(args, flag)}: no such file")
     require_secure(args.host, args.tls_cert is not None, args.insecure, "the REST API on --host")
     broker = parse_mqtt_url(args.mqtt_url) if args.mqtt_url else None
     if broker is not None:

@@ -154,13 +154,16 @@ def run(args: argparse.Namespace) -> int:
         histogram = label_histogram(dataset.y_train[part], dataset.num_classes)
         display.say(f"  agent-{index}: {len(part):6d} samples, classes {histogram.tolist()}")
 
-    broker = Broker(workdir / "broker")
-    coordinator = Coordinator(workdir / "coordinator", broker)
+    from server.tlsca import create_ca  # the server extra's cryptography
+
+    ca = create_ca(workdir / "tls")  # every link is TLS, verified against this CA
+    broker = Broker(workdir / "broker", tls=ca)
+    coordinator = Coordinator(workdir / "coordinator", broker, tls=ca)
     agents: list[AgentProcess] = []
     try:
         broker.start()
         coordinator.start()
-        display.say(f"broker mqtt://127.0.0.1:{broker.port}, coordinator {coordinator.url}")
+        display.say(f"broker {broker.agent_url}, coordinator {coordinator.url} (TLS, CA {ca.ca})")
         agents = _start_agents(coordinator, broker, paths, workdir)
         coordinator.wait_online(len(agents), agents=agents)
         spec = _job_spec(args, initial)
@@ -192,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _fresh(workdir: Path) -> Path:
     """An empty work directory (only our own subdirectories are removed)."""
-    for name in ("partitions", "broker", "coordinator", "agents"):
+    for name in ("partitions", "broker", "coordinator", "agents", "tls"):
         shutil.rmtree(workdir / name, ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
     return workdir.resolve()
@@ -297,14 +300,15 @@ def _print_summary(summary: dict[str, Any], coordinator: Coordinator, job_id: st
         f"model: {summary['model_path']} ({summary['model_bytes']} bytes); evaluate it with\n"
         f"  bitfleet eval {summary['model_path']} --dataset {summary['dataset']}\n"
         f"while the cluster runs (--keep-running), download it with\n"
-        f"  curl -H 'Authorization: Bearer {coordinator.token}' "
+        f"  curl --cacert {coordinator.ca_file} -H 'Authorization: Bearer {coordinator.token}' "
         f"{coordinator.url}/api/v1/jobs/{job_id}/model -o model.bfm"
     )
 
 
 def _hold(coordinator: Coordinator, display: Display) -> None:
     display.say(
-        f"cluster running: API {coordinator.url}/docs, token {coordinator.token}; Ctrl-C to stop"
+        f"cluster running: API {coordinator.url}/docs (CA {coordinator.ca_file}), token "
+        f"{coordinator.token}; Ctrl-C to stop"
     )
     while coordinator.process is not None and coordinator.process.poll() is None:
         time.sleep(1.0)
