@@ -19,6 +19,7 @@ def test_cli_reference_is_up_to_date(monkeypatch: pytest.MonkeyPatch) -> None:
         "BITFLEET_COORDINATOR",
         "BITFLEET_AGENT_ID",
         "BITFLEET_AGENT_SECRET",
+        "BITFLEET_CA_FILE",
     ):
         monkeypatch.delenv(name, raising=False)
     spec = importlib.util.spec_from_file_location(
