@@ -33,6 +33,7 @@ from shared.fixedpoint import INPUT_EXP, FixedLayer, FixedMLP
 from shared.frames import FLAG_SIGNED, KIND_UPDATE, MAGIC, SIGNATURE_BYTES, Tensor, decode_frame
 from shared.modelfile import bitmlp_from_frame, fixedmlp_to_frame
 from shared.models import PackedLayer
+from shared.tls import client_context
 from tests.cluster import Coordinator
 
 TOKEN = "admin-token"
@@ -70,7 +71,8 @@ def _post_unread(port: int, path: str, size: int, chunked: bool) -> tuple[bytes,
     head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
     piece = b"x" * MB
     sent, answered_at = 0, -1
-    with socket.create_connection(("127.0.0.1", port)) as sock:
+    raw = socket.create_connection(("127.0.0.1", port))
+    with client_context().wrap_socket(raw, server_hostname="127.0.0.1") as sock:  # HTTPS
         sock.sendall(f"{head}{framing}\r\n\r\n".encode())
         try:
             while sent < size:

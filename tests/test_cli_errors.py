@@ -255,14 +255,26 @@ CASES: list[tuple[str, list[str], str]] = [
     (A, ["selftest", "--data", "digits", "--samples", "-1"], "--samples"),
     (A, ["selftest", "--data", "digits", "--hidden", "0"], "--hidden"),
     # The coordinator's address.
-    (S, ["coordinator", "--data-dir", "{state}", "--insecure", "--port", "99999"], "--port"),
-    (S, ["coordinator", "--data-dir", "{state}", "--insecure", "--port", "0"], "--port"),
-    (S, ["coordinator", "--data-dir", "{state}", "--insecure", "--port", "-1"], "--port"),
-    (S, ["coordinator", "--data-dir", "{state}", "--insecure", "--port", "http"], "--port"),
+    (S, ["coordinator", "--data-dir", "{state}", "--no-admin-token", "--port", "99999"], "--port"),
+    (S, ["coordinator", "--data-dir", "{state}", "--no-admin-token", "--port", "0"], "--port"),
+    (S, ["coordinator", "--data-dir", "{state}", "--no-admin-token", "--port", "-1"], "--port"),
+    (S, ["coordinator", "--data-dir", "{state}", "--no-admin-token", "--port", "http"], "--port"),
     (
         S,
-        ["coordinator", "--data-dir", "{state}", "--insecure", "--host", "192.0.2.1"],
+        ["coordinator", "--data-dir", "{state}", "--no-admin-token", "--host", "192.0.2.1"],
+        "would travel in clear",
+    ),
+    (
+        S,
+        ["coordinator", "--data-dir", "{state}", "--no-admin-token", "--insecure"]
+        + ["--host", "192.0.2.1"],
         "cannot listen on 192.0.2.1",
+    ),
+    (
+        S,
+        ["coordinator", "--data-dir", "{state}", "--no-admin-token", "--tls-cert", "/nothere"]
+        + ["--tls-key", "/nothere"],
+        "--tls-cert /nothere: no such file",
     ),
     # argparse's own usage errors.
     (S, ["jobs", "frobnicate"], "invalid choice"),
@@ -412,7 +424,7 @@ def test_a_port_in_use_is_exit_2_naming_the_port(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        argv = ["coordinator", "--data-dir", str(tmp_path / "state"), "--insecure"]
+        argv = ["coordinator", "--data-dir", str(tmp_path / "state"), "--no-admin-token"]
         result = _console(S, [*argv, "--host", "127.0.0.1", "--port", str(port)])
     message = f"port {port} on 127.0.0.1 is in use: stop the other process or pass --port"
     assert result.returncode == 2 and result.stderr == f"bitfleet: error: {message}\n"
@@ -435,7 +447,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_the_coordinator_without_the_server_extra_says_what_to_install(tmp_path: Path) -> None:
-    argv = ["coordinator", "--data-dir", str(tmp_path), "--insecure"]
+    argv = ["coordinator", "--data-dir", str(tmp_path), "--no-admin-token"]
     result = subprocess.run(
         [sys.executable, "-c", BLOCK_SERVER_EXTRA, *argv],
         capture_output=True,
