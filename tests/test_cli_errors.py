@@ -266,14 +266,18 @@ CASES: list[tuple[str, list[str], str]] = [
     ),
     (
         S,
-        ["coordinator", "--data-dir", "{state}", "--no-admin-token", "--insecure"]
-        + ["--host", "192.0.2.1"],
+        [
+            *["coordinator", "--data-dir", "{state}", "--no-admin-token"],
+            *["--insecure", "--host", "192.0.2.1"],
+        ],
         "cannot listen on 192.0.2.1",
     ),
     (
         S,
-        ["coordinator", "--data-dir", "{state}", "--no-admin-token", "--tls-cert", "/nothere"]
-        + ["--tls-key", "/nothere"],
+        [
+            *["coordinator", "--data-dir", "{state}", "--no-admin-token"],
+            *["--tls-cert", "/nothere", "--tls-key", "/nothere"],
+        ],
         "--tls-cert /nothere: no such file",
     ),
     # argparse's own usage errors.
