@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
+from edge_agent.runtime import AgentRuntime
+from shared.datasets import load_dataset
 from shared.federated import INPUT_MEAN, update_frame
 from shared.frames import Tensor, decode_frame
 from shared.httpclient import ApiClient, ApiError
 from shared.modelfile import bitmlp_from_frame
 from shared.models import PackedLayer
+from shared.partition import partition
 from tests.cluster import Coordinator
 
 JOB = {
@@ -130,3 +135,25 @@ def manual_round(
 def global_values(coordinator: Coordinator, job_id: str, round_index: int) -> list[np.ndarray]:
     frame = coordinator.api.request("GET", f"/api/v1/jobs/{job_id}/model?round={round_index}").body
     return [layer.values() for layer in bitmlp_from_frame(decode_frame(frame)).layers]
+
+
+def shards(count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """IID shares of the digits training set, one per agent."""
+    data = load_dataset("digits")
+    parts = partition(data.y_train, count, "iid", seed=0)
+    return [(data.x_train[p], data.y_train[p]) for p in parts]
+
+
+@contextmanager
+def running(runtimes: list[AgentRuntime]) -> Iterator[None]:
+    """Agent runtimes serving in threads for the duration of the block."""
+    stop = threading.Event()
+    threads = [threading.Thread(target=r.run, args=(stop,), daemon=True) for r in runtimes]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,39 +22,27 @@ from shared.federated import update_frame
 from shared.frames import KIND_UPDATE, Tensor, decode_frame, encode_frame
 from shared.httpclient import ApiClient, ApiError
 from shared.modelfile import bitmlp_from_frame
-from shared.partition import partition
 from shared.tls import mqtt_tls_options
 from tests.cluster import Broker, Coordinator
-from tests.manual import JOB, ManualAgent, enroll, global_values, manual_round, submit
-
-
-def _shards(count: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    data = load_dataset("digits")
-    parts = partition(data.y_train, count, "iid", seed=0)
-    return [(data.x_train[p], data.y_train[p]) for p in parts]
-
-
-@contextmanager
-def _agents(runtimes: list[AgentRuntime]) -> Iterator[None]:
-    stop = threading.Event()
-    threads = [threading.Thread(target=r.run, args=(stop,), daemon=True) for r in runtimes]
-    for thread in threads:
-        thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=10)
+from tests.manual import (
+    JOB,
+    ManualAgent,
+    enroll,
+    global_values,
+    manual_round,
+    running,
+    shards,
+    submit,
+)
 
 
 def test_three_round_bitflip_job_over_mqtt(coordinator: Coordinator, broker: Broker) -> None:
     pairs = enroll(coordinator, 3)
     runtimes = [
         AgentRuntime(agent_id, secret, x, y, MqttTransport(broker.agent_url, agent_id, secret))
-        for (agent_id, secret), (x, y) in zip(pairs, _shards(3), strict=True)
+        for (agent_id, secret), (x, y) in zip(pairs, shards(3), strict=True)
     ]
-    with _agents(runtimes):
+    with running(runtimes):
         job_id = submit(coordinator)
         job = coordinator.wait_for(job_id)
     assert job["status"] == "completed", job
@@ -85,9 +71,9 @@ def test_three_round_bitflip_job_over_http(http_coordinator: Coordinator) -> Non
             y,
             HttpTransport(http_coordinator.url, agent_id, secret, poll_s=0.2),
         )
-        for (agent_id, secret), (x, y) in zip(pairs, _shards(2), strict=True)
+        for (agent_id, secret), (x, y) in zip(pairs, shards(2), strict=True)
     ]
-    with _agents(runtimes):
+    with running(runtimes):
         job_id = submit(http_coordinator, agents_per_round=2)
         job = http_coordinator.wait_for(job_id)
     assert job["status"] == "completed", job
@@ -374,9 +360,9 @@ def test_forward_job_votes_signs_of_change_onto_a_pretrained_model(
     pairs = enroll(http_coordinator, 2)
     runtimes = [
         AgentRuntime(a, s, x, y, HttpTransport(http_coordinator.url, a, s, poll_s=0.2))
-        for (a, s), (x, y) in zip(pairs, _shards(2), strict=True)
+        for (a, s), (x, y) in zip(pairs, shards(2), strict=True)
     ]
-    with _agents(runtimes):
+    with running(runtimes):
         job_id = http_coordinator.api.request("POST", "/api/v1/jobs", json_body=spec).json()["id"]
         job = http_coordinator.wait_for(job_id)
     assert job["status"] == "completed", job
@@ -399,10 +385,10 @@ def test_frames_larger_than_the_message_limit_travel_in_chunks(
         pairs = enroll(coordinator, 2)
         runtimes = [
             AgentRuntime(a, s, x, y, MqttTransport(broker.agent_url, a, s, max_message_bytes=1024))
-            for (a, s), (x, y) in zip(pairs, _shards(2), strict=True)
+            for (a, s), (x, y) in zip(pairs, shards(2), strict=True)
         ]
         model = {"layers": [64, 256, 10], "weights": "binary"}
-        with _agents(runtimes):
+        with running(runtimes):
             job_id = submit(coordinator, model=model, agents_per_round=2, rounds=2)
             job = coordinator.wait_for(job_id)
     finally:

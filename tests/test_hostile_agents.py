@@ -14,18 +14,23 @@ import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge_agent.runtime import AgentRuntime
+from edge_agent.transports.mqtt import MqttTransport
+from server.tlsca import ThrowawayCa
+from shared.chunks import split_frame
 from shared.frames import FORMAT_VERSION, KIND_UPDATE, MAGIC
 from shared.httpclient import ApiClient, ApiError
 from shared.protocol import MAX_SAMPLES, TOPIC_ROOT, update_topic
 from shared.tls import mqtt_tls_options
 from tests.cluster import Broker, Coordinator
-from tests.manual import global_values, manual_round, submit
+from tests.manual import enroll, global_values, manual_round, running, shards, submit
 
 
 @contextmanager
@@ -199,3 +204,33 @@ def test_a_sample_count_beyond_the_bound_is_refused(http_coordinator: Coordinato
     assert http_coordinator.job(job_id)["status"] == "running"
     assert agent.upload(job_id, 0, agent.update(job_id, 0, flip=False, samples=5))["accepted"]
     assert http_coordinator.wait_for(job_id)["status"] == "completed"
+
+
+def test_a_chunk_flood_from_one_agent_leaves_the_others_uploads_working(
+    tmp_path: Path, broker: Broker, tls_ca: ThrowawayCa
+) -> None:
+    """Mallory opens 64 chunked transfers that never finish (before the fix: every slot
+    of the coordinator, for 300 s); an honest agent's chunked uploads still get through."""
+    coordinator = Coordinator(
+        tmp_path / "chunked", broker, extra_args=["--max-message-bytes", "1024"], tls=tls_ca
+    ).start()
+    try:
+        mallory = _enroll(coordinator, "mallory")
+        ((honest, secret),) = enroll(coordinator, 1)
+        with raw_client(broker, "mallory", mallory, "mallory") as (client, _, _):
+            topic = update_topic("job-any", 0, "mallory")
+            for _ in range(64):  # the first chunk of 64 different 8-chunk transfers
+                client.publish(topic, split_frame(bytes(7000), 1024)[0], qos=1).wait_for_publish(5)
+        assert _metric(coordinator, "bitfleet_uploads_refused_total") >= 60  # "busy"
+        ((x, y),) = shards(1)
+        runtime = AgentRuntime(
+            honest, secret, x, y, MqttTransport(broker.agent_url, honest, secret, 1024)
+        )
+        model = {"layers": [64, 256, 10], "weights": "binary"}  # updates need chunks
+        with running([runtime]):
+            job_id = submit(coordinator, model=model, agents_per_round=1, min_agents=1, rounds=2)
+            job = coordinator.wait_for(job_id)
+    finally:
+        coordinator.kill()
+    assert job["status"] == "completed", job
+    assert all(m["uploads"] == 1 and m["bytes_up"] > 2048 for m in job["metrics"])
