@@ -18,11 +18,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from shared.atomicfile import write_atomic
 from shared.errors import ConfigError
 
 JOURNAL = "journal.jsonl"
@@ -96,16 +96,9 @@ class Journal:
         return set(latest), interrupted
 
     def write_status(self, status: dict[str, Any]) -> None:
-        """Replace status.json atomically, through a temp file of a unique name."""
-        fd, temp = tempfile.mkstemp(dir=self.directory, prefix=f".{STATUS}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as handle:
-                os.fchmod(handle.fileno(), 0o644)  # readable like the journal, for `status`
-                json.dump({**status, "pid": os.getpid(), "updated_at": time.time()}, handle)
-            os.replace(temp, self.directory / STATUS)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        """Replace status.json atomically (readable like the journal, for ``status``)."""
+        data = json.dumps({**status, "pid": os.getpid(), "updated_at": time.time()})
+        write_atomic(self.directory / STATUS, data.encode(), mode=0o644, durable=False)
 
     def read_status(self) -> dict[str, Any] | None:
         try:

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from shared.atomicfile import write_atomic
 from shared.errors import BitfleetError
 from shared.protocol import Task, parse_message
 
@@ -62,9 +61,9 @@ class Outbox:
         """Hold an upload (durably, before it is first sent)."""
         pending = Pending(task, frame, time.time())
         if self.directory is not None:
-            _write_atomic(self.directory / f"{pending.name}.bfu", frame)
+            write_atomic(self.directory / f"{pending.name}.bfu", frame)
             record = {"task": asdict(task), "queued_at": pending.queued_at}
-            _write_atomic(self.directory / f"{pending.name}.json", json.dumps(record).encode())
+            write_atomic(self.directory / f"{pending.name}.json", json.dumps(record).encode())
         self._entries[pending.name] = pending
         self._trim()
         return pending
@@ -108,17 +107,3 @@ class Outbox:
         for orphan in [*self.directory.glob("*.bfu"), *self.directory.glob("*.tmp")]:
             if orphan.stem not in self._entries:
                 orphan.unlink(missing_ok=True)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write, fsync and rename into place: the file is whole or absent after a power cut."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

@@ -10,6 +10,7 @@ coordinator), so no coordinator or broker outage loses it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -76,10 +77,12 @@ class AgentRuntime:
     memory_limit_bytes: int | None = None
     upload_timeout_s: float = 30.0
     outbox: Outbox = field(default_factory=lambda: Outbox(None))
-    # How long one send waits for its receipt; an unanswered (or "later") upload is sent
-    # again after resend_s, doubling up to max_resend_s, and at once when the coordinator
-    # comes back (transport.coordinator_returns): an outage costs a round about a second.
-    receipt_wait_s: float = 3.0
+    # How long one send waits for its receipt (a busy coordinator evaluating a round may
+    # take seconds); an unanswered (or "later") upload is sent again after resend_s,
+    # doubling up to max_resend_s, and at once when the coordinator comes back
+    # (transport.coordinator_returns ends the wait too): an outage costs a round about a
+    # second, not a timeout.
+    receipt_wait_s: float = 15.0
     resend_s: float = 1.0
     max_resend_s: float = 30.0
     done: set[TaskKey] = field(default_factory=set)
@@ -139,7 +142,7 @@ class AgentRuntime:
         except TrainingInterrupted as error:
             self._journal(task, "abandoned", reason=str(error))
             log.warning("job %s round %d abandoned: %s", *key, error)
-        except BitfleetError as error:
+        except (BitfleetError, OSError) as error:  # OSError: this board's own disk
             self._journal(task, "failed", reason=str(error))
             log.error("job %s round %d failed: %s", *key, error)
         finally:
@@ -243,7 +246,8 @@ class AgentRuntime:
             log.warning("upload for job %s round %d not sent: %s", *_where(pending), error)
             receipt = None
         if receipt is not None and (receipt.accepted or receipt.reason not in TRANSIENT_REASONS):
-            self.outbox.remove(pending)
+            with contextlib.suppress(OSError):  # a leftover file is resent, answered "resent"
+                self.outbox.remove(pending)
             self._next_send.pop(pending.name, None)
             self._resend_delay.pop(pending.name, None)
         else:
@@ -267,13 +271,20 @@ class AgentRuntime:
                 log.info("job %s round %d: resent upload %s", *_where(pending), _outcome(receipt))
 
     def _journal(self, task: Task, event: str, **details: Any) -> None:
+        """Record an event; a full or failing disk is logged, never the end of the agent."""
         if self.journal is not None:
-            self.journal.record(_key(task), event, **details)
+            try:
+                self.journal.record(_key(task), event, **details)
+            except OSError as error:
+                log.error("journal not written (%s %s): %s", event, _key(task), error)
 
     def _report(self, **changes: Any) -> None:
         self._state.update(changes, agent_id=self.agent_id, transport=self.transport.name)
         if self.journal is not None:
-            self.journal.write_status(self._state)
+            try:
+                self.journal.write_status(self._state)
+            except OSError as error:
+                log.error("status not written: %s", error)
 
 
 def _key(task: Task) -> TaskKey:

@@ -20,10 +20,12 @@ import hashlib
 import logging
 import os
 import signal
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.state import StateStore
+from shared.atomicfile import write_atomic
 from shared.chunks import DEFAULT_CHUNK_BYTES
 from shared.protocol import TOPIC_ROOT
 
@@ -56,10 +58,8 @@ def password_line(user: str, password: str, salt: bytes | None = None) -> str:
 
 def write_password_file(path: Path, users: dict[str, str]) -> None:
     """Atomically replace the password file (0600)."""
-    temp = path.with_name(path.name + ".tmp")
-    temp.write_text("".join(password_line(u, p) + "\n" for u, p in sorted(users.items())))
-    temp.chmod(0o600)
-    os.replace(temp, path)
+    lines = "".join(password_line(u, p) + "\n" for u, p in sorted(users.items()))
+    write_atomic(path, lines.encode())
 
 
 @dataclass(frozen=True)
@@ -135,8 +135,15 @@ class BrokerCredentials:
     coordinator_user: str
     coordinator_password: str
     pid_file: Path | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def sync(self) -> None:
+        """Rewrite the password file; enrollments run in parallel threads, so one at a time
+        (an older agent list must never replace a newer one)."""
+        with self._lock:
+            self._sync()
+
+    def _sync(self) -> None:
         users = {self.coordinator_user: self.coordinator_password}
         for agent in self.store.list_agents():
             secret = self.store.agent_secret(agent.agent_id)

@@ -142,13 +142,20 @@ class RoundEngine:
         """Rebuild every open round from the store; close those whose uploads are all in."""
         with self._lock:
             for job in self.store.list_jobs(ACTIVE):
-                if not self._spec_still_valid(job):
-                    continue
-                record = self.store.get_open_round(job.job_id)
-                if record is not None and record.round == job.round and record.selected:
-                    state = self._restore(job, record)
-                    if state.ready(JobSpec.model_validate(job.spec)):
-                        self._try_close(job, state)
+                try:
+                    self._recover_job(job)
+                except Exception as error:  # one broken job must not keep the rest down
+                    self._open.pop(job.job_id, None)
+                    self.conditions.failing(f"job {job.job_id}", repr(error), traceback=True)
+
+    def _recover_job(self, job: JobRecord) -> None:
+        if not self._spec_still_valid(job):
+            return
+        record = self.store.get_open_round(job.job_id)
+        if record is not None and record.round == job.round and record.selected:
+            state = self._restore(job, record)
+            if state.ready(JobSpec.model_validate(job.spec)):
+                self._try_close(job, state)
 
     def _spec_still_valid(self, job: JobRecord) -> bool:
         """A job stored by an older, laxer coordinator whose spec this one refuses fails
@@ -382,9 +389,12 @@ class RoundEngine:
     def republish(self) -> None:
         """Publish every open round again (after a transport reconnects)."""
         with self._lock:
-            for job_id, state in self._open.items():
+            for job_id, state in list(self._open.items()):
                 waiting = [a for a in state.record.selected if a not in state.accepted]
-                self._publish(self.job(job_id), state.record, waiting)
+                try:
+                    self._publish(self.job(job_id), state.record, waiting)
+                except BitfleetError as error:
+                    self.conditions.failing(f"job {job_id}", f"not republished: {error}")
 
     def _publish(self, job: JobRecord, record: RoundRecord, agents: list[str]) -> None:
         model = self._model_bytes(job.job_id, record.round)
@@ -498,7 +508,8 @@ class RoundEngine:
         self.metrics.bytes_in.inc(len(data))
         try:
             reason = self._accept(job_id, round_index, agent_id, data)
-            self.conditions.cleared("storing uploads")
+            if reason == "":  # stored: the disk takes uploads again
+                self.conditions.cleared("storing uploads")
         except FrameError as error:
             reason = error.reason
             log.warning("upload from %s refused (%s): %s", agent_id, reason, error)

@@ -189,6 +189,9 @@ class Coordinator:
         if self.tls is not None:
             command += ["--tls-cert", str(self.tls.server.cert), "--tls-key"]
             command += [str(self.tls.server.key), "--ca-file", str(self.tls.ca)]
+        if self.tls is not None and self.broker is not None and self.broker.mutual_tls:
+            pair = self.tls.client(self.broker.user)
+            command += ["--mqtt-client-cert", str(pair.cert), "--mqtt-client-key", str(pair.key)]
         if self.broker is not None and self.broker.files is not None:
             command += [
                 "--mqtt-url",

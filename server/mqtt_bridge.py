@@ -64,6 +64,8 @@ class MqttBridge:
         max_message_bytes: int = DEFAULT_CHUNK_BYTES,
         shared_group: str | None = None,
         ca_file: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
     ) -> None:
         self.engine = engine
         self.address = parse_mqtt_url(url)
@@ -80,7 +82,7 @@ class MqttBridge:
         if self.address.username:
             self.client.username_pw_set(self.address.username, self.address.password)
         if self.address.tls:
-            self.client.tls_set(**mqtt_tls_options(ca_file))
+            self.client.tls_set(**mqtt_tls_options(ca_file, client_cert, client_key))
         self.client.will_set(COORDINATOR_STATUS_TOPIC, COORDINATOR_OFFLINE, qos=QOS, retain=True)
         # Short backoff: a restarted broker must cost a round seconds, not half a minute.
         self.client.reconnect_delay_set(min_delay=1, max_delay=5)
@@ -124,9 +126,11 @@ class MqttBridge:
         client.subscribe([(ALL_STATUS_TOPICS, QOS), (updates, QOS), (ALL_DECLINE_TOPICS, QOS)])
         self.connected.set()
         log.info("connected to broker %s:%d", self.address.host, self.address.port)
-        self.engine.republish()
-        # Last: agents that see it resend the uploads they hold, now that we listen.
-        client.publish(COORDINATOR_STATUS_TOPIC, COORDINATOR_ONLINE, qos=QOS, retain=True)
+        try:
+            self.engine.republish()
+        finally:
+            # Last: agents that see it resend the uploads they hold, now that we listen.
+            client.publish(COORDINATOR_STATUS_TOPIC, COORDINATOR_ONLINE, qos=QOS, retain=True)
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any

@@ -37,8 +37,11 @@ class ThrowawayCa:
     server: IssuedPair
 
     def client(self, name: str) -> IssuedPair:
-        """A client certificate (for mutual TLS) whose common name is ``name``."""
-        return _issue(self.directory, name, self._ca_key(), self._ca_cert(), server_names=None)
+        """A client certificate (for mutual TLS) whose common name is ``name``, in
+        ``clients/`` (so no name can overwrite the CA's or the server's files)."""
+        clients = self.directory / "clients"
+        clients.mkdir(exist_ok=True)
+        return _issue(clients, name, self._ca_key(), self._ca_cert(), server_names=None)
 
     def _ca_key(self) -> ec.EllipticCurvePrivateKey:
         key = serialization.load_pem_private_key((self.directory / "ca.key").read_bytes(), None)

@@ -21,6 +21,8 @@ import json
 import os
 import random
 import struct
+import subprocess
+import sys
 import tracemalloc
 import zlib
 from collections import Counter
@@ -503,9 +505,34 @@ def test_a_4301_digit_integer_is_a_header_error_not_a_crash() -> None:
 
 def test_nesting_1000_deep_is_a_header_error_not_a_crash() -> None:
     header = b'{"meta": {"x": ' + b"[" * 1000 + b"]" * 1000 + b'}, "tensors": []}'
-    with pytest.raises(FrameError, match="nests 1002 arrays/objects deep") as error:
+    with pytest.raises(FrameError, match=r"nests|not valid JSON") as error:
         decode_frame(frame_with_header(header, signed=True), secret_for=secret_for)
     assert error.value.reason == "header"
+
+
+def test_nesting_just_past_the_bound_is_refused_by_depth() -> None:
+    header = b'{"meta": {"x": ' + b"[" * 40 + b"]" * 40 + b'}, "tensors": []}'
+    with pytest.raises(FrameError, match="more than 32 deep"):
+        decode_frame(frame_with_header(header, signed=True), secret_for=secret_for)
+
+
+def test_a_header_of_a_mebibyte_of_quotes_is_refused_in_linear_time() -> None:
+    """The probe after the first fix: a regular-expression scan of the raw header was
+    quadratic on escaped quotes (80 KB: 20 s; 1 MiB: about an hour, before any HMAC). A
+    child process with a generous bound tells a hang from a refusal."""
+    script = (
+        "from tests.test_fuzz_codecs import frame_with_header, secret_for\n"
+        "from shared.frames import FrameError, MAX_HEADER_BYTES, decode_frame\n"
+        "header = b'\"' + b'\\\\\"' * ((MAX_HEADER_BYTES - 2) // 3)\n"
+        "try:\n"
+        "    decode_frame(frame_with_header(header, signed=True), secret_for=secret_for)\n"
+        "except FrameError as error:\n"
+        "    print(error.reason)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.stdout.strip() == "header", result.stderr
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ and no secret in clear off loopback unless the user says --insecure."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,10 @@ def test_a_mutual_tls_broker_admits_only_agents_with_a_client_certificate(
         )
         assert _connects(with_cert)
         assert not _connects(MqttTransport(broker.agent_url, "pi-tls", secret))
+        deadline = time.monotonic() + 20  # the coordinator's own link presents its certificate
+        while coordinator.api.request("GET", "/healthz", ok=(200, 503)).status != 200:
+            assert time.monotonic() < deadline, coordinator.log_path.read_text()[-2000:]
+            time.sleep(0.2)
     finally:
         coordinator.kill()
         broker.stop()
@@ -94,3 +99,21 @@ def test_the_coordinator_refuses_plaintext_off_loopback_without_insecure(
     broker = ["--host", "127.0.0.1", "--mqtt-url", "mqtt://c:p@192.0.2.10:1883"]
     assert bitfleet_main([*argv[:-2], *broker]) == 2
     assert "in clear" in capsys.readouterr().err
+
+
+def test_the_admin_cli_refuses_to_send_its_token_in_clear_off_loopback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["jobs", "list", "--url", "http://192.0.2.10:8080", "--token", "t"]
+    assert bitfleet_main(argv) == 2
+    assert "in clear" in capsys.readouterr().err
+
+
+def test_client_certificates_cannot_overwrite_the_ca(tmp_path: Path) -> None:
+    ca = create_ca(tmp_path / "ca")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ca").iterdir() if p.is_file()}
+    for name in ("ca", "server"):
+        pair = ca.client(name)
+        assert pair.cert.parent == tmp_path / "ca" / "clients"
+    after = {p.name: p.read_bytes() for p in (tmp_path / "ca").iterdir() if p.is_file()}
+    assert after == before

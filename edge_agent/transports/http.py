@@ -26,6 +26,7 @@ class HttpTransport:
         poll_s: float = 1.0,
         ca_file: str | None = None,
     ) -> None:
+        self.agent_id = agent_id
         self.api = ApiClient(url, f"{agent_id}:{secret}", ca_file=ca_file)
         self.poll_s = poll_s
         self.coordinator_returns = 0
@@ -74,7 +75,10 @@ class HttpTransport:
                 return parse_message(UploadReceipt, error.body)
             if error.status == 0 or error.status >= 500:
                 return None
-            raise
+            # Refused without a receipt (too large for the API, credentials revoked): final.
+            return UploadReceipt(
+                task.job_id, task.round, self.agent_id, False, f"http_{error.status}"
+            )
         return parse_message(UploadReceipt, reply.body)
 
     def decline(self, decline: Decline) -> None:

@@ -196,19 +196,27 @@ class MqttTransport:
 
     def decline(self, decline: Decline) -> None:
         topic = decline_topic(decline.job_id, decline.round, self.agent_id)
-        self.client.publish(topic, encode_message(decline), qos=QOS).wait_for_publish(timeout=10)
+        info = self.client.publish(topic, encode_message(decline), qos=QOS)
+        try:
+            info.wait_for_publish(timeout=10)
+        except (RuntimeError, ValueError) as error:  # paho: not connected, queue full
+            raise TransportTimeout(f"decline not sent: {error}") from None
 
     def upload(self, task: Task, frame: bytes, timeout: float) -> UploadReceipt | None:
         """Publish the update once connected (never queue copies while the broker is away:
-        the agent's outbox resends) and wait for the receipt."""
+        the agent's outbox resends) and wait for the receipt — or until the coordinator
+        (re)appears, when this send may have gone to nobody and the outbox resends at once."""
         topic = update_topic(task.job_id, task.round, self.agent_id)
         key = (task.job_id, task.round)
         with self._changed:
             self._receipts.pop(key, None)
+            returns = self.coordinator_returns
         if not self.connected.wait(timeout):
             return None
         for chunk in split_frame(frame, self.max_message_bytes):
             self.client.publish(topic, chunk, qos=QOS)
         with self._changed:
-            self._changed.wait_for(lambda: key in self._receipts, timeout)
+            self._changed.wait_for(
+                lambda: key in self._receipts or self.coordinator_returns != returns, timeout
+            )
             return self._receipts.get(key)

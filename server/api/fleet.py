@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter
+from starlette.concurrency import run_in_threadpool
 
 from server.api.auth import agent_identity
 from server.api.control import FRAME_MEDIA_TYPE
@@ -41,7 +42,6 @@ def _json_body(message: type[Any]) -> dict[str, Any]:
 
 # Refusal reasons and the HTTP status that carries them.
 REFUSAL_STATUS = {
-    "duplicate": 409,
     "late": 409,
     "wrong_round": 409,
     "not_selected": 409,
@@ -52,6 +52,10 @@ REFUSAL_STATUS = {
     "mismatch": 403,
     "unknown_agent": 403,
     "oversized": 413,
+    # "Later": the agent keeps the upload and resends it (shared.protocol.TRANSIENT_REASONS).
+    "storage": 503,
+    "busy": 503,
+    "internal": 503,
 }
 
 
@@ -137,6 +141,7 @@ async def post_decline(
         404: {"model": Receipt, "description": "no such job"},
         409: {"model": Receipt, "description": "not for this round, or already uploaded"},
         413: {"model": Receipt | Error, "description": "the body or the frame header is too large"},
+        503: {"model": Receipt, "description": "not now (storage, busy): keep it and resend"},
         **INVALID,
     },
     openapi_extra={
@@ -151,6 +156,10 @@ async def post_update(
 ) -> JSONResponse:
     # Bodies over the engine's max_frame_bytes never get here (server.api.limits).
     body = await request.body()
-    receipt = _engine(request).handle_upload(job_id, round_index, agent_id, body, "http")
+    # Verifying and tallying is CPU work: off the event loop, so one upload never stalls
+    # every other request.
+    receipt = await run_in_threadpool(
+        _engine(request).handle_upload, job_id, round_index, agent_id, body, "http"
+    )
     status = 200 if receipt.accepted else REFUSAL_STATUS.get(receipt.reason, 400)
     return JSONResponse(Receipt(**receipt.__dict__).model_dump(), status)

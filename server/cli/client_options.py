@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+from urllib.parse import urlsplit
 
 from shared.cliargs import existing_file, http_url
 from shared.httpclient import ApiClient
-from shared.tls import CA_FILE_ENV
+from shared.tls import CA_FILE_ENV, require_secure
 
 URL_ENV = "BITFLEET_URL"
 TOKEN_ENV = "BITFLEET_ADMIN_TOKEN"
@@ -30,8 +31,16 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
         help=f"CA to verify an https:// coordinator against (env {CA_FILE_ENV}; default: the "
         "system's CAs)",
     )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow http:// off loopback (the admin token then crosses the network in clear)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
 def client(args: argparse.Namespace) -> ApiClient:
+    """The API client; the admin token crosses only loopback in clear, unless asked."""
+    url = urlsplit(args.url)
+    require_secure(url.hostname or "", url.scheme == "https", args.insecure, "the admin token")
     return ApiClient(args.url, args.token, ca_file=args.ca_file)

@@ -62,6 +62,10 @@ def register(subparsers: Any) -> None:
         help=f"CA to verify an mqtts:// broker against (env {CA_FILE_ENV}; default: system CAs)",
     )
     parser.add_argument(
+        "--mqtt-client-cert", help="client certificate for a broker that requires one (mTLS)"
+    )
+    parser.add_argument("--mqtt-client-key", help="the key of --mqtt-client-cert")
+    parser.add_argument(
         "--insecure",
         action="store_true",
         help="allow plaintext HTTP or mqtt:// off loopback (agent secrets and the admin token "
@@ -170,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("HTTPS needs both --tls-cert and --tls-key")
-    for flag in ("tls_cert", "tls_key", "ca_file"):
+    for flag in ("tls_cert", "tls_key", "ca_file", "mqtt_client_cert", "mqtt_client_key"):
         if getattr(args, flag) is not None and not Path(getattr(args, flag)).is_file():
             option = "--" + flag.replace("_", "-")
             raise ConfigError(f"{option} {getattr(args, flag)}: no such file")
@@ -204,6 +208,9 @@ def run(args: argparse.Namespace) -> int:
                 "coordinator's user:pass"
             )
         if args.broker_config_dir is not None:
+            require_secure(
+                args.broker_listen_host, broker.tls, args.insecure, "the broker we configure"
+            )
             files = write_broker_files(
                 args.broker_config_dir,
                 broker.port,
@@ -225,6 +232,8 @@ def run(args: argparse.Namespace) -> int:
             max_message_bytes=args.max_message_bytes,
             shared_group=args.shared_subscription,
             ca_file=args.ca_file,
+            client_cert=args.mqtt_client_cert,
+            client_key=args.mqtt_client_key,
         )
         if args.mqtt_url
         else None

@@ -18,6 +18,7 @@ from typing import Any
 
 from server.cli.output import print_json
 from server.cli.pretrain_cmd import pretrain
+from server.cli.tls_cmd import load_tlsca
 from server.jobstatus import TERMINAL
 from server.localcluster import AgentProcess, Broker, Coordinator
 from shared.datasets import load_dataset
@@ -154,9 +155,7 @@ def run(args: argparse.Namespace) -> int:
         histogram = label_histogram(dataset.y_train[part], dataset.num_classes)
         display.say(f"  agent-{index}: {len(part):6d} samples, classes {histogram.tolist()}")
 
-    from server.tlsca import create_ca  # the server extra's cryptography
-
-    ca = create_ca(workdir / "tls")  # every link is TLS, verified against this CA
+    ca = load_tlsca().create_ca(workdir / "tls")  # every link TLS, verified against it
     broker = Broker(workdir / "broker", tls=ca)
     coordinator = Coordinator(workdir / "coordinator", broker, tls=ca)
     agents: list[AgentProcess] = []

@@ -46,8 +46,21 @@ def register(subparsers: Any) -> None:
         action.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
+def load_tlsca() -> Any:
+    """server.tlsca, which needs the server extra's cryptography package."""
+    try:
+        from server import tlsca
+    except ImportError as error:
+        raise ConfigError(
+            "bitfleet tls needs the server extra: pip install 'bitfleet[server]' "
+            f"({error.name or error} is missing)"
+        ) from None
+    return tlsca
+
+
 def run_init(args: argparse.Namespace) -> int:
-    from server.tlsca import create_ca, load_ca
+    tlsca = load_tlsca()
+    create_ca, load_ca = tlsca.create_ca, tlsca.load_ca
 
     names = tuple(name.strip() for name in args.names.split(",") if name.strip())
     if not names:
@@ -65,9 +78,7 @@ def run_init(args: argparse.Namespace) -> int:
 
 
 def run_client(args: argparse.Namespace) -> int:
-    from server.tlsca import load_ca
-
-    pair = load_ca(args.dir).client(args.name)
+    pair = load_tlsca().load_ca(args.dir).client(args.name)
     if args.json:
         print_json({"cert": str(pair.cert), "key": str(pair.key)})
     else:
