@@ -63,12 +63,16 @@ def _peak_rss(pid: int) -> int:
     raise AssertionError(f"no VmHWM in /proc/{pid}/status")
 
 
-def _post_unread(port: int, path: str, size: int, chunked: bool) -> tuple[bytes, int]:
+def _post_unread(
+    port: int, path: str, size: int, chunked: bool, token: str | None = None
+) -> tuple[bytes, int]:
     """POST ``size`` bytes without credentials from a generator, as a hostile client would:
     every byte is sent (unless the server hangs up), then the answer is read. Returns the
     answer's head and how many bytes had gone out when it arrived."""
     framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {size}"
     head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    if token is not None:
+        head += f"Authorization: Bearer {token}\r\n"
     piece = b"x" * MB
     sent, answered_at = 0, -1
     raw = socket.create_connection(("127.0.0.1", port))
@@ -95,23 +99,30 @@ def _post_unread(port: int, path: str, size: int, chunked: bool) -> tuple[bytes,
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-def test_a_300_mb_body_is_refused_with_413_before_it_is_read(
-    http_coordinator: Coordinator, chunked: bool
+@pytest.mark.parametrize("stranger", [True, False], ids=["stranger", "admin"])
+def test_a_300_mb_body_is_refused_before_it_is_read(
+    http_coordinator: Coordinator, chunked: bool, stranger: bool
 ) -> None:
+    """A stranger gets 401 before one byte is read, the admin 413 at the limit."""
     assert http_coordinator.process is not None
     pid = http_coordinator.process.pid
     before = _peak_rss(pid)
-    head, answered_at = _post_unread(http_coordinator.port, "/api/v1/jobs", 300 * MB, chunked)
+    token = None if stranger else http_coordinator.token
+    head, answered_at = _post_unread(
+        http_coordinator.port, "/api/v1/jobs", 300 * MB, chunked, token
+    )
     after = _peak_rss(pid)
     print(
-        f"\n300 MB {'chunked' if chunked else 'Content-Length'} body: peak RSS "
+        f"\n300 MB {'chunked' if chunked else 'Content-Length'} body "
+        f"({'stranger' if stranger else 'admin'}): peak RSS "
         f"{before / MB:.1f} -> {after / MB:.1f} MiB (+{(after - before) / MB:.1f}), "
         f"answered after {answered_at / MB:.0f} MiB sent"
     )
-    assert head.startswith(b"HTTP/1.1 413"), head
+    assert head.startswith(b"HTTP/1.1 401" if stranger else b"HTTP/1.1 413"), head
     assert after - before <= 50 * MB
     metrics = http_coordinator.api.request("GET", "/metrics").body.decode()
-    assert 'bitfleet_http_refused_total{reason="body_too_large"} 1' in metrics
+    reason = "unauthorized" if stranger else "body_too_large"
+    assert f'bitfleet_http_refused_total{{reason="{reason}"}} 1' in metrics
 
 
 @pytest.fixture

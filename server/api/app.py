@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
 
 from server.api import control, fleet
-from server.api.auth import admin_guard
-from server.api.limits import ApiLimits, BodySizeLimit, CountRefusals
+from server.api.auth import admin_guard, agent_of, is_admin
+from server.api.limits import ApiLimits, BodySizeLimit, CountRefusals, CredentialsBeforeBody
 from server.api.schemas import Health
 from server.engine import JobConflict, NotFound, RoundEngine
 from server.state.base import AlreadyExists, StoreError
@@ -36,7 +36,7 @@ DEFAULT_LIMITS = ApiLimits()
 def create_app(
     engine: RoundEngine, admin_token: str | None, limits: ApiLimits = DEFAULT_LIMITS
 ) -> FastAPI:
-    """The coordinator app; ``admin_token=None`` means --insecure (no admin auth)."""
+    """The coordinator app; ``admin_token=None`` means --no-admin-token (no admin auth)."""
     app = FastAPI(
         title="bitfleet coordinator",
         version=__version__,
@@ -52,6 +52,19 @@ def create_app(
     app.include_router(fleet.router)
     uploads = {fleet.router.prefix + fleet.UPDATES_PATH: engine.settings.max_frame_bytes}
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_request_bytes, routes=uploads)
+
+    def admitted(path: str, authorization: str | None) -> bool:
+        fleet_route = path.startswith(fleet.router.prefix)
+        if admin_token is None and not fleet_route:
+            return True
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return False
+        if fleet_route:
+            return agent_of(token, engine.store.agent_secret) is not None
+        return is_admin(token, admin_token)
+
+    app.add_middleware(CredentialsBeforeBody, admitted=admitted)
     app.add_middleware(CountRefusals, counter=engine.metrics.http_refused)  # sees the 413s
 
     @app.exception_handler(BitfleetError)

@@ -27,13 +27,25 @@ def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
     return credentials.credentials
 
 
+def is_admin(token: str, admin_token: str | None) -> bool:
+    """The admin token (anything, with --no-admin-token)."""
+    return admin_token is None or hmac.compare_digest(token.encode(), admin_token.encode())
+
+
+def agent_of(token: str, secret_of: Callable[[str], str | None]) -> str | None:
+    """The agent id an ``AGENT_ID:SECRET`` token proves, or None."""
+    agent_id, _, secret = token.partition(":")
+    known = secret_of(agent_id) if agent_id else None
+    if known is None or not hmac.compare_digest(known.encode(), secret.encode()):
+        return None
+    return agent_id
+
+
 def admin_guard(admin_token: str | None) -> Callable[..., None]:
-    """A dependency that admits the admin token (or everyone, with --insecure)."""
+    """A dependency that admits the admin token (or everyone, with --no-admin-token)."""
 
     def check(credentials: Credentials) -> None:
-        if admin_token is None:
-            return
-        if not hmac.compare_digest(_token(credentials).encode(), admin_token.encode()):
+        if admin_token is not None and not is_admin(_token(credentials), admin_token):
             raise HTTPException(403, "the admin token is not valid for this coordinator")
 
     return check
@@ -41,9 +53,8 @@ def admin_guard(admin_token: str | None) -> Callable[..., None]:
 
 def agent_identity(request: Request, credentials: Credentials) -> str:
     """The authenticated agent id, or 401/403."""
-    agent_id, _, secret = _token(credentials).partition(":")
-    known = request.app.state.engine.store.agent_secret(agent_id) if agent_id else None
-    if known is None or not hmac.compare_digest(known.encode(), secret.encode()):
+    agent_id = agent_of(_token(credentials), request.app.state.engine.store.agent_secret)
+    if agent_id is None:
         raise HTTPException(
             403,
             "agent credentials refused: unknown or revoked agent id, or wrong secret; "

@@ -8,7 +8,7 @@ without this an unauthenticated client could make the coordinator buffer any amo
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from starlette.datastructures import Headers
@@ -104,6 +104,33 @@ class BodySizeLimit:
 
         with contextlib.suppress(_BodyTooLarge):
             await self.app(scope, limited_receive, send_unless_refused)
+
+
+class CredentialsBeforeBody:
+    """Answers 401 to a request that carries a body but no valid credentials, before the
+    body is read: FastAPI parses a JSON body before the route's auth dependency runs, so a
+    stranger could otherwise make the coordinator parse up to the body limit for nothing."""
+
+    def __init__(self, app: ASGIApp, admitted: Callable[[str, str | None], bool]) -> None:
+        """``admitted(path, authorization header)``: do these credentials fit this path?"""
+        self.app = app
+        self.admitted = admitted
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] in ("POST", "PUT", "PATCH")
+            and scope["path"].startswith("/api/")
+            and not self.admitted(scope["path"], Headers(scope=scope).get("authorization"))
+        ):
+            refusal = JSONResponse(
+                {"detail": "missing or refused credentials: send 'Authorization: Bearer TOKEN'"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class CountRefusals:
