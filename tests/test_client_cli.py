@@ -17,7 +17,7 @@ from server.cli import main
 from shared.modelfile import load_model
 from tests.agents import AgentProcess
 from tests.cluster import Coordinator
-from tests.test_coordinator import JOB, _agents, _shards
+from tests.manual import JOB, running, shards
 
 
 def _cli(capsys: pytest.CaptureFixture[str], coordinator: Coordinator, *argv: str) -> dict:
@@ -43,7 +43,7 @@ def _http_runtimes(coordinator: Coordinator, pairs: list[dict]) -> list[AgentRun
             y,
             HttpTransport(coordinator.url, p["agent_id"], p["secret"], poll_s=0.2),
         )
-        for p, (x, y) in zip(pairs, _shards(len(pairs)), strict=True)
+        for p, (x, y) in zip(pairs, shards(len(pairs)), strict=True)
     ]
 
 
@@ -54,7 +54,7 @@ def test_enroll_submit_watch_download_with_the_cli(
     assert [p["agent_id"] for p in pairs] == ["pi-0", "pi-1"] and all(p["secret"] for p in pairs)
     spec = _two_agent_job(tmp_path)
     runtimes = _http_runtimes(http_coordinator, pairs)
-    with _agents(runtimes):
+    with running(runtimes):
         job = _cli(capsys, http_coordinator, "jobs", "submit", str(spec), "--watch")
     assert job["status"] == "completed" and len(job["metrics"]) == 2
     listed = _cli(capsys, http_coordinator, "jobs", "list")["jobs"]
@@ -108,7 +108,7 @@ def test_live_view_prints_each_round_as_it_closes(
     pairs = [_cli(capsys, http_coordinator, "agents", "add") for _ in range(2)]
     spec = _two_agent_job(tmp_path)
     runtimes = _http_runtimes(http_coordinator, pairs)
-    with _agents(runtimes):
+    with running(runtimes):
         assert main(["jobs", "submit", str(spec), "--watch", *base]) == 0
     lines = capsys.readouterr().out.splitlines()
     rounds = [line.split() for line in lines if line.strip()[:1].isdigit()]
@@ -121,7 +121,7 @@ def test_a_second_agent_on_a_running_agents_state_directory_stops_with_exit_2(
 ) -> None:
     """Two agents on one state directory used to race on status.json and stop uploading."""
     pair = _cli(capsys, http_coordinator, "agents", "add", "--id", "pi-lock")
-    (x, y), _ = _shards(2)
+    (x, y), _ = shards(2)
     data = tmp_path / "shard.npz"
     np.savez(data, X=x, y=y)
     state = tmp_path / "state"
