@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 
 from edge_agent.journal import Journal, TaskKey
 from edge_agent.outbox import Outbox, Pending
-from edge_agent.transports import Transport
+from edge_agent.transports import Transport, is_outage
 from shared import kernels
 from shared.errors import BitfleetError
 from shared.federated import (
@@ -144,7 +144,13 @@ class AgentRuntime:
             log.warning("job %s round %d abandoned: %s", *key, error)
         except (BitfleetError, OSError) as error:  # OSError: this board's own disk
             self._journal(task, "failed", reason=str(error))
-            log.error("job %s round %d failed: %s", *key, error)
+            if isinstance(error, BitfleetError) and is_outage(error):
+                # e.g. the model download met a restarting coordinator: take it again.
+                self.done.discard(_key(task))
+                log.warning("job %s round %d interrupted by an outage: %s", *key, error)
+                self.stop.wait(self.resend_s)
+            else:
+                log.error("job %s round %d failed: %s", *key, error)
         finally:
             if not self.stop.is_set():
                 self._announce("online")

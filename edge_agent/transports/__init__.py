@@ -4,7 +4,21 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from shared.errors import BitfleetError
+from shared.httpclient import ApiError
 from shared.protocol import AgentStatus, Decline, Task, UploadReceipt
+
+
+class TransportTimeout(BitfleetError):
+    """The broker did not deliver what the agent waited for in time."""
+
+
+def is_outage(error: BitfleetError) -> bool:
+    """The coordinator or broker was away (unreachable, timed out, 5xx): worth a retry,
+    unlike a refusal."""
+    if isinstance(error, ApiError):
+        return error.status == 0 or error.status >= 500
+    return isinstance(error, TransportTimeout)
 
 
 class Transport(Protocol):

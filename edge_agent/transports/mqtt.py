@@ -13,6 +13,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge_agent.transports import TransportTimeout
 from shared.chunks import DEFAULT_CHUNK_BYTES, Reassembler, split_frame
 from shared.errors import BitfleetError
 from shared.protocol import (
@@ -36,10 +37,6 @@ from shared.tls import mqtt_tls_options
 
 log = logging.getLogger("bitfleet.agent.mqtt")
 QOS = 1
-
-
-class TransportTimeout(BitfleetError):
-    """The broker did not deliver what the agent waited for in time."""
 
 
 class MqttTransport:
