@@ -9,9 +9,12 @@ accepted, and no round stalls to its deadline.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,7 @@ from server.cli import main as bitfleet_main
 from server.tlsca import ThrowawayCa
 from tests.agents import AgentProcess
 from tests.cluster import Broker, Coordinator
+from tests.manual import manual_round
 
 ROUNDS = int(os.environ.get("BITFLEET_FAULT_ROUNDS", "20"))
 AGENTS = 5
@@ -159,4 +163,54 @@ def test_an_agent_killed_before_its_receipt_resends_its_upload_after_restart(
         assert not list(outbox.glob("*"))
     finally:
         agent.stop()
+        coordinator.kill()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs: a disk the test can fill (needs root, as CI has)."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def _fill(directory: Path) -> Path:
+    """Write a file until the disk is full."""
+    filler = directory / "filler"
+    with filler.open("wb") as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(b"\0" * 65536)
+            handle.flush()
+    return filler
+
+
+def test_a_coordinator_on_a_full_disk_stays_up_refuses_with_storage_and_loses_nothing(
+    tiny_disk: Path, tmp_path: Path, tls_ca: ThrowawayCa
+) -> None:
+    coordinator = Coordinator(tiny_disk / "state", tls=tls_ca).start()
+    try:
+        job_id, (agent,) = manual_round(coordinator, 1, agents_per_round=1, min_agents=1, rounds=1)
+        update = agent.update(job_id, 0, flip=False, samples=10)
+        filler = _fill(tiny_disk)
+        receipts = [agent.upload(job_id, 0, update) for _ in range(10)]
+        assert all(
+            (r["accepted"], r["reason"], r["status"]) == (False, "storage", 503) for r in receipts
+        ), receipts
+        assert coordinator.api.request("GET", "/healthz").json()["status"] == "ok"
+        log = coordinator.log_path.read_text()
+        assert log.count("uploads refused") == 1 and "Traceback" not in log
+        filler.unlink()  # space is back: the agent's resend is taken
+        assert agent.upload(job_id, 0, update)["accepted"]
+        assert coordinator.wait_for(job_id)["status"] == "completed"
+    finally:
         coordinator.kill()
