@@ -221,7 +221,10 @@ def test_a_chunk_flood_from_one_agent_leaves_the_others_uploads_working(
             topic = update_topic("job-any", 0, "mallory")
             for _ in range(64):  # the first chunk of 64 different 8-chunk transfers
                 client.publish(topic, split_frame(bytes(7000), 1024)[0], qos=1).wait_for_publish(5)
-        assert _metric(coordinator, "bitfleet_uploads_refused_total") >= 60  # "busy"
+        deadline = time.monotonic() + 30  # PUBACK is the broker's: wait for the bridge
+        while _metric(coordinator, "bitfleet_uploads_refused_total") < 60:  # "busy"
+            assert time.monotonic() < deadline, "the flood was not refused"
+            time.sleep(0.1)
         ((x, y),) = shards(1)
         runtime = AgentRuntime(
             honest, secret, x, y, MqttTransport(broker.agent_url, honest, secret, 1024)
