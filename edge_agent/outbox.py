@@ -3,7 +3,7 @@
 A coordinator killed mid-round, a broker restart or a full disk on the coordinator must
 not lose an upload: each signed update is written here (fsynced, atomically) before it is
 first sent, and the agent resends it until a receipt is final (accepted, already held, or
-refused for good). Resends are idempotent on (job, round, attempt, agent): the coordinator
+refused for good). Resends are idempotent on (job, round, agent): the coordinator
 answers an upload it holds with an accepted receipt and never counts it twice.
 
 On disk, ``STATE_DIR/outbox/{job}-{round}-{attempt}.bfu`` is the frame and ``.json`` beside
