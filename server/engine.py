@@ -550,9 +550,12 @@ class RoundEngine:
             job = self.store.get_job(job_id)
             if job is None:
                 return "unknown_job"
+            state = self._open.get(job_id)
+            open_round = state.record.round if state is not None else None
+            if round_index != open_round and self.store.counted(job_id, round_index, agent_id):
+                return RESENT  # counted before its round closed; the receipt was lost
             if job.status not in ACTIVE:
                 return "job_not_running"
-            state = self._open.get(job_id)
             if round_index < job.round or (state is None and round_index == job.round):
                 return "late"
             if state is None or round_index > job.round:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 
 from edge_agent.runtime import AgentRuntime
+from server.cli import main as bitfleet_main
 from shared.datasets import load_dataset
 from shared.federated import INPUT_MEAN, update_frame
 from shared.frames import Tensor, decode_frame
@@ -32,14 +36,24 @@ JOB = {
 }
 
 
+def enroll_as(coordinator: Coordinator, agent_id: str) -> str:
+    """Enroll ``agent_id`` through the API; its secret."""
+    body = coordinator.api.request("POST", "/api/v1/agents", json_body={"agent_id": agent_id})
+    return str(body.json()["secret"])
+
+
 def enroll(coordinator: Coordinator, count: int) -> list[tuple[str, str]]:
-    pairs = []
-    for index in range(count):
-        body = coordinator.api.request(
-            "POST", "/api/v1/agents", json_body={"agent_id": f"a{index}"}
-        )
-        pairs.append((body.json()["agent_id"], body.json()["secret"]))
-    return pairs
+    """Agents a0..a{count-1}, enrolled: (id, secret) pairs."""
+    return [(f"a{index}", enroll_as(coordinator, f"a{index}")) for index in range(count)]
+
+
+def partition_files(out: Path, count: int) -> list[Path]:
+    """IID digits partitions for ``count`` agent processes, written by the real CLI."""
+    argv = ["data", "partition", "--dataset", "digits", "--agents", str(count)]
+    argv += ["--scheme", "iid", "--seed", "0", "--out", str(out), "--json"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert bitfleet_main(argv) == 0
+    return sorted(out.glob("agent-*.npz"))
 
 
 def submit(coordinator: Coordinator, **changes: object) -> str:

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from edge_agent.cli import main as agent_main
-from server.cli import main as bitfleet_main
 from tests.agents import AgentProcess
 from tests.cluster import Broker, Coordinator
+from tests.manual import partition_files
 
 JOB = {
     "name": "digits-agents",
@@ -32,26 +32,8 @@ JOB = {
 
 
 @pytest.fixture
-def partitions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> list[Path]:
-    out = tmp_path / "partitions"
-    argv = [
-        "data",
-        "partition",
-        "--dataset",
-        "digits",
-        "--agents",
-        "3",
-        "--scheme",
-        "iid",
-        "--seed",
-        "0",
-        "--out",
-        str(out),
-        "--json",
-    ]
-    assert bitfleet_main(argv) == 0
-    capsys.readouterr()
-    return sorted(out.glob("agent-*.npz"))
+def partitions(tmp_path: Path) -> list[Path]:
+    return partition_files(tmp_path / "partitions", 3)
 
 
 def _agents(

@@ -185,11 +185,12 @@ def test_bad_frames_are_refused_with_reasons_and_counted(http_coordinator: Coord
     assert (resent["accepted"], resent["reason"]) == (True, "resent")
     assert second.upload(job_id, 0, second.update(job_id, 0, False, 3))["accepted"] is True
     http_coordinator.wait_for(job_id, predicate="1")
-    assert first.upload(job_id, 0, good)["reason"] == "late"
+    assert first.upload(job_id, 0, good)["reason"] == "resent"  # counted before the close
+    assert outsider.upload(job_id, 0, outsider_update)["reason"] == "late"
     metrics = http_coordinator.api.request("GET", "/metrics").body.decode()
     for reason in [*cases, "not_selected", "late"]:
         assert f'bitfleet_uploads_refused_total{{reason="{reason}"}}' in metrics, reason
-    assert 'bitfleet_uploads_resent_total{transport="http"} 1' in metrics
+    assert 'bitfleet_uploads_resent_total{transport="http"} 2' in metrics
 
 
 def _resigned(frame: bytes, agent_id: str, secret: bytes) -> bytes:

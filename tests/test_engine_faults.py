@@ -128,3 +128,20 @@ def test_a_stored_job_this_version_refuses_fails_alone(tmp_path: Path) -> None:
     assert _upload(restarted, job_id, a) == "accepted"
     assert _upload(restarted, job_id, b) == "accepted"
     assert restarted.job(job_id).status == "completed"
+
+
+def test_a_resend_after_its_round_closed_is_answered_accepted_not_late(tmp_path: Path) -> None:
+    """The receipt of a counted upload was lost (a broker restart) and the round closed
+    meanwhile: the resend must say accepted, so the agent's journal matches the count."""
+    engine = _engine(tmp_path / "state.db")
+    job_id, (a, b) = _open_round(engine, 2, min_agents=2, rounds=2)
+    model = engine.agent_model(job_id, 0, a)
+    frame = echo_update(model, job_id, 0, a, "secret-0", False, 10)
+    assert engine.handle_upload(job_id, 0, a, frame, "http").accepted
+    assert _upload(engine, job_id, b) == "accepted"
+    assert engine.job(job_id).round == 1  # round 0 closed
+    receipt = engine.handle_upload(job_id, 0, a, frame, "http")
+    assert (receipt.accepted, receipt.reason) == (True, "resent")
+    outsider = echo_update(model, job_id, 0, b, "secret-1", False, 10)
+    assert engine.handle_upload(job_id, 0, b, outsider, "http").accepted  # b was counted too
+    assert engine.store.list_metrics(job_id)[0].uploads == 2

@@ -19,11 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import main as bitfleet_main
 from server.tlsca import ThrowawayCa
 from tests.agents import AgentProcess
 from tests.cluster import Broker, Coordinator
-from tests.manual import manual_round
+from tests.manual import manual_round, partition_files
 
 ROUNDS = int(os.environ.get("BITFLEET_FAULT_ROUNDS", "20"))
 AGENTS = 5
@@ -42,13 +41,8 @@ JOB = {
 
 
 @pytest.fixture
-def partitions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> list[Path]:
-    out = tmp_path / "partitions"
-    argv = ["data", "partition", "--dataset", "digits", "--agents", str(AGENTS)]
-    argv += ["--scheme", "iid", "--seed", "0", "--out", str(out), "--json"]
-    assert bitfleet_main(argv) == 0
-    capsys.readouterr()
-    return sorted(out.glob("agent-*.npz"))
+def partitions(tmp_path: Path) -> list[Path]:
+    return partition_files(tmp_path / "partitions", AGENTS)
 
 
 def _acknowledged(agent: AgentProcess, job_id: str) -> set[int]:
@@ -111,6 +105,12 @@ def test_a_job_rides_out_coordinator_kills_and_broker_restarts(
             entry["agent_id"]: entry["rounds_contributed"]
             for entry in coordinator.api.request("GET", "/api/v1/agents").json()
         }
+        # The last round closes on its last upload, before that agent journals the receipt.
+        settle = time.monotonic() + 30
+        while time.monotonic() < settle and any(
+            contributed[a.agent_id] != len(_acknowledged(a, job_id)) for a in agents
+        ):
+            time.sleep(0.1)
         for agent in agents:
             # Lost: acknowledged but not counted; twice: counted more often than acknowledged.
             assert contributed[agent.agent_id] == len(_acknowledged(agent, job_id)), agent.agent_id

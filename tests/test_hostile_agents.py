@@ -30,7 +30,7 @@ from shared.httpclient import ApiClient, ApiError
 from shared.protocol import MAX_SAMPLES, TOPIC_ROOT, update_topic
 from shared.tls import mqtt_tls_options
 from tests.cluster import Broker, Coordinator
-from tests.manual import enroll, global_values, manual_round, running, shards, submit
+from tests.manual import enroll, enroll_as, global_values, manual_round, running, shards, submit
 
 
 @contextmanager
@@ -72,11 +72,6 @@ def _metric(coordinator: Coordinator, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name))
 
 
-def _enroll(coordinator: Coordinator, agent_id: str) -> str:
-    body = coordinator.api.request("POST", "/api/v1/agents", json_body={"agent_id": agent_id})
-    return str(body.json()["secret"])
-
-
 def _online(coordinator: Coordinator, agent_id: str, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -90,7 +85,7 @@ def _online(coordinator: Coordinator, agent_id: str, timeout: float = 10.0) -> b
 def test_hostile_frames_on_an_upload_topic_never_stop_the_mqtt_side(
     coordinator: Coordinator, broker: Broker
 ) -> None:
-    secret = _enroll(coordinator, "mallory")
+    secret = enroll_as(coordinator, "mallory")
     with raw_client(broker, "mallory", secret, "mallory") as (client, _, _):
         topic = update_topic("job-doesnotexist", 0, "mallory")
         for payload in (_header_bomb_frame(5000), b"BFLT" + b"\xff" * 5000, b"\x00" * 5000):
@@ -110,8 +105,8 @@ def test_hostile_frames_on_an_upload_topic_never_stop_the_mqtt_side(
 def test_a_stolen_client_id_cannot_knock_others_off_the_broker(
     coordinator: Coordinator, broker: Broker
 ) -> None:
-    victim = _enroll(coordinator, "victim")
-    thief = _enroll(coordinator, "thief")
+    victim = enroll_as(coordinator, "victim")
+    thief = enroll_as(coordinator, "thief")
     with raw_client(broker, "victim", victim, "victim") as (_, _, victim_dropped):
         for stolen in ("bitfleet-coordinator", "victim", "bitfleet-victim"):
             with raw_client(broker, "thief", thief, stolen):
@@ -135,8 +130,8 @@ def test_reserved_agent_ids_are_refused(coordinator: Coordinator, broker: Broker
 def test_an_agent_sees_only_the_models_of_rounds_it_was_selected_for(
     coordinator: Coordinator, broker: Broker
 ) -> None:
-    chosen = _enroll(coordinator, "chosen")
-    snoop = _enroll(coordinator, "snoop")
+    chosen = enroll_as(coordinator, "chosen")
+    snoop = enroll_as(coordinator, "snoop")
     status = {"agent_id": "chosen", "state": "online", "capabilities": {"samples": 10}}
     with (
         raw_client(broker, "chosen", chosen, "chosen") as (chosen_client, chosen_seen, _),
@@ -215,7 +210,7 @@ def test_a_chunk_flood_from_one_agent_leaves_the_others_uploads_working(
         tmp_path / "chunked", broker, extra_args=["--max-message-bytes", "1024"], tls=tls_ca
     ).start()
     try:
-        mallory = _enroll(coordinator, "mallory")
+        mallory = enroll_as(coordinator, "mallory")
         ((honest, secret),) = enroll(coordinator, 1)
         with raw_client(broker, "mallory", mallory, "mallory") as (client, _, _):
             topic = update_topic("job-any", 0, "mallory")

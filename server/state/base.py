@@ -159,6 +159,11 @@ class StateStore(ABC):
     def upload_agents(self, job_id: str, round_index: int) -> list[str]: ...
 
     @abstractmethod
+    def counted(self, job_id: str, round_index: int, agent_id: str) -> bool:
+        """True if this agent's upload was counted in this round, which has closed: a
+        resend after a lost receipt MUST then be answered accepted, never as late."""
+
+    @abstractmethod
     def add_decline(self, job_id: str, round_index: int, agent_id: str, reason: str) -> None:
         """Record that an agent cannot take this job (it is not selected for it again)."""
 
@@ -173,7 +178,8 @@ class StateStore(ABC):
     def close_round(
         self, job_id: str, round_index: int, next_model: bytes, metrics: RoundMetrics, final: bool
     ) -> None:
-        """Store the new global model and metrics, advance (or complete) the job, drop uploads."""
+        """Store the new global model and metrics, advance (or complete) the job, drop the
+        uploads' payloads and remember whose were counted (:meth:`counted`)."""
 
     # models and metrics
     @abstractmethod

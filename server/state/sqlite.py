@@ -68,6 +68,12 @@ CREATE TABLE IF NOT EXISTS uploads (
     payload BLOB NOT NULL,
     PRIMARY KEY (job_id, round, agent_id)
 );
+CREATE TABLE IF NOT EXISTS contributions (
+    job_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    agent_id TEXT NOT NULL,
+    PRIMARY KEY (job_id, round, agent_id)
+);
 CREATE TABLE IF NOT EXISTS declines (
     job_id TEXT NOT NULL,
     agent_id TEXT NOT NULL,
@@ -292,6 +298,13 @@ class SqliteStore(StateStore):
         )
         return [row["agent_id"] for row in rows]
 
+    def counted(self, job_id: str, round_index: int, agent_id: str) -> bool:
+        rows = self._query(
+            "SELECT 1 FROM contributions WHERE job_id = ? AND round = ? AND agent_id = ?",
+            (job_id, round_index, agent_id),
+        )
+        return bool(rows)
+
     def add_decline(self, job_id: str, round_index: int, agent_id: str, reason: str) -> None:
         with self._transaction() as db:
             db.execute(
@@ -325,6 +338,11 @@ class SqliteStore(StateStore):
             db.execute(
                 "UPDATE agents SET rounds_contributed = rounds_contributed + 1 WHERE agent_id IN "
                 "(SELECT agent_id FROM uploads WHERE job_id = ? AND round = ?)",
+                (job_id, round_index),
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO contributions (job_id, round, agent_id) "
+                "SELECT job_id, round, agent_id FROM uploads WHERE job_id = ? AND round = ?",
                 (job_id, round_index),
             )
             db.execute("DELETE FROM uploads WHERE job_id = ? AND round = ?", (job_id, round_index))
