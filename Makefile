@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo train test lint setup system-deps bench reliability clean
+.PHONY: demo train test lint setup system-deps bench reliability dist clean
 
 demo: setup
 	$(BIN)/bitfleet demo
@@ -21,7 +21,7 @@ test: setup lint
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy
+	$(BIN)/python scripts/typecheck.py
 
 # The reliability suite at full size (CI runs a bounded version of each part in `make test`):
 # 10^6 fuzzed frames, model files and chunks; 200k hypothesis examples; schemathesis with 500
@@ -37,6 +37,12 @@ bench: setup
 	$(BIN)/bitfleet bench kernels
 	$(BIN)/bitfleet bench aggregate
 
+# An sdist and a wheel in dist/, built from this checkout without any index but PyPI's for the
+# build backend: `pip install 'dist/bitfleet-VERSION-py3-none-any.whl[agent]'`.
+dist: setup
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+
 setup: system-deps $(STAMP)
 
 system-deps:
@@ -49,4 +55,4 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bitfleet-demo
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bitfleet-demo build dist

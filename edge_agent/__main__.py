@@ -1,7 +1,7 @@
-"""``python -m edge_agent`` runs ``bitfleet-agent``."""
+"""``python -m bitfleet.edge_agent`` runs ``bitfleet-agent``."""
 
 import sys
 
-from edge_agent.cli import main
+from bitfleet.edge_agent.cli import main
 
 sys.exit(main())

@@ -2,7 +2,7 @@
 
 Exit codes: 0 success, 2 a user error (bad option, refused credentials, unreadable data,
 a state directory another agent holds: one line on stderr, and with ``--json`` one JSON
-error object on stdout, see :mod:`shared.cliargs`), 130 interrupted. ``run`` stops cleanly
+error object on stdout, see :mod:`bitfleet.cliargs`), 130 interrupted. ``run`` stops cleanly
 on SIGTERM or Ctrl-C: a round in training is abandoned (and journaled), the transport says
 "offline" and disconnects.
 """
@@ -23,14 +23,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from edge_agent.config import AgentConfig, default_config_path, default_state_dir
-from edge_agent.journal import Journal
-from edge_agent.outbox import Outbox
-from edge_agent.runtime import AgentRuntime
-from edge_agent.transports import Transport
-from edge_agent.transports.http import HttpTransport
-from shared import __version__, kernels
-from shared.cliargs import (
+from bitfleet import __version__, kernels
+from bitfleet.cliargs import (
     CliParser,
     existing_file,
     http_url,
@@ -38,13 +32,19 @@ from shared.cliargs import (
     positive_int,
     run_cli,
 )
-from shared.datasets import load_dataset
-from shared.errors import ConfigError
-from shared.federated import update_frame
-from shared.frames import decode_frame
-from shared.httpclient import ApiClient, ApiError
-from shared.protocol import parse_mqtt_url
-from shared.tls import CA_FILE_ENV, mqtt_tls_options, require_secure
+from bitfleet.datasets import load_dataset
+from bitfleet.edge_agent.config import AgentConfig, default_config_path, default_state_dir
+from bitfleet.edge_agent.journal import Journal
+from bitfleet.edge_agent.outbox import Outbox
+from bitfleet.edge_agent.runtime import AgentRuntime
+from bitfleet.edge_agent.transports import Transport
+from bitfleet.edge_agent.transports.http import HttpTransport
+from bitfleet.errors import ConfigError
+from bitfleet.federated import update_frame
+from bitfleet.frames import decode_frame
+from bitfleet.httpclient import ApiClient, ApiError
+from bitfleet.protocol import parse_mqtt_url
+from bitfleet.tls import CA_FILE_ENV, mqtt_tls_options, require_secure
 
 log = logging.getLogger("bitfleet.agent")
 
@@ -251,7 +251,7 @@ def _transport(config: AgentConfig, choice: str) -> Transport:
     if choice == "auto" and not _reachable(address.host, address.port):
         log.warning("broker %s:%d unreachable; using HTTP", address.host, address.port)
         return http
-    from edge_agent.transports.mqtt import MqttTransport
+    from bitfleet.edge_agent.transports.mqtt import MqttTransport
 
     return MqttTransport(
         config.mqtt_url,
@@ -357,7 +357,7 @@ def run_selftest(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from shared.federated import bitflip_config, initial_global_model, new_local_state
+    from bitfleet.federated import bitflip_config, initial_global_model, new_local_state
 
     data = load_dataset(args.data)
     x, y = data.x_train[: args.samples], data.y_train[: args.samples]

@@ -13,9 +13,9 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from shared.errors import ConfigError
-from shared.httpclient import check_base_url
-from shared.protocol import check_id
+from bitfleet.errors import ConfigError
+from bitfleet.httpclient import check_base_url
+from bitfleet.protocol import check_id
 
 CONFIG_ENV = "BITFLEET_AGENT_CONFIG"
 STATE_ENV = "BITFLEET_AGENT_STATE"

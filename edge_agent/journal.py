@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shared.atomicfile import write_atomic
-from shared.errors import ConfigError
+from bitfleet.atomicfile import write_atomic
+from bitfleet.errors import ConfigError
 
 JOURNAL = "journal.jsonl"
 STATUS = "status.json"

@@ -18,9 +18,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from shared.atomicfile import write_atomic
-from shared.errors import BitfleetError
-from shared.protocol import Task, parse_message
+from bitfleet.atomicfile import write_atomic
+from bitfleet.errors import BitfleetError
+from bitfleet.protocol import Task, parse_message
 
 log = logging.getLogger("bitfleet.agent.outbox")
 

@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.journal import Journal, TaskKey
-from edge_agent.outbox import Outbox, Pending
-from edge_agent.transports import Transport, is_outage
-from shared import kernels
-from shared.errors import BitfleetError
-from shared.federated import (
+from bitfleet import kernels
+from bitfleet.edge_agent.journal import Journal, TaskKey
+from bitfleet.edge_agent.outbox import Outbox, Pending
+from bitfleet.edge_agent.transports import Transport, is_outage
+from bitfleet.errors import BitfleetError
+from bitfleet.federated import (
     LocalBitFlip,
     TrainingInterrupted,
     agent_seed,
@@ -35,10 +35,10 @@ from shared.federated import (
     training_bytes,
     update_frame,
 )
-from shared.federated_forward import LocalForward, qzo_config
-from shared.frames import Frame, Tensor, decode_frame
-from shared.modelfile import bitmlp_from_frame
-from shared.protocol import TRANSIENT_REASONS, AgentStatus, Decline, Task, UploadReceipt
+from bitfleet.federated_forward import LocalForward, qzo_config
+from bitfleet.frames import Frame, Tensor, decode_frame
+from bitfleet.modelfile import bitmlp_from_frame
+from bitfleet.protocol import TRANSIENT_REASONS, AgentStatus, Decline, Task, UploadReceipt
 
 log = logging.getLogger("bitfleet.agent")
 

@@ -26,9 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # Coverage instrumentation for bitfleet's own modules, but not the kernels (numba cannot
 # compile instrumented bytecode); the generators import the rest.
-with atheris.instrument_imports(include=["shared"], exclude=["shared.kernels.fast"]):
-    from shared.chunks import Reassembler
-    from shared.frames import FrameError
+with atheris.instrument_imports(
+    include=["bitfleet"],
+    exclude=["bitfleet.kernels.fast", "bitfleet.server", "bitfleet.edge_agent"],
+):
+    from bitfleet.chunks import Reassembler
+    from bitfleet.frames import FrameError
     from tests.test_fuzz_codecs import (
         Choices,
         check_chunks,

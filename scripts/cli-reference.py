@@ -13,8 +13,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge_agent.cli import build_parser as agent_parser  # noqa: E402
-from server.cli import build_parser as server_parser  # noqa: E402
+from bitfleet.edge_agent.cli import build_parser as agent_parser  # noqa: E402
+from bitfleet.server.cli import build_parser as server_parser  # noqa: E402
 
 OUTPUT = ROOT / "docs" / "cli.md"
 

@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.errors import BitfleetError
+from bitfleet.errors import BitfleetError
 from tests.test_fuzz_codecs import (
     Choices,
     check_chunks,

@@ -15,22 +15,22 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from server.jobspec import JobSpec
-from shared.datasets import Dataset
-from shared.errors import ConfigError
-from shared.federated import (
+from bitfleet.datasets import Dataset
+from bitfleet.errors import ConfigError
+from bitfleet.federated import (
     INPUT_MEAN,
     OFFSET_FINAL,
     bitflip_config,
     initial_global_model,
     voted_global_model,
 )
-from shared.federated_forward import apply_votes, qzo_config
-from shared.frames import Frame, FrameError
-from shared.modelfile import bitmlp_from_frame, fixedmlp_from_frame, fixedmlp_to_frame
-from shared.protocol import MAX_SAMPLES
-from shared.qzo import hinge_loss
-from shared.tally import ModelTally
+from bitfleet.federated_forward import apply_votes, qzo_config
+from bitfleet.frames import Frame, FrameError
+from bitfleet.modelfile import bitmlp_from_frame, fixedmlp_from_frame, fixedmlp_to_frame
+from bitfleet.protocol import MAX_SAMPLES
+from bitfleet.qzo import hinge_loss
+from bitfleet.server.jobspec import JobSpec
+from bitfleet.tally import ModelTally
 
 
 class Accumulator(ABC):

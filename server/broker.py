@@ -24,10 +24,10 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from server.state import StateStore
-from shared.atomicfile import write_atomic
-from shared.chunks import DEFAULT_CHUNK_BYTES
-from shared.protocol import TOPIC_ROOT
+from bitfleet.atomicfile import write_atomic
+from bitfleet.chunks import DEFAULT_CHUNK_BYTES
+from bitfleet.protocol import TOPIC_ROOT
+from bitfleet.server.state import StateStore
 
 log = logging.getLogger("bitfleet.broker")
 

@@ -22,18 +22,18 @@ from typing import Protocol
 import numpy as np
 from pydantic import ValidationError
 
-from server.algorithms import ALGORITHMS, Accumulator, JobAlgorithm
-from server.conditions import ConditionLog
-from server.jobspec import JobSpec
-from server.jobstatus import ACTIVE, TERMINAL
-from server.metrics import Metrics
-from server.state import StateStore
-from server.state.base import AgentRecord, JobRecord, RoundMetrics, RoundRecord, StoreError
-from server.voting import declared_samples, vote_caps
-from shared.datasets import Dataset, load_dataset
-from shared.errors import BitfleetError, ConfigError
-from shared.frames import DEFAULT_MAX_FRAME_BYTES, Frame, FrameError, decode_frame
-from shared.protocol import RESENT, RESERVED_AGENT_IDS, Task, UploadReceipt, check_agent_id
+from bitfleet.datasets import Dataset, load_dataset
+from bitfleet.errors import BitfleetError, ConfigError
+from bitfleet.frames import DEFAULT_MAX_FRAME_BYTES, Frame, FrameError, decode_frame
+from bitfleet.protocol import RESENT, RESERVED_AGENT_IDS, Task, UploadReceipt, check_agent_id
+from bitfleet.server.algorithms import ALGORITHMS, Accumulator, JobAlgorithm
+from bitfleet.server.conditions import ConditionLog
+from bitfleet.server.jobspec import JobSpec
+from bitfleet.server.jobstatus import ACTIVE, TERMINAL
+from bitfleet.server.metrics import Metrics
+from bitfleet.server.state import StateStore
+from bitfleet.server.state.base import AgentRecord, JobRecord, RoundMetrics, RoundRecord, StoreError
+from bitfleet.server.voting import declared_samples, vote_caps
 
 log = logging.getLogger("bitfleet.engine")
 DATASET_CACHE = 4

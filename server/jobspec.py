@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.errors import ConfigError
-from shared.federated import bitflip_config
-from shared.federated_forward import qzo_config
+from bitfleet.errors import ConfigError
+from bitfleet.federated import bitflip_config
+from bitfleet.federated_forward import qzo_config
 
 EXAMPLE_JOB: dict[str, Any] = {
     "name": "fmnist-binary",

@@ -1,6 +1,6 @@
 """A cluster on one machine: Mosquitto, the coordinator and agents as real processes.
 
-With a throwaway CA (``server.tlsca``) every link is TLS, as in a deployment: the broker
+With a throwaway CA (``bitfleet.server.tlsca``) every link is TLS, as in a deployment: the broker
 listens with mqtts://, the coordinator serves HTTPS, and agents verify both against the CA.
 
 Used by ``bitfleet demo`` and by the integration tests, so both run exactly the parts a
@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from server.broker import BrokerFiles, BrokerTls, write_broker_files
-from server.jobstatus import TERMINAL
-from shared.errors import BitfleetError, ConfigError
-from shared.httpclient import ApiClient, ApiError
+from bitfleet.errors import BitfleetError, ConfigError
+from bitfleet.httpclient import ApiClient, ApiError
+from bitfleet.server.broker import BrokerFiles, BrokerTls, write_broker_files
+from bitfleet.server.jobstatus import TERMINAL
 
 if TYPE_CHECKING:
-    from server.tlsca import ThrowawayCa
+    from bitfleet.server.tlsca import ThrowawayCa
 
 
 def free_port() -> int:
@@ -174,7 +174,7 @@ class Coordinator:
         command = [
             sys.executable,
             "-m",
-            "server.cli",
+            "bitfleet.server.cli",
             "coordinator",
             "--data-dir",
             str(self.data_dir),
@@ -310,7 +310,7 @@ class AgentProcess:
         command = [
             sys.executable,
             "-m",
-            "edge_agent",
+            "bitfleet.edge_agent",
             "run",
             "--data",
             str(self.data),

@@ -21,11 +21,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from server.engine import RoundEngine
-from shared.chunks import DEFAULT_CHUNK_BYTES, Reassembler, split_frame
-from shared.errors import BitfleetError
-from shared.frames import FrameError
-from shared.protocol import (
+from bitfleet.chunks import DEFAULT_CHUNK_BYTES, Reassembler, split_frame
+from bitfleet.errors import BitfleetError
+from bitfleet.frames import FrameError
+from bitfleet.protocol import (
     ALL_DECLINE_TOPICS,
     ALL_STATUS_TOPICS,
     ALL_UPDATE_TOPICS,
@@ -45,7 +44,8 @@ from shared.protocol import (
     parse_status_topic,
     parse_update_topic,
 )
-from shared.tls import mqtt_tls_options
+from bitfleet.server.engine import RoundEngine
+from bitfleet.tls import mqtt_tls_options
 
 log = logging.getLogger("bitfleet.mqtt")
 QOS = 1

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from statistics import median_low
 from typing import Any
 
-from shared.protocol import MAX_SAMPLES
+from bitfleet.protocol import MAX_SAMPLES
 
 
 def declared_samples(capabilities: Mapping[str, Any]) -> int | None:

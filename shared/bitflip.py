@@ -15,7 +15,7 @@ Edge"); the rules are ours and documented in docs/algorithms.md. In short, per b
    "flip" happens when the counter crosses zero). K = 1 is a bare binary weight.
 
 Everything in the training step is integer arithmetic (products run on an exact integer
-engine, :mod:`shared.intmath`); the only randomness is an integer PRNG under a seed.
+engine, :mod:`bitfleet.intmath`); the only randomness is an integer PRNG under a seed.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from itertools import pairwise
 import numpy as np
 from numpy.typing import NDArray
 
-from shared import kernels
-from shared.errors import ConfigError
-from shared.intmath import int_matmul
-from shared.models import ENCODINGS, BitMLP, PackedLayer, validate_layer_sizes
+from bitfleet import kernels
+from bitfleet.errors import ConfigError
+from bitfleet.intmath import int_matmul
+from bitfleet.models import ENCODINGS, BitMLP, PackedLayer, validate_layer_sizes
 
 # Learning rates are fixed point with 8 fractional bits so the step stays integer.
 LR_FRACTION_BITS = 8

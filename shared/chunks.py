@@ -56,8 +56,8 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from shared.errors import ConfigError
-from shared.frames import DEFAULT_MAX_FRAME_BYTES, MAGIC, FrameError
+from bitfleet.errors import ConfigError
+from bitfleet.frames import DEFAULT_MAX_FRAME_BYTES, MAGIC, FrameError
 
 CHUNK_MAGIC = b"BFCH"
 CHUNK_VERSION = 1

@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from shared.errors import BitfleetError
-from shared.httpclient import check_base_url
-from shared.protocol import check_id
+from bitfleet.errors import BitfleetError
+from bitfleet.httpclient import check_base_url
+from bitfleet.protocol import check_id
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130

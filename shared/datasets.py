@@ -35,8 +35,8 @@ from typing import Any, TextIO
 import numpy as np
 from numpy.typing import NDArray
 
-from shared.errors import ConfigError, DataError
-from shared.shifts import Shift, parse_shift
+from bitfleet.errors import ConfigError, DataError
+from bitfleet.shifts import Shift, parse_shift
 
 BUILTIN_DATASETS = ("fashion-mnist", "digits")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -83,7 +83,7 @@ def load_dataset(
     """Load a built-in data set by name, or the user's own file, from local disk only.
 
     A built-in name may carry a domain shift, ``NAME:SHIFT`` (e.g. ``fashion-mnist:rotate30``,
-    see :mod:`shared.shifts`). ``data_dir`` overrides where Fashion-MNIST is looked for;
+    see :mod:`bitfleet.shifts`). ``data_dir`` overrides where Fashion-MNIST is looked for;
     ``label_column`` (an index or a header name) picks the label column of a CSV file.
     """
     name, colon, variant = spec.partition(":")

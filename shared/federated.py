@@ -2,7 +2,7 @@
 
 The agent adopts the round's global model, trains locally and sends its 1-/2-bit weights
 (plus its data's rounded feature mean and sample count) in a signed update frame. The
-coordinator votes the weights (``shared.tally``) and, after round 0 only, fixes the global
+coordinator votes the weights (``bitfleet.tally``) and, after round 0 only, fixes the global
 input offset to the sample-weighted mean of the agents' feature means: agents never share
 data, yet every agent centres inputs the same way from round 1 on.
 """
@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from shared.bitflip import BitFlipConfig, BitFlipTrainer, rounded_mean
-from shared.errors import ConfigError
-from shared.frames import KIND_UPDATE, Frame, Tensor, encode_frame
-from shared.modelfile import bitmlp_from_frame, bitmlp_to_frame
-from shared.models import BitMLP, PackedLayer
+from bitfleet.bitflip import BitFlipConfig, BitFlipTrainer, rounded_mean
+from bitfleet.errors import ConfigError
+from bitfleet.frames import KIND_UPDATE, Frame, Tensor, encode_frame
+from bitfleet.modelfile import bitmlp_from_frame, bitmlp_to_frame
+from bitfleet.models import BitMLP, PackedLayer
 
 OFFSET_FINAL = "input_offset_final"
 INPUT_MEAN = "input_mean"

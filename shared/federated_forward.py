@@ -3,7 +3,7 @@
 The agent copies the round's global fixed-point model, runs sign-m-SPSA on its own data and
 sends, for every tensor, the sign of each weight's change (a ternary plane pair: +1 up,
 -1 down, 0 unchanged) and the typical size of those changes. The coordinator votes the
-signs (``shared.tally``), moves its weights by the sample-weighted typical change in the
+signs (``bitfleet.tally``), moves its weights by the sample-weighted typical change in the
 voted direction, saturating like the agents do. Raw weights never leave the device.
 """
 
@@ -16,14 +16,14 @@ from typing import Any, cast
 import numpy as np
 from numpy.typing import NDArray
 
-from shared.bitpack import pack_ternary
-from shared.errors import ConfigError
-from shared.federated import TrainingInterrupted
-from shared.fixedpoint import FixedMLP, qmax
-from shared.frames import Frame, Tensor
-from shared.modelfile import fixedmlp_from_frame
-from shared.qzo import QZOConfig, QZOTrainer
-from shared.tally import apply_voted_step
+from bitfleet.bitpack import pack_ternary
+from bitfleet.errors import ConfigError
+from bitfleet.federated import TrainingInterrupted
+from bitfleet.fixedpoint import FixedMLP, qmax
+from bitfleet.frames import Frame, Tensor
+from bitfleet.modelfile import fixedmlp_from_frame
+from bitfleet.qzo import QZOConfig, QZOTrainer
+from bitfleet.tally import apply_voted_step
 
 _INT32 = np.iinfo(np.int32)
 

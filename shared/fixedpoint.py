@@ -10,7 +10,7 @@ int32 accumulators are the class scores. No float is touched from pixels to pred
 
 Inputs are centred on the rounded training mean ``mu`` (uint8, stored in the model):
 ``a0 = sat8((x - mu + 1) >> 1)``, i.e. ``(x - mu) / 256`` at exponent 7. The float model
-(:mod:`shared.floatmlp`) sees ``(x - mean) / 255``; quantization folds the difference
+(:mod:`bitfleet.floatmlp`) sees ``(x - mean) / 255``; quantization folds the difference
 (a factor 256/255 and the rounding of the mean) into the first layer.
 """
 
@@ -22,9 +22,9 @@ from itertools import pairwise
 import numpy as np
 from numpy.typing import NDArray
 
-from shared import kernels
-from shared.errors import ConfigError
-from shared.floatmlp import FloatMLP
+from bitfleet import kernels
+from bitfleet.errors import ConfigError
+from bitfleet.floatmlp import FloatMLP
 
 WEIGHT_BITS = (8, 16)
 INPUT_EXP = 7

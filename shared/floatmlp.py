@@ -15,9 +15,9 @@ from itertools import pairwise
 import numpy as np
 from numpy.typing import NDArray
 
-from shared.bitflip import EpochReport
-from shared.errors import ConfigError
-from shared.models import validate_layer_sizes
+from bitfleet.bitflip import EpochReport
+from bitfleet.errors import ConfigError
+from bitfleet.models import validate_layer_sizes
 
 
 @dataclass(frozen=True)

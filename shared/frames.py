@@ -45,8 +45,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from shared.bitpack import has_padding_bits, words_for
-from shared.errors import ModelFileError
+from bitfleet.bitpack import has_padding_bits, words_for
+from bitfleet.errors import ModelFileError
 
 MAGIC = b"BFLT"
 FORMAT_VERSION = 1

@@ -14,9 +14,9 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from shared import __version__
-from shared.errors import BitfleetError, ConfigError
-from shared.tls import client_context
+from bitfleet import __version__
+from bitfleet.errors import BitfleetError, ConfigError
+from bitfleet.tls import client_context
 
 
 class ApiError(BitfleetError):

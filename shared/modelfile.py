@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from shared.errors import ConfigError, ModelFileError
-from shared.fixedpoint import FixedLayer, FixedMLP
-from shared.floatmlp import FloatMLP
-from shared.frames import KIND_MODEL, Frame, Tensor, decode_frame, encode_frame, excerpt
-from shared.models import BitMLP, PackedLayer
+from bitfleet.errors import ConfigError, ModelFileError
+from bitfleet.fixedpoint import FixedLayer, FixedMLP
+from bitfleet.floatmlp import FloatMLP
+from bitfleet.frames import KIND_MODEL, Frame, Tensor, decode_frame, encode_frame, excerpt
+from bitfleet.models import BitMLP, PackedLayer
 
 MODEL_TYPE_BITMLP = "bitmlp"
 MODEL_TYPE_FLOATMLP = "floatmlp"

@@ -14,8 +14,8 @@ from itertools import pairwise
 import numpy as np
 from numpy.typing import NDArray
 
-from shared import kernels
-from shared.bitpack import (
+from bitfleet import kernels
+from bitfleet.bitpack import (
     bit_planes,
     pack_binary,
     pack_bits,
@@ -23,7 +23,7 @@ from shared.bitpack import (
     unpack_binary,
     unpack_ternary,
 )
-from shared.errors import ConfigError
+from bitfleet.errors import ConfigError
 
 ENCODINGS = ("binary", "ternary")
 

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from shared.datasets import Dataset
-from shared.errors import ConfigError, DataError
+from bitfleet.datasets import Dataset
+from bitfleet.errors import ConfigError, DataError
 
 SCHEMES = ("iid", "dirichlet", "shards")
 
@@ -63,7 +63,7 @@ def label_histogram(labels: NDArray[Any], num_classes: int) -> NDArray[np.int64]
 def write_partitions(dataset: Dataset, parts: Parts, out_dir: Path) -> list[Path]:
     """Write DIR/agent-<i>.npz with the agent's training samples and the shared test split.
 
-    Each file is an .npz that :func:`shared.datasets.load_dataset` reads back as is.
+    Each file is an .npz that :func:`bitfleet.datasets.load_dataset` reads back as is.
     """
     paths = [out_dir / f"agent-{i}.npz" for i in range(len(parts))]
     try:

@@ -29,7 +29,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from shared.errors import BitfleetError
+from bitfleet.errors import BitfleetError
 
 PROTOCOL_VERSION = 1
 TOPIC_ROOT = f"bitfleet/v{PROTOCOL_VERSION}"

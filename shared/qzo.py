@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from shared import kernels
-from shared.bitflip import (
+from bitfleet import kernels
+from bitfleet.bitflip import (
     MAX_BATCH_SIZE,
     MAX_EPOCHS,
     MAX_SEED,
@@ -36,10 +36,10 @@ from shared.bitflip import (
     require_int,
     require_type,
 )
-from shared.errors import ConfigError
-from shared.fixedpoint import FixedMLP, qmax
-from shared.kernels.reference import splitmix64
-from shared.memory import peak_bytes
+from bitfleet.errors import ConfigError
+from bitfleet.fixedpoint import FixedMLP, qmax
+from bitfleet.kernels.reference import splitmix64
+from bitfleet.memory import peak_bytes
 
 SCHEDULES = ("constant", "linear", "cosine")
 # Fractional bits of the fixed-point update multiplier (lr / m in weight steps).

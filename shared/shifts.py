@@ -22,8 +22,8 @@ from collections.abc import Callable
 import numpy as np
 from numpy.typing import NDArray
 
-from shared.errors import DataError
-from shared.kernels.reference import splitmix64
+from bitfleet.errors import DataError
+from bitfleet.kernels.reference import splitmix64
 
 SHIFT_NAMES = ("rotate<degrees>", "noise<sigma>", "invert")
 _PATTERN = re.compile(r"^(rotate|noise)(\d+)$|^(invert)$")

@@ -5,7 +5,7 @@ A round's tally never holds the payloads, only their vote counts, kept *bit-slic
 payload plane, and the count of lane ``i`` is ``sum_j 2**j * bit_i(plane_j)``. A word
 operation updates 64 counters at once, and N votes cost ``log2(N)`` bits per weight.
 
-Adding keeps the stack in *carry-save* form (see :func:`shared.kernels.carry_save_add`):
+Adding keeps the stack in *carry-save* form (see :func:`bitfleet.kernels.carry_save_add`):
 level ``j`` holds an ``acc`` plane and, while bit ``j`` of the weight fed so far is set, a
 pending ``pend`` plane. A vote of weight ``w`` feeds the payload once per set bit of ``w``;
 each feed touches two levels on average, where a ripple-carry add sweeps every plane (at
@@ -39,8 +39,8 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from shared import kernels
-from shared.bitpack import (
+from bitfleet import kernels
+from bitfleet.bitpack import (
     has_padding_bits,
     pack_binary,
     pack_ternary,
@@ -49,8 +49,8 @@ from shared.bitpack import (
     unpack_ternary,
     words_for,
 )
-from shared.errors import BitfleetError
-from shared.frames import MAX_DIM, MAX_ELEMENTS, PACKED_PLANES, Tensor
+from bitfleet.errors import BitfleetError
+from bitfleet.frames import MAX_DIM, MAX_ELEMENTS, PACKED_PLANES, Tensor
 
 # Counts are decoded to int64: the total weight (the largest possible count) stays below.
 MAX_TOTAL_WEIGHT = (1 << 62) - 1
@@ -204,7 +204,7 @@ class LayerTally:
         """The lane bit-vectors each counter counts, once ``planes`` is checked to fit.
 
         A ternary ``positive`` bit where ``nonzero`` is clear reads as 0, as in
-        :func:`shared.bitpack.unpack_ternary`.
+        :func:`bitfleet.bitpack.unpack_ternary`.
         """
         rows, columns = self.shape
         counters = self._acc.shape[0]

@@ -14,7 +14,7 @@ import ssl
 from functools import lru_cache
 from typing import Any
 
-from shared.errors import ConfigError
+from bitfleet.errors import ConfigError
 
 CA_FILE_ENV = "BITFLEET_CA_FILE"
 

@@ -6,8 +6,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from edge_agent.journal import Journal
-from server.localcluster import AgentProcess as _AgentProcess
+from bitfleet.edge_agent.journal import Journal
+from bitfleet.server.localcluster import AgentProcess as _AgentProcess
 
 
 @dataclass

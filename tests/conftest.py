@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from server.tlsca import ThrowawayCa, create_ca
-from shared.tls import CA_FILE_ENV
+from bitfleet.server.tlsca import ThrowawayCa, create_ca
+from bitfleet.tls import CA_FILE_ENV
 from tests.cluster import Broker, Coordinator
 
 

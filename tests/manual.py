@@ -11,15 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.runtime import AgentRuntime
-from server.cli import main as bitfleet_main
-from shared.datasets import load_dataset
-from shared.federated import INPUT_MEAN, update_frame
-from shared.frames import Tensor, decode_frame
-from shared.httpclient import ApiClient, ApiError
-from shared.modelfile import bitmlp_from_frame
-from shared.models import PackedLayer
-from shared.partition import partition
+from bitfleet.datasets import load_dataset
+from bitfleet.edge_agent.runtime import AgentRuntime
+from bitfleet.federated import INPUT_MEAN, update_frame
+from bitfleet.frames import Tensor, decode_frame
+from bitfleet.httpclient import ApiClient, ApiError
+from bitfleet.modelfile import bitmlp_from_frame
+from bitfleet.models import PackedLayer
+from bitfleet.partition import partition
+from bitfleet.server.cli import main as bitfleet_main
 from tests.cluster import Coordinator
 
 JOB = {

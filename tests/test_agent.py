@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.cli import main as agent_main
+from bitfleet.edge_agent.cli import main as agent_main
 from tests.agents import AgentProcess
 from tests.cluster import Broker, Coordinator
 from tests.manual import partition_files
@@ -215,7 +215,7 @@ def test_enroll_writes_a_private_config_and_status_reports(
         [
             sys.executable,
             "-m",
-            "edge_agent",
+            "bitfleet.edge_agent",
             "run",
             "--config",
             str(config),

@@ -21,19 +21,19 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from server.algorithms import ALGORITHMS
-from server.api.app import DEFAULT_LIMITS, create_app
-from server.api.limits import DEFAULT_MAX_REQUEST_BYTES, ApiLimits
-from server.engine import EngineSettings, JobConflict, NotFound, RoundEngine
-from server.state import StoreError, open_store
-from shared.errors import ConfigError, DataError, ModelFileError
-from shared.federated import INPUT_MEAN, bitflip_config, update_frame
-from shared.federated_forward import qzo_config
-from shared.fixedpoint import INPUT_EXP, FixedLayer, FixedMLP
-from shared.frames import FLAG_SIGNED, KIND_UPDATE, MAGIC, SIGNATURE_BYTES, Tensor, decode_frame
-from shared.modelfile import bitmlp_from_frame, fixedmlp_to_frame
-from shared.models import PackedLayer
-from shared.tls import client_context
+from bitfleet.errors import ConfigError, DataError, ModelFileError
+from bitfleet.federated import INPUT_MEAN, bitflip_config, update_frame
+from bitfleet.federated_forward import qzo_config
+from bitfleet.fixedpoint import INPUT_EXP, FixedLayer, FixedMLP
+from bitfleet.frames import FLAG_SIGNED, KIND_UPDATE, MAGIC, SIGNATURE_BYTES, Tensor, decode_frame
+from bitfleet.modelfile import bitmlp_from_frame, fixedmlp_to_frame
+from bitfleet.models import PackedLayer
+from bitfleet.server.algorithms import ALGORITHMS
+from bitfleet.server.api.app import DEFAULT_LIMITS, create_app
+from bitfleet.server.api.limits import DEFAULT_MAX_REQUEST_BYTES, ApiLimits
+from bitfleet.server.engine import EngineSettings, JobConflict, NotFound, RoundEngine
+from bitfleet.server.state import StoreError, open_store
+from bitfleet.tls import client_context
 from tests.cluster import Coordinator
 
 TOKEN = "admin-token"

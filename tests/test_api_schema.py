@@ -31,7 +31,7 @@ from schemathesis.checks import (
 )
 from schemathesis.schemas import BaseSchema
 
-from server.api.control import FRAME_MEDIA_TYPE
+from bitfleet.server.api.control import FRAME_MEDIA_TYPE
 from tests.cluster import Coordinator
 
 EXAMPLES = int(os.environ.get("BITFLEET_SCHEMA_EXAMPLES", "25"))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.bitflip import BitFlipConfig, BitFlipTrainer
-from shared.errors import ConfigError
-from shared.modelfile import model_to_frame
+from bitfleet.bitflip import BitFlipConfig, BitFlipTrainer
+from bitfleet.errors import ConfigError
+from bitfleet.modelfile import model_to_frame
 
 
 def _toy(seed: int = 0, n: int = 400) -> tuple[np.ndarray, np.ndarray]:

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.cli import build_parser, main
-from shared.datasets import load_dataset
+from bitfleet.datasets import load_dataset
+from bitfleet.server.cli import build_parser, main
 
 TRAIN_FIELDS = {
     "test_accuracy",
@@ -50,7 +50,7 @@ def test_every_command_has_help() -> None:
 
 def test_console_script_entry_point_runs() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "server.cli", "--version"],
+        [sys.executable, "-m", "bitfleet.server.cli", "--version"],
         capture_output=True,
         text=True,
         check=False,

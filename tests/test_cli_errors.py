@@ -1,6 +1,6 @@
 """Every user mistake on a command line: exit 2, one clear error line, never a traceback.
 
-The contract of :mod:`shared.cliargs` for ``bitfleet`` and ``bitfleet-agent``: one line
+The contract of :mod:`bitfleet.cliargs` for ``bitfleet`` and ``bitfleet-agent``: one line
 ``PROG: error: ...`` on stderr (argparse may print its usage above it) and, with ``--json``,
 one JSON error object on stdout and nothing else. The table runs in-process through
 ``main(argv)``, each case once as written and once more with ``--json`` where the command
@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent import cli as agent_cli
-from edge_agent.journal import Journal
-from server import cli as server_cli
-from shared.datasets import MAX_CLASSES
-from shared.frames import Tensor, decode_frame, encode_frame
+from bitfleet.datasets import MAX_CLASSES
+from bitfleet.edge_agent import cli as agent_cli
+from bitfleet.edge_agent.journal import Journal
+from bitfleet.frames import Tensor, decode_frame, encode_frame
+from bitfleet.server import cli as server_cli
 
 ERROR_LINE = re.compile(r"^bitfleet(-agent)?( [a-z]+)*: error: \S")
 UNREACHABLE = "http://127.0.0.1:9"  # loopback discard port: refused at once, no network
@@ -398,8 +398,8 @@ def test_the_table_covers_enough_bad_command_lines() -> None:
 
 
 def _console(cli: str, argv: list[str]) -> subprocess.CompletedProcess[str]:
-    """The real console entry point: ``python -m server.cli`` or ``python -m edge_agent``."""
-    module = "server.cli" if cli == S else "edge_agent"
+    """The real console entry point: ``python -m`` on the CLI module of either side."""
+    module = "bitfleet.server.cli" if cli == S else "bitfleet.edge_agent"
     return subprocess.run(
         [sys.executable, "-m", module, *argv],
         capture_output=True,
@@ -445,7 +445,7 @@ class NotInstalled:
         return None
 
 sys.meta_path.insert(0, NotInstalled())
-from server.cli import main
+from bitfleet.server.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -468,7 +468,7 @@ def test_the_coordinator_without_the_server_extra_says_what_to_install(tmp_path:
 HOLD_LOCK = """
 import sys
 from pathlib import Path
-from edge_agent.journal import Journal
+from bitfleet.edge_agent.journal import Journal
 
 Journal(Path(sys.argv[1])).lock()
 print("locked", flush=True)

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.cli import main as agent_main
-from edge_agent.runtime import AgentRuntime
-from edge_agent.transports.http import HttpTransport
-from server.cli import main
-from shared.modelfile import load_model
+from bitfleet.edge_agent.cli import main as agent_main
+from bitfleet.edge_agent.runtime import AgentRuntime
+from bitfleet.edge_agent.transports.http import HttpTransport
+from bitfleet.modelfile import load_model
+from bitfleet.server.cli import main
 from tests.agents import AgentProcess
 from tests.cluster import Coordinator
 from tests.manual import JOB, running, shards
@@ -133,7 +133,15 @@ def test_a_second_agent_on_a_running_agents_state_directory_stops_with_exit_2(
         command = ["run", "--data", str(data), "--coordinator", http_coordinator.url]
         credentials = ["--agent-id", "pi-lock", f"--secret={pair['secret']}"]
         second = subprocess.run(
-            [sys.executable, "-m", "edge_agent", *command, *credentials, "--state-dir", str(state)],
+            [
+                sys.executable,
+                "-m",
+                "bitfleet.edge_agent",
+                *command,
+                *credentials,
+                "--state-dir",
+                str(state),
+            ],
             capture_output=True,
             text=True,
             timeout=60,

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import yaml
 
-from edge_agent import cli as agent_cli
-from server import cli as server_cli
-from server.jobspec import JobSpec
-from server.localcluster import (
+from bitfleet.edge_agent import cli as agent_cli
+from bitfleet.server import cli as server_cli
+from bitfleet.server.jobspec import JobSpec
+from bitfleet.server.localcluster import (
     Coordinator,
     free_port,
     mosquitto_binary,
@@ -27,7 +27,7 @@ from server.localcluster import (
     stop_process,
     wait_for_port,
 )
-from server.tlsca import load_ca
+from bitfleet.server.tlsca import load_ca
 from tests.agents import AgentProcess
 
 ROOT = Path(__file__).resolve().parent.parent

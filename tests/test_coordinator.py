@@ -1,6 +1,6 @@
 """The coordinator against real parts: uvicorn process, Mosquitto, SQLite, protocol agents.
 
-The agents here are the agent runtime (``edge_agent.runtime``) in threads, or hand-built
+The agents here are the agent runtime (``bitfleet.edge_agent.runtime``) in threads, or hand-built
 uploads through ``shared/`` where a test needs exact control of what is sent.
 """
 
@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.runtime import AgentRuntime
-from edge_agent.transports.http import HttpTransport
-from edge_agent.transports.mqtt import MqttTransport
-from server.tlsca import ThrowawayCa
-from shared.datasets import load_dataset
-from shared.federated import update_frame
-from shared.frames import KIND_UPDATE, Tensor, decode_frame, encode_frame
-from shared.httpclient import ApiClient, ApiError
-from shared.modelfile import bitmlp_from_frame
-from shared.tls import mqtt_tls_options
+from bitfleet.datasets import load_dataset
+from bitfleet.edge_agent.runtime import AgentRuntime
+from bitfleet.edge_agent.transports.http import HttpTransport
+from bitfleet.edge_agent.transports.mqtt import MqttTransport
+from bitfleet.federated import update_frame
+from bitfleet.frames import KIND_UPDATE, Tensor, decode_frame, encode_frame
+from bitfleet.httpclient import ApiClient, ApiError
+from bitfleet.modelfile import bitmlp_from_frame
+from bitfleet.server.tlsca import ThrowawayCa
+from bitfleet.tls import mqtt_tls_options
 from tests.cluster import Broker, Coordinator
 from tests.manual import (
     JOB,
@@ -298,7 +298,7 @@ def test_the_broker_keeps_each_agent_under_its_own_id(
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from shared.protocol import update_topic
+    from bitfleet.protocol import update_topic
 
     (a0, s0), (a1, _) = enroll(coordinator, 2)
     outcomes: dict[str, object] = {}
@@ -338,9 +338,9 @@ def test_forward_job_votes_signs_of_change_onto_a_pretrained_model(
 ) -> None:
     import base64
 
-    from server.cli.pretrain_cmd import pretrain
-    from shared.floatmlp import FloatConfig
-    from shared.modelfile import fixedmlp_from_frame, fixedmlp_to_frame
+    from bitfleet.floatmlp import FloatConfig
+    from bitfleet.modelfile import fixedmlp_from_frame, fixedmlp_to_frame
+    from bitfleet.server.cli.pretrain_cmd import pretrain
 
     data = load_dataset("digits")
     _, pretrained = pretrain(data.x_train, data.y_train, [64, 32, 10], 16, FloatConfig(epochs=1))

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shared import datasets
-from shared.datasets import Dataset, load_dataset, split_validation
-from shared.errors import ConfigError, DataError
+from bitfleet import datasets
+from bitfleet.datasets import Dataset, load_dataset, split_validation
+from bitfleet.errors import ConfigError, DataError
 
 IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.float32): 0x0D}
 

@@ -30,7 +30,7 @@ def _demo(workdir: Path, *extra: str) -> subprocess.Popen[str]:
     command = [
         sys.executable,
         "-m",
-        "server.cli",
+        "bitfleet.server.cli",
         "demo",
         "--agents",
         "2",

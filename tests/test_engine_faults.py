@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from server.engine import RoundEngine
-from server.jobspec import JobSpec
-from server.state.sqlite import SqliteStore
+from bitfleet.server.engine import RoundEngine
+from bitfleet.server.jobspec import JobSpec
+from bitfleet.server.state.sqlite import SqliteStore
 from tests.manual import JOB, echo_update
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from server.tlsca import ThrowawayCa
+from bitfleet.server.tlsca import ThrowawayCa
 from tests.agents import AgentProcess
 from tests.cluster import Broker, Coordinator
 from tests.manual import manual_round, partition_files
@@ -187,7 +187,7 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
 def _fill(directory: Path) -> Path:
     """Write a file until the disk is full."""
     filler = directory / "filler"
-    with filler.open("wb") as handle, contextlib.suppress(OSError):
+    with filler.open("wb", buffering=0) as handle, contextlib.suppress(OSError):
         while True:
             handle.write(b"\0" * 65536)
             handle.flush()

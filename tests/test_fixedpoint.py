@@ -7,15 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared import kernels
-from shared.datasets import Dataset, load_dataset
-from shared.errors import ConfigError, ModelFileError
-from shared.fixedpoint import FixedLayer, FixedMLP, dequantize, qmax, quantize
-from shared.floatmlp import FloatConfig, FloatMLP, FloatTrainer
-from shared.frames import KIND_MODEL, Tensor, decode_frame, encode_frame
-from shared.intmath import int_matmul
-from shared.kernels import reference
-from shared.modelfile import load_model, model_from_frame, model_to_frame, save_model
+from bitfleet import kernels
+from bitfleet.datasets import Dataset, load_dataset
+from bitfleet.errors import ConfigError, ModelFileError
+from bitfleet.fixedpoint import FixedLayer, FixedMLP, dequantize, qmax, quantize
+from bitfleet.floatmlp import FloatConfig, FloatMLP, FloatTrainer
+from bitfleet.frames import KIND_MODEL, Tensor, decode_frame, encode_frame
+from bitfleet.intmath import int_matmul
+from bitfleet.kernels import reference
+from bitfleet.modelfile import load_model, model_from_frame, model_to_frame, save_model
 
 TWINS = [reference] + ([kernels.fast] if kernels.fast is not None else [])
 # (batch, inputs, outputs): non-multiples of 8 and 64, and more than 256 inputs (the numba

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.bitflip import BitFlipConfig, BitFlipTrainer
-from shared.errors import ModelFileError
-from shared.floatmlp import FloatConfig, FloatTrainer
-from shared.frames import KIND_MODEL, MAGIC, Tensor, decode_frame, encode_frame
-from shared.modelfile import load_model, model_from_frame, model_to_frame, save_model
+from bitfleet.bitflip import BitFlipConfig, BitFlipTrainer
+from bitfleet.errors import ModelFileError
+from bitfleet.floatmlp import FloatConfig, FloatTrainer
+from bitfleet.frames import KIND_MODEL, MAGIC, Tensor, decode_frame, encode_frame
+from bitfleet.modelfile import load_model, model_from_frame, model_to_frame, save_model
 
 
 def _data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -35,13 +35,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from shared.bitflip import BitFlipConfig, BitFlipTrainer
-from shared.bitpack import pack_bits
-from shared.chunks import CHUNK_OVERHEAD_BYTES, Reassembler, split_frame
-from shared.errors import ModelFileError
-from shared.fixedpoint import quantize
-from shared.floatmlp import FloatMLP
-from shared.frames import (
+from bitfleet.bitflip import BitFlipConfig, BitFlipTrainer
+from bitfleet.bitpack import pack_bits
+from bitfleet.chunks import CHUNK_OVERHEAD_BYTES, Reassembler, split_frame
+from bitfleet.errors import ModelFileError
+from bitfleet.fixedpoint import quantize
+from bitfleet.floatmlp import FloatMLP
+from bitfleet.frames import (
     FLAG_SIGNED,
     KIND_MODEL,
     KIND_UPDATE,
@@ -55,7 +55,7 @@ from shared.frames import (
     decode_frame,
     encode_frame,
 )
-from shared.modelfile import (
+from bitfleet.modelfile import (
     Model,
     bitmlp_from_frame,
     fixedmlp_from_frame,
@@ -522,7 +522,7 @@ def test_a_header_of_a_mebibyte_of_quotes_is_refused_in_linear_time() -> None:
     child process with a generous bound tells a hang from a refusal."""
     script = (
         "from tests.test_fuzz_codecs import frame_with_header, secret_for\n"
-        "from shared.frames import FrameError, MAX_HEADER_BYTES, decode_frame\n"
+        "from bitfleet.frames import FrameError, MAX_HEADER_BYTES, decode_frame\n"
         "header = b'\"' + b'\\\\\"' * ((MAX_HEADER_BYTES - 2) // 3)\n"
         "try:\n"
         "    decode_frame(frame_with_header(header, signed=True), secret_for=secret_for)\n"

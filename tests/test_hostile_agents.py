@@ -21,14 +21,14 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.runtime import AgentRuntime
-from edge_agent.transports.mqtt import MqttTransport
-from server.tlsca import ThrowawayCa
-from shared.chunks import split_frame
-from shared.frames import FORMAT_VERSION, KIND_UPDATE, MAGIC
-from shared.httpclient import ApiClient, ApiError
-from shared.protocol import MAX_SAMPLES, TOPIC_ROOT, update_topic
-from shared.tls import mqtt_tls_options
+from bitfleet.chunks import split_frame
+from bitfleet.edge_agent.runtime import AgentRuntime
+from bitfleet.edge_agent.transports.mqtt import MqttTransport
+from bitfleet.frames import FORMAT_VERSION, KIND_UPDATE, MAGIC
+from bitfleet.httpclient import ApiClient, ApiError
+from bitfleet.protocol import MAX_SAMPLES, TOPIC_ROOT, update_topic
+from bitfleet.server.tlsca import ThrowawayCa
+from bitfleet.tls import mqtt_tls_options
 from tests.cluster import Broker, Coordinator
 from tests.manual import enroll, enroll_as, global_values, manual_round, running, shards, submit
 

@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from shared import bitpack, kernels
-from shared.intmath import int_matmul
-from shared.kernels import reference
+from bitfleet import bitpack, kernels
+from bitfleet.intmath import int_matmul
+from bitfleet.kernels import reference
 
 SHAPES = [(1, 1, 1), (3, 63, 5), (4, 64, 7), (5, 65, 3), (17, 130, 33), (64, 784, 100), (2, 200, 1)]
 TWINS = [reference] + ([kernels.fast] if kernels.fast is not None else [])
@@ -94,7 +94,7 @@ def test_kernels_fall_back_to_numpy_without_numba() -> None:
     code = (
         "import numpy as np\n"
         "from shared import kernels\n"
-        "from shared.bitflip import BitFlipConfig, BitFlipTrainer\n"
+        "from bitfleet.bitflip import BitFlipConfig, BitFlipTrainer\n"
         "assert not kernels.HAVE_NUMBA and kernels.binary_dense is kernels.reference.binary_dense\n"
         "rng = np.random.default_rng(0)\n"
         "x = rng.integers(0, 256, size=(200, 70), dtype=np.uint8)\n"

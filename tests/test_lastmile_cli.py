@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import build_parser, main
-from shared.datasets import load_dataset
+from bitfleet.datasets import load_dataset
+from bitfleet.server.cli import build_parser, main
 
 TRAIN_FIELDS = {
     "test_accuracy",

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from server.cli import main
-from shared.datasets import Dataset, load_dataset
-from shared.errors import ConfigError, DataError
-from shared.partition import SCHEMES, label_histogram, partition, write_partitions
+from bitfleet.datasets import Dataset, load_dataset
+from bitfleet.errors import ConfigError, DataError
+from bitfleet.partition import SCHEMES, label_histogram, partition, write_partitions
+from bitfleet.server.cli import main
 
 
 @pytest.fixture(scope="module")

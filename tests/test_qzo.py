@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared import kernels
-from shared.datasets import Dataset, load_dataset
-from shared.errors import ConfigError
-from shared.fixedpoint import FixedMLP, quantize
-from shared.floatmlp import FloatConfig, FloatTrainer
-from shared.kernels import reference
-from shared.modelfile import model_to_frame
-from shared.qzo import QZOConfig, QZOTrainer, hinge_loss, measure_memory, step_keys
-from shared.shifts import rotate_images
+from bitfleet import kernels
+from bitfleet.datasets import Dataset, load_dataset
+from bitfleet.errors import ConfigError
+from bitfleet.fixedpoint import FixedMLP, quantize
+from bitfleet.floatmlp import FloatConfig, FloatTrainer
+from bitfleet.kernels import reference
+from bitfleet.modelfile import model_to_frame
+from bitfleet.qzo import QZOConfig, QZOTrainer, hinge_loss, measure_memory, step_keys
+from bitfleet.shifts import rotate_images
 
 TWINS = [reference] + ([kernels.fast] if kernels.fast is not None else [])
 
@@ -236,9 +236,9 @@ def test_forward_training_runs_without_numba_and_matches_it(
     code = (
         "import hashlib, sys, numpy as np\n"
         "from shared import kernels\n"
-        "from shared.modelfile import model_from_frame, model_to_frame\n"
-        "from shared.frames import decode_frame\n"
-        "from shared.qzo import QZOConfig, QZOTrainer\n"
+        "from bitfleet.modelfile import model_from_frame, model_to_frame\n"
+        "from bitfleet.frames import decode_frame\n"
+        "from bitfleet.qzo import QZOConfig, QZOTrainer\n"
         "assert not kernels.HAVE_NUMBA and kernels.fixed_dense is kernels.reference.fixed_dense\n"
         "data = np.load(sys.argv[1])\n"
         "model = model_from_frame(decode_frame(data['model'].tobytes()))\n"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.datasets import load_dataset
-from shared.errors import DataError
-from shared.shifts import noise_images, parse_shift, rotate_images
+from bitfleet.datasets import load_dataset
+from bitfleet.errors import DataError
+from bitfleet.shifts import noise_images, parse_shift, rotate_images
 
 SHIFTS = ["rotate30", "rotate15", "noise64", "invert"]
 

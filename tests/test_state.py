@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from server.state import SqliteStore, StoreError
-from server.state.base import AlreadyExists, RoundMetrics
+from bitfleet.server.state import SqliteStore, StoreError
+from bitfleet.server.state.base import AlreadyExists, RoundMetrics
 
 
 @pytest.fixture

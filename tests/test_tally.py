@@ -13,12 +13,12 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from server.cli import main
-from shared import kernels
-from shared.bitpack import pack_binary, pack_ternary, words_for
-from shared.frames import Tensor
-from shared.kernels import reference
-from shared.tally import (
+from bitfleet import kernels
+from bitfleet.bitpack import pack_binary, pack_ternary, words_for
+from bitfleet.frames import Tensor
+from bitfleet.kernels import reference
+from bitfleet.server.cli import main
+from bitfleet.tally import (
     MAX_TOTAL_WEIGHT,
     LayerTally,
     ModelTally,
@@ -138,8 +138,8 @@ def test_tally_runs_on_numpy_alone() -> None:
     code = (
         "import numpy as np\n"
         "from shared import kernels\n"
-        "from shared.bitpack import pack_binary\n"
-        "from shared.tally import LayerTally\n"
+        "from bitfleet.bitpack import pack_binary\n"
+        "from bitfleet.tally import LayerTally\n"
         "assert kernels.carry_save_add is kernels.reference.carry_save_add\n"
         "tally = LayerTally('binary', 2, 70)\n"
         "for sign in (1, 1, -1):\n"

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.cli import main as agent_main
-from edge_agent.transports.mqtt import MqttTransport
-from server.cli import main as bitfleet_main
-from server.tlsca import ThrowawayCa, create_ca
-from shared.httpclient import ApiClient, ApiError
-from shared.protocol import AgentStatus
+from bitfleet.edge_agent.cli import main as agent_main
+from bitfleet.edge_agent.transports.mqtt import MqttTransport
+from bitfleet.httpclient import ApiClient, ApiError
+from bitfleet.protocol import AgentStatus
+from bitfleet.server.cli import main as bitfleet_main
+from bitfleet.server.tlsca import ThrowawayCa, create_ca
 from tests.cluster import Broker, Coordinator
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.chunks import Reassembler, split_frame
-from shared.frames import KIND_UPDATE, FrameError, Tensor, decode_frame, encode_frame
-from shared.protocol import (
+from bitfleet.chunks import Reassembler, split_frame
+from bitfleet.frames import KIND_UPDATE, FrameError, Tensor, decode_frame, encode_frame
+from bitfleet.protocol import (
     AgentStatus,
     ProtocolError,
     Task,

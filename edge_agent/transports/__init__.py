@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from shared.errors import BitfleetError
-from shared.httpclient import ApiError
-from shared.protocol import AgentStatus, Decline, Task, UploadReceipt
+from bitfleet.errors import BitfleetError
+from bitfleet.httpclient import ApiError
+from bitfleet.protocol import AgentStatus, Decline, Task, UploadReceipt
 
 
 class TransportTimeout(BitfleetError):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from shared.httpclient import ApiClient, ApiError
-from shared.protocol import (
+from bitfleet.httpclient import ApiClient, ApiError
+from bitfleet.protocol import (
     AgentStatus,
     Decline,
     Task,

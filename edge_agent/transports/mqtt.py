@@ -13,10 +13,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.transports import TransportTimeout
-from shared.chunks import DEFAULT_CHUNK_BYTES, Reassembler, split_frame
-from shared.errors import BitfleetError
-from shared.protocol import (
+from bitfleet.chunks import DEFAULT_CHUNK_BYTES, Reassembler, split_frame
+from bitfleet.edge_agent.transports import TransportTimeout
+from bitfleet.errors import BitfleetError
+from bitfleet.protocol import (
     COORDINATOR_ONLINE,
     COORDINATOR_STATUS_TOPIC,
     AgentStatus,
@@ -33,7 +33,7 @@ from shared.protocol import (
     parse_mqtt_url,
     update_topic,
 )
-from shared.tls import mqtt_tls_options
+from bitfleet.tls import mqtt_tls_options
 
 log = logging.getLogger("bitfleet.agent.mqtt")
 QOS = 1

@@ -11,15 +11,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
 
-from server.api import control, fleet
-from server.api.auth import admin_guard, agent_of, is_admin
-from server.api.limits import ApiLimits, BodySizeLimit, CountRefusals, CredentialsBeforeBody
-from server.api.schemas import Health
-from server.engine import JobConflict, NotFound, RoundEngine
-from server.state.base import AlreadyExists, StoreError
-from shared import __version__
-from shared.errors import BitfleetError
-from shared.protocol import ProtocolError
+from bitfleet import __version__
+from bitfleet.errors import BitfleetError
+from bitfleet.protocol import ProtocolError
+from bitfleet.server.api import control, fleet
+from bitfleet.server.api.auth import admin_guard, agent_of, is_admin
+from bitfleet.server.api.limits import (
+    ApiLimits,
+    BodySizeLimit,
+    CountRefusals,
+    CredentialsBeforeBody,
+)
+from bitfleet.server.api.schemas import Health
+from bitfleet.server.engine import JobConflict, NotFound, RoundEngine
+from bitfleet.server.state.base import AlreadyExists, StoreError
 
 # Our typed errors and the HTTP status each one means; anything else is a 500 (a bug).
 ERROR_STATUS: list[tuple[type[BitfleetError], int]] = [

@@ -7,7 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Request, Response
 
-from server.api.schemas import (
+from bitfleet.protocol import check_id
+from bitfleet.server.api.schemas import (
     AUTH_ERRORS,
     INVALID,
     JSON_BODY_ERRORS,
@@ -19,9 +20,8 @@ from server.api.schemas import (
     JobCreated,
     JobView,
 )
-from server.engine import NotFound, RoundEngine
-from server.jobspec import EXAMPLE_JOB, MAX_ROUNDS, JobSpec
-from shared.protocol import check_id
+from bitfleet.server.engine import NotFound, RoundEngine
+from bitfleet.server.jobspec import EXAMPLE_JOB, MAX_ROUNDS, JobSpec
 
 FRAME_MEDIA_TYPE = "application/vnd.bitfleet.frame"
 

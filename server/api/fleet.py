@@ -13,12 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
-from server.api.auth import agent_identity
-from server.api.control import FRAME_MEDIA_TYPE
-from server.api.schemas import AUTH_ERRORS, INVALID, NOT_FOUND, TOO_LARGE, Error, Receipt
-from server.engine import RoundEngine
-from server.jobspec import MAX_ROUNDS
-from shared.protocol import (
+from bitfleet.protocol import (
     AgentStatus,
     Decline,
     ProtocolError,
@@ -26,11 +21,16 @@ from shared.protocol import (
     encode_message,
     parse_message,
 )
+from bitfleet.server.api.auth import agent_identity
+from bitfleet.server.api.control import FRAME_MEDIA_TYPE
+from bitfleet.server.api.schemas import AUTH_ERRORS, INVALID, NOT_FOUND, TOO_LARGE, Error, Receipt
+from bitfleet.server.engine import RoundEngine
+from bitfleet.server.jobspec import MAX_ROUNDS
 
 router = APIRouter(prefix="/api/v1/fleet", tags=["fleet"], responses=AUTH_ERRORS)
 Agent = Annotated[str, Depends(agent_identity)]
 RoundIndex = Annotated[int, Path(ge=0, le=MAX_ROUNDS)]
-# The upload route's path, which has its own body limit (server.api.limits).
+# The upload route's path, which has its own body limit (bitfleet.server.api.limits).
 UPDATES_PATH = "/jobs/{job_id}/rounds/{round_index}/updates"
 
 
@@ -52,7 +52,7 @@ REFUSAL_STATUS = {
     "mismatch": 403,
     "unknown_agent": 403,
     "oversized": 413,
-    # "Later": the agent keeps the upload and resends it (shared.protocol.TRANSIENT_REASONS).
+    # "Later": the agent keeps the upload and resends it (bitfleet.protocol.TRANSIENT_REASONS).
     "storage": 503,
     "busy": 503,
     "internal": 503,
@@ -154,7 +154,7 @@ async def post_decline(
 async def post_update(
     request: Request, job_id: str, round_index: RoundIndex, agent_id: Agent
 ) -> JSONResponse:
-    # Bodies over the engine's max_frame_bytes never get here (server.api.limits).
+    # Bodies over the engine's max_frame_bytes never get here (bitfleet.server.api.limits).
     body = await request.body()
     # Verifying and tallying is CPU work: off the event loop, so one upload never stalls
     # every other request.

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.metrics import Counter
+from bitfleet.server.metrics import Counter
 
 # Admits a job carrying the largest model EngineSettings.max_model_weights allows as a
 # base64 int16 initial_model (4M weights: about 11 MB of JSON).

@@ -1,4 +1,4 @@
-"""Response and request bodies of the REST API (the job spec lives in ``server.jobspec``)."""
+"""Response and request bodies of the REST API (the job spec is in ``bitfleet.server.jobspec``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from server.state.base import AgentRecord, DeclineRecord, JobRecord, RoundMetrics
+from bitfleet.server.state.base import AgentRecord, DeclineRecord, JobRecord, RoundMetrics
 
 
 class Error(BaseModel):

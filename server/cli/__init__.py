@@ -4,7 +4,7 @@ Each subcommand lives in its own module exposing ``register(subparsers)``; the m
 parser sets ``func`` to a ``run(args) -> int`` callable. Exit codes: 0 success, 1 a run
 that failed (e.g. a benchmark target missed is *not* a failure), 2 a user error (bad
 option, missing or malformed input: one line on stderr, and with ``--json`` one JSON error
-object on stdout, see :mod:`shared.cliargs`), 130 interrupted.
+object on stdout, see :mod:`bitfleet.cliargs`), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from shared import __version__
-from shared.cliargs import CliParser, run_cli
+from bitfleet import __version__
+from bitfleet.cliargs import CliParser, run_cli
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -21,7 +21,7 @@ EXIT_FAILURE = 1
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser tree; subcommand modules are imported here, once."""
-    from server.cli import (
+    from bitfleet.server.cli import (
         agents_cmd,
         bench_cmd,
         coordinator_cmd,

@@ -1,7 +1,7 @@
-"""``python -m server.cli`` runs the ``bitfleet`` command."""
+"""``python -m bitfleet.server.cli`` runs the ``bitfleet`` command."""
 
 import sys
 
-from server.cli import main
+from bitfleet.server.cli import main
 
 sys.exit(main())

@@ -6,9 +6,9 @@ import argparse
 import time
 from typing import Any
 
-from server.cli.client_options import add_client_options, client
-from server.cli.output import print_json
-from shared.cliargs import identifier
+from bitfleet.cliargs import identifier
+from bitfleet.server.cli.client_options import add_client_options, client
+from bitfleet.server.cli.output import print_json
 
 agent_id = identifier("agent id")
 

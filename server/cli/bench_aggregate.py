@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from server.cli import EXIT_FAILURE, EXIT_OK
-from server.cli.output import print_json
-from shared import kernels
-from shared.bitpack import WORD_BITS, words_for
-from shared.cliargs import int_range, positive_int
-from shared.frames import MAX_DIM, PACKED_PLANES
-from shared.tally import LayerTally
+from bitfleet import kernels
+from bitfleet.bitpack import WORD_BITS, words_for
+from bitfleet.cliargs import int_range, positive_int
+from bitfleet.frames import MAX_DIM, PACKED_PLANES
+from bitfleet.server.cli import EXIT_FAILURE, EXIT_OK
+from bitfleet.server.cli.output import print_json
+from bitfleet.tally import LayerTally
 
 POOL_SIZE = 32
 MAX_SAMPLE_COUNT = 1000  # --weighted draws each agent's sample count from 1..this
@@ -133,7 +133,7 @@ def _unpack(words: NDArray[np.uint64], columns: int) -> NDArray[np.uint8]:
 
 def run_aggregate(args: argparse.Namespace) -> int:
     # bench_cmd imports this module to register it, so its helpers are imported late.
-    from server.cli.bench_cmd import best_seconds
+    from bitfleet.server.cli.bench_cmd import best_seconds
 
     work = make_workload(args.encoding, args.payloads, args.weights, args.weighted)
     outputs: dict[str, Any] = {}

@@ -10,13 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from server.cli import bench_aggregate
-from server.cli.output import print_json
-from shared import kernels
-from shared.bitflip import BitFlipConfig, BitFlipTrainer
-from shared.bitpack import bit_planes, pack_binary
-from shared.cliargs import positive_int
-from shared.floatmlp import FloatConfig, FloatTrainer
+from bitfleet import kernels
+from bitfleet.bitflip import BitFlipConfig, BitFlipTrainer
+from bitfleet.bitpack import bit_planes, pack_binary
+from bitfleet.cliargs import positive_int
+from bitfleet.floatmlp import FloatConfig, FloatTrainer
+from bitfleet.server.cli import bench_aggregate
+from bitfleet.server.cli.output import print_json
 
 
 def register(subparsers: Any) -> None:

@@ -6,9 +6,9 @@ import argparse
 import os
 from urllib.parse import urlsplit
 
-from shared.cliargs import existing_file, http_url
-from shared.httpclient import ApiClient
-from shared.tls import CA_FILE_ENV, require_secure
+from bitfleet.cliargs import existing_file, http_url
+from bitfleet.httpclient import ApiClient
+from bitfleet.tls import CA_FILE_ENV, require_secure
 
 URL_ENV = "BITFLEET_URL"
 TOKEN_ENV = "BITFLEET_ADMIN_TOKEN"

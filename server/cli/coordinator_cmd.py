@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from shared.chunks import DEFAULT_CHUNK_BYTES
-from shared.cliargs import int_range, positive_float, positive_int, tcp_port
-from shared.errors import ConfigError
-from shared.frames import DEFAULT_MAX_FRAME_BYTES
-from shared.protocol import check_id, parse_mqtt_url
-from shared.tls import CA_FILE_ENV, require_secure
+from bitfleet.chunks import DEFAULT_CHUNK_BYTES
+from bitfleet.cliargs import int_range, positive_float, positive_int, tcp_port
+from bitfleet.errors import ConfigError
+from bitfleet.frames import DEFAULT_MAX_FRAME_BYTES
+from bitfleet.protocol import check_id, parse_mqtt_url
+from bitfleet.tls import CA_FILE_ENV, require_secure
 
 TOKEN_ENV = "BITFLEET_ADMIN_TOKEN"
 MQTT_URL_ENV = "BITFLEET_MQTT_URL"
@@ -150,12 +150,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from server.api.app import create_app
-        from server.api.limits import ApiLimits
-        from server.broker import BrokerCredentials, write_broker_files
-        from server.engine import EngineSettings, RoundEngine
-        from server.mqtt_bridge import MqttBridge
-        from server.state import open_store
+        from bitfleet.server.api.app import create_app
+        from bitfleet.server.api.limits import ApiLimits
+        from bitfleet.server.broker import BrokerCredentials, write_broker_files
+        from bitfleet.server.engine import EngineSettings, RoundEngine
+        from bitfleet.server.mqtt_bridge import MqttBridge
+        from bitfleet.server.state import open_store
     except ImportError as error:
         raise ConfigError(
             "the coordinator needs the server extra: pip install 'bitfleet[server]' "
@@ -283,7 +283,7 @@ def _broker_tls(args: argparse.Namespace, mqtts: bool) -> Any:
             "an mqtts:// --mqtt-url with --broker-config-dir needs --broker-tls-cert and "
             "--broker-tls-key (the broker's certificate and key, as the broker sees the paths)"
         )
-    from server.broker import BrokerTls
+    from bitfleet.server.broker import BrokerTls
 
     return BrokerTls(
         args.broker_tls_cert,

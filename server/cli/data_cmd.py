@@ -6,10 +6,10 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from server.cli.output import print_json
-from shared.cliargs import label_column, non_negative_int, positive_float
-from shared.datasets import Dataset, load_dataset
-from shared.partition import SCHEMES, label_histogram, partition, write_partitions
+from bitfleet.cliargs import label_column, non_negative_int, positive_float
+from bitfleet.datasets import Dataset, load_dataset
+from bitfleet.partition import SCHEMES, label_histogram, partition, write_partitions
+from bitfleet.server.cli.output import print_json
 
 DATASET_HELP = (
     "'fashion-mnist', 'digits', or a path to your own data: an .npz file (X, y, optional "

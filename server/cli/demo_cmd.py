@@ -16,16 +16,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from server.cli.output import print_json
-from server.cli.pretrain_cmd import pretrain
-from server.cli.tls_cmd import load_tlsca
-from server.jobstatus import TERMINAL
-from server.localcluster import AgentProcess, Broker, Coordinator
-from shared.datasets import load_dataset
-from shared.errors import BitfleetError, ConfigError
-from shared.floatmlp import FloatConfig
-from shared.modelfile import fixedmlp_to_frame, save_model
-from shared.partition import SCHEMES, label_histogram, partition, write_partitions
+from bitfleet.datasets import load_dataset
+from bitfleet.errors import BitfleetError, ConfigError
+from bitfleet.floatmlp import FloatConfig
+from bitfleet.modelfile import fixedmlp_to_frame, save_model
+from bitfleet.partition import SCHEMES, label_histogram, partition, write_partitions
+from bitfleet.server.cli.output import print_json
+from bitfleet.server.cli.pretrain_cmd import pretrain
+from bitfleet.server.cli.tls_cmd import load_tlsca
+from bitfleet.server.jobstatus import TERMINAL
+from bitfleet.server.localcluster import AgentProcess, Broker, Coordinator
 
 # Federated rounds average away part of each agent's progress; a longer counter memory
 # (8 bits) keeps the global model moving: 84.6 % after 20 rounds where 5 bits gave 81.2 %.

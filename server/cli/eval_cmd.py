@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from server.cli.output import print_json
-from shared.datasets import load_dataset
-from shared.errors import ConfigError
-from shared.modelfile import load_model
+from bitfleet.datasets import load_dataset
+from bitfleet.errors import ConfigError
+from bitfleet.modelfile import load_model
+from bitfleet.server.cli.output import print_json
 
 
 def register(subparsers: Any) -> None:

@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from server.cli.client_options import add_client_options, client
-from server.cli.output import print_json
-from server.jobstatus import TERMINAL
-from shared.cliargs import existing_file, identifier, non_negative_int, output_file
-from shared.errors import ConfigError
-from shared.modelfile import save_model
+from bitfleet.cliargs import existing_file, identifier, non_negative_int, output_file
+from bitfleet.errors import ConfigError
+from bitfleet.modelfile import save_model
+from bitfleet.server.cli.client_options import add_client_options, client
+from bitfleet.server.cli.output import print_json
+from bitfleet.server.jobstatus import TERMINAL
 
 job_id = identifier("job id")
 

@@ -20,16 +20,21 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from server.cli.output import ProgressBar, print_json
-from server.cli.pretrain_cmd import DEFAULT_HIDDEN, pretrain
-from server.cli.qzo_options import add_qzo_arguments, load_fixed_model, memory_fields, qzo_config
-from shared.cliargs import non_negative_int, positive_int
-from shared.datasets import BUILTIN_DATASETS, Dataset, load_dataset
-from shared.errors import ConfigError
-from shared.fixedpoint import WEIGHT_BITS, FixedMLP, dequantize
-from shared.floatmlp import FloatConfig, FloatMLP, FloatTrainer
-from shared.qzo import QZOConfig, QZOTrainer
-from shared.shifts import SHIFT_NAMES, parse_shift
+from bitfleet.cliargs import non_negative_int, positive_int
+from bitfleet.datasets import BUILTIN_DATASETS, Dataset, load_dataset
+from bitfleet.errors import ConfigError
+from bitfleet.fixedpoint import WEIGHT_BITS, FixedMLP, dequantize
+from bitfleet.floatmlp import FloatConfig, FloatMLP, FloatTrainer
+from bitfleet.qzo import QZOConfig, QZOTrainer
+from bitfleet.server.cli.output import ProgressBar, print_json
+from bitfleet.server.cli.pretrain_cmd import DEFAULT_HIDDEN, pretrain
+from bitfleet.server.cli.qzo_options import (
+    add_qzo_arguments,
+    load_fixed_model,
+    memory_fields,
+    qzo_config,
+)
+from bitfleet.shifts import SHIFT_NAMES, parse_shift
 
 DEFAULT_SAMPLES = 8000
 DEFAULT_VALIDATION = 2000

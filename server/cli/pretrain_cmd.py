@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from server.cli.output import ProgressBar, print_json
-from server.cli.train_cmd import carve_validation, parse_layers
-from shared.cliargs import non_negative_int, output_file, positive_float, positive_int
-from shared.datasets import Dataset, load_dataset
-from shared.fixedpoint import WEIGHT_BITS, FixedMLP, quantize
-from shared.floatmlp import FloatConfig, FloatMLP, FloatTrainer
-from shared.modelfile import model_to_frame, save_model
+from bitfleet.cliargs import non_negative_int, output_file, positive_float, positive_int
+from bitfleet.datasets import Dataset, load_dataset
+from bitfleet.fixedpoint import WEIGHT_BITS, FixedMLP, quantize
+from bitfleet.floatmlp import FloatConfig, FloatMLP, FloatTrainer
+from bitfleet.modelfile import model_to_frame, save_model
+from bitfleet.server.cli.output import ProgressBar, print_json
+from bitfleet.server.cli.train_cmd import carve_validation, parse_layers
 
 DEFAULT_HIDDEN = 128
 

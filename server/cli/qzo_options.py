@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from shared.cliargs import positive_float, positive_int
-from shared.errors import ConfigError
-from shared.fixedpoint import FixedMLP
-from shared.modelfile import load_model
-from shared.qzo import SCHEDULES, QZOConfig, measure_memory
+from bitfleet.cliargs import positive_float, positive_int
+from bitfleet.errors import ConfigError
+from bitfleet.fixedpoint import FixedMLP
+from bitfleet.modelfile import load_model
+from bitfleet.qzo import SCHEDULES, QZOConfig, measure_memory
 
 DEFAULTS = QZOConfig()
 

@@ -12,9 +12,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from server.cli.output import print_json
-from shared.cliargs import identifier
-from shared.errors import ConfigError
+from bitfleet.cliargs import identifier
+from bitfleet.errors import ConfigError
+from bitfleet.server.cli.output import print_json
 
 DEFAULT_NAMES = "localhost,127.0.0.1"
 
@@ -49,7 +49,7 @@ def register(subparsers: Any) -> None:
 def load_tlsca() -> Any:
     """server.tlsca, which needs the server extra's cryptography package."""
     try:
-        from server import tlsca
+        from bitfleet.server import tlsca
     except ImportError as error:
         raise ConfigError(
             "bitfleet tls needs the server extra: pip install 'bitfleet[server]' "

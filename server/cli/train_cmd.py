@@ -9,22 +9,27 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from server.cli.output import ProgressBar, print_json
-from server.cli.qzo_options import add_qzo_arguments, load_fixed_model, memory_fields, qzo_config
-from shared import kernels
-from shared.bitflip import BitFlipConfig, BitFlipTrainer, EpochReport
-from shared.cliargs import (
+from bitfleet import kernels
+from bitfleet.bitflip import BitFlipConfig, BitFlipTrainer, EpochReport
+from bitfleet.cliargs import (
     label_column,
     non_negative_int,
     output_file,
     positive_float,
     positive_int,
 )
-from shared.datasets import Dataset, load_dataset, split_validation
-from shared.errors import ConfigError
-from shared.floatmlp import FloatConfig, FloatTrainer
-from shared.modelfile import Model, model_to_frame, save_model
-from shared.qzo import QZOConfig, QZOTrainer
+from bitfleet.datasets import Dataset, load_dataset, split_validation
+from bitfleet.errors import ConfigError
+from bitfleet.floatmlp import FloatConfig, FloatTrainer
+from bitfleet.modelfile import Model, model_to_frame, save_model
+from bitfleet.qzo import QZOConfig, QZOTrainer
+from bitfleet.server.cli.output import ProgressBar, print_json
+from bitfleet.server.cli.qzo_options import (
+    add_qzo_arguments,
+    load_fixed_model,
+    memory_fields,
+    qzo_config,
+)
 
 DEFAULT_HIDDEN = 512
 MAX_VALIDATION = 5000

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from server.state.base import StateStore, StoreError
-from server.state.sqlite import SqliteStore
+from bitfleet.server.state.base import StateStore, StoreError
+from bitfleet.server.state.sqlite import SqliteStore
 
 
 def open_store(data_dir: str | Path) -> StateStore:

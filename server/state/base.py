@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.errors import BitfleetError
+from bitfleet.errors import BitfleetError
 
 
 class StoreError(BitfleetError):

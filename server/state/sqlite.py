@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from server.state.base import (
+from bitfleet.server.state.base import (
     AgentRecord,
     AlreadyExists,
     DeclineRecord,

@@ -9,14 +9,14 @@ from __future__ import annotations
 import os
 from types import ModuleType
 
-from shared.kernels import reference
+from bitfleet.kernels import reference
 
 
 def _load_fast() -> ModuleType | None:
     if os.environ.get("BITFLEET_NO_NUMBA", "") not in ("", "0"):
         return None
     try:
-        from shared.kernels import fast
+        from bitfleet.kernels import fast
     except ImportError:
         return None
     return fast

@@ -1,4 +1,4 @@
-"""numba twins of :mod:`shared.kernels.reference`: same signatures, bit-exact results.
+"""numba twins of :mod:`bitfleet.kernels.reference`: same signatures, bit-exact results.
 
 Imported only when numba is installed. ``popcount`` compiles to the CPU's population-count
 instruction through LLVM's ``ctpop`` intrinsic.
@@ -119,7 +119,7 @@ def _t(w: NDArray[np.uint64]) -> NDArray[np.uint64]:
 
 
 def binary_dense(x: NDArray[np.uint64], w: NDArray[np.uint64], n: int) -> NDArray[np.int32]:
-    """See :func:`shared.kernels.reference.binary_dense`."""
+    """See :func:`bitfleet.kernels.reference.binary_dense`."""
     result: NDArray[np.int32] = _binary_dense(x, _t(w), n)
     return result
 
@@ -127,13 +127,13 @@ def binary_dense(x: NDArray[np.uint64], w: NDArray[np.uint64], n: int) -> NDArra
 def ternary_dense(
     x: NDArray[np.uint64], positive: NDArray[np.uint64], nonzero: NDArray[np.uint64]
 ) -> NDArray[np.int32]:
-    """See :func:`shared.kernels.reference.ternary_dense`."""
+    """See :func:`bitfleet.kernels.reference.ternary_dense`."""
     result: NDArray[np.int32] = _ternary_dense(x, _t(positive), _t(nonzero))
     return result
 
 
 def uint8_binary_dense(planes: NDArray[np.uint64], w: NDArray[np.uint64]) -> NDArray[np.int32]:
-    """See :func:`shared.kernels.reference.uint8_binary_dense`."""
+    """See :func:`bitfleet.kernels.reference.uint8_binary_dense`."""
     result: NDArray[np.int32] = _uint8_binary_dense(planes, _t(w))
     return result
 
@@ -141,7 +141,7 @@ def uint8_binary_dense(planes: NDArray[np.uint64], w: NDArray[np.uint64]) -> NDA
 def uint8_ternary_dense(
     planes: NDArray[np.uint64], positive: NDArray[np.uint64], nonzero: NDArray[np.uint64]
 ) -> NDArray[np.int32]:
-    """See :func:`shared.kernels.reference.uint8_ternary_dense`."""
+    """See :func:`bitfleet.kernels.reference.uint8_ternary_dense`."""
     result: NDArray[np.int32] = _uint8_ternary_dense(
         planes, _t(positive & nonzero), _t(~positive & nonzero)
     )
@@ -201,7 +201,7 @@ def counter_step(
     high: int,
     zero_threshold: int,
 ) -> None:
-    """See :func:`shared.kernels.reference.counter_step`."""
+    """See :func:`bitfleet.kernels.reference.counter_step`."""
     _counter_step(
         counters,
         weights,
@@ -270,7 +270,7 @@ def fixed_dense(
     relu: bool,
     out: NDArray[np.integer],
 ) -> None:
-    """See :func:`shared.kernels.reference.fixed_dense`.
+    """See :func:`bitfleet.kernels.reference.fixed_dense`.
 
     Scratch rows are allocated here, in numpy, so tracemalloc sees every byte the kernel
     uses (numba's own allocator is invisible to it).
@@ -347,7 +347,7 @@ def add_perturbations(
     low: int,
     high: int,
 ) -> None:
-    """See :func:`shared.kernels.reference.add_perturbations`."""
+    """See :func:`bitfleet.kernels.reference.add_perturbations`."""
     if not w.flags.c_contiguous:
         raise ValueError("add_perturbations updates w in place: it must be C-contiguous")
     _add_perturbations(
@@ -426,10 +426,10 @@ def carry_save_add(
     x: NDArray[np.uint64],
     feeds: NDArray[np.int64],
 ) -> None:
-    """See :func:`shared.kernels.reference.carry_save_add`."""
+    """See :func:`bitfleet.kernels.reference.carry_save_add`."""
     _carry_save_add(acc, pend, x, feeds)
 
 
 def bitsliced_add(planes: NDArray[np.uint64], x: NDArray[np.uint64], start_plane: int) -> None:
-    """See :func:`shared.kernels.reference.bitsliced_add`."""
+    """See :func:`bitfleet.kernels.reference.bitsliced_add`."""
     _bitsliced_add(planes, x, start_plane)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from shared.intmath import int_matmul
+from bitfleet.intmath import int_matmul
 
 # Rows of the batch processed at once: bounds the (rows, outputs, words) temporaries.
 _ROW_CHUNK = 64
