@@ -24,6 +24,7 @@ from bitfleet.server.api.limits import (
 )
 from bitfleet.server.api.schemas import Health
 from bitfleet.server.engine import JobConflict, NotFound, RoundEngine
+from bitfleet.server.metrics import CONTENT_TYPE
 from bitfleet.server.state.base import AlreadyExists, StoreError
 
 # Our typed errors and the HTTP status each one means; anything else is a 500 (a bug).
@@ -114,9 +115,15 @@ def create_app(
         )
         return JSONResponse(health.model_dump(), status_code=200 if health.status == "ok" else 503)
 
-    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse, summary="Prometheus")
-    def metrics() -> str:
-        return engine.metrics.render(lambda: len(engine.online_agents()))
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=PlainTextResponse,
+        summary="Prometheus metrics (text format 0.0.4), without a token",
+    )
+    def metrics() -> Response:
+        exposition = engine.metrics.render(lambda: len(engine.online_agents()))
+        return Response(exposition, media_type=CONTENT_TYPE)
 
     return app
 

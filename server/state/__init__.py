@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bitfleet.server.state.base import StateStore, StoreError
+from bitfleet.server.state.base import StateStore, StateVersionError, StoreError
 from bitfleet.server.state.sqlite import SqliteStore
 
 
@@ -13,4 +13,4 @@ def open_store(data_dir: str | Path) -> StateStore:
     return SqliteStore(Path(data_dir) / "bitfleet.db")
 
 
-__all__ = ["SqliteStore", "StateStore", "StoreError", "open_store"]
+__all__ = ["SqliteStore", "StateStore", "StateVersionError", "StoreError", "open_store"]

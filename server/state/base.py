@@ -22,6 +22,10 @@ class AlreadyExists(StoreError):
     """The record to create exists already."""
 
 
+class StateVersionError(StoreError):
+    """The state was written by a newer bitfleet, in a schema version this one cannot read."""
+
+
 @dataclass(frozen=True)
 class AgentRecord:
     agent_id: str

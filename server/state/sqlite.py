@@ -1,7 +1,9 @@
 """SQLite implementation of :class:`StateStore`: one file, WAL mode, a transaction per change.
 
 One connection serves every thread (API workers, the MQTT thread, the round timer) behind a
-lock: SQLite serializes writers anyway, and the coordinator's write rate is low.
+lock: SQLite serializes writers anyway, and the coordinator's write rate is low. The file
+carries its schema version (``PRAGMA user_version``): opening it upgrades an older one in
+one transaction and refuses a newer one (:class:`StateVersionError`).
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bitfleet import __version__
 from bitfleet.server.state.base import (
     AgentRecord,
     AlreadyExists,
@@ -23,11 +26,14 @@ from bitfleet.server.state.base import (
     RoundMetrics,
     RoundRecord,
     StateStore,
+    StateVersionError,
     StoreError,
     UploadRecord,
 )
 
-SCHEMA = """
+# Version 1 of the layout: the tables as bitfleet made them before schema versions. Later
+# versions change the layout with steps of their own in UPGRADES, never by editing this.
+VERSION_1_TABLES = """
 CREATE TABLE IF NOT EXISTS agents (
     agent_id TEXT PRIMARY KEY,
     secret TEXT NOT NULL,
@@ -100,11 +106,7 @@ class SqliteStore(StateStore):
     def __init__(self, path: Path) -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
-            _migrate(self._db)
+            self._db = _open(path)
         except (OSError, sqlite3.Error) as error:
             raise StoreError(
                 f"cannot open the state database {path}: {error}; check that the data "
@@ -421,8 +423,59 @@ def _explain(error: sqlite3.Error) -> str:
     return f"the state database refused the change ({text}); nothing was written"
 
 
-def _migrate(db: sqlite3.Connection) -> None:
-    """Bring a database made by an older bitfleet up to this schema."""
+def _open(path: Path) -> sqlite3.Connection:
+    """A connection to the database at ``path``, upgraded to :data:`SCHEMA_VERSION`."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("PRAGMA synchronous=FULL")
+        _upgrade(db, path)
+        db.execute("PRAGMA journal_mode=WAL")  # after the check: a refused file is left as is
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _upgrade(db: sqlite3.Connection, path: Path) -> None:
+    """Run the steps from the database's version to ours in one transaction: a step that
+    fails leaves the database as it was. A newer database is refused, unchanged."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        found = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if found > SCHEMA_VERSION:
+            raise StateVersionError(
+                f"the state database {path} has schema version {found}, from a newer "
+                f"bitfleet; bitfleet {__version__} reads schema versions up to "
+                f"{SCHEMA_VERSION}: run the newer bitfleet that wrote it (upgrade this "
+                "installation), or start with another --data-dir"
+            )
+        if found < 0:
+            raise StoreError(
+                f"the state database {path} has schema version {found}, which no bitfleet "
+                "writes: restore it from a backup, or start with another --data-dir"
+            )
+        if found < SCHEMA_VERSION:
+            for step in UPGRADES[found:]:
+                step(db)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+def _to_version_1(db: sqlite3.Connection) -> None:
+    """Version 0 is every database from before schema versions: the tables bitfleet made on
+    first use, and a ``rounds`` table without ``vote_caps`` if it predates vote caps."""
+    for statement in VERSION_1_TABLES.split(";"):
+        db.execute(statement)
     columns = {row[1] for row in db.execute("PRAGMA table_info(rounds)")}
     if "vote_caps" not in columns:
         db.execute("ALTER TABLE rounds ADD COLUMN vote_caps TEXT NOT NULL DEFAULT '{}'")
+
+
+# The steps to the current schema: UPGRADES[n] turns version n into version n + 1, so the
+# number of steps is the version this bitfleet writes (in PRAGMA user_version).
+UPGRADES: tuple[Callable[[sqlite3.Connection], None], ...] = (_to_version_1,)
+SCHEMA_VERSION = len(UPGRADES)
