@@ -1,10 +1,12 @@
 """``bitfleet-agent``: enroll a board, run the agent, show what it is doing.
 
-Exit codes: 0 success, 2 a user error (bad option, refused credentials, unreadable data,
-a state directory another agent holds: one line on stderr, and with ``--json`` one JSON
-error object on stdout, see :mod:`bitfleet.cliargs`), 130 interrupted. ``run`` stops cleanly
-on SIGTERM or Ctrl-C: a round in training is abandoned (and journaled), the transport says
-"offline" and disconnects.
+Exit codes: 0 success, 1 the coordinator stayed unreachable for longer than
+``--give-up-after`` (``run`` waits forever unless given it; ``enroll`` a minute), 2 a user
+error (bad option, refused credentials, unreadable data, a state directory another agent
+holds: one line on stderr, and with ``--json`` one JSON error object on stdout, see
+:mod:`bitfleet.cliargs`), 130 interrupted. ``run`` stops cleanly on SIGTERM or Ctrl-C (also
+while it waits for the coordinator): a round in training is abandoned (and journaled), the
+transport says "offline" and disconnects.
 """
 
 from __future__ import annotations
@@ -12,15 +14,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import socket
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 from bitfleet import __version__, kernels
@@ -30,14 +34,22 @@ from bitfleet.cliargs import (
     http_url,
     label_column,
     positive_int,
+    report_error,
     run_cli,
 )
 from bitfleet.datasets import load_dataset
-from bitfleet.edge_agent.config import AgentConfig, default_config_path, default_state_dir
+from bitfleet.edge_agent.backoff import DEFAULT_MAX_BACKOFF_S, Backoff, GaveUp, Outage
+from bitfleet.edge_agent.config import (
+    MAX_BACKOFF_LIMIT_S,
+    AgentConfig,
+    check_seconds,
+    default_config_path,
+    default_state_dir,
+)
 from bitfleet.edge_agent.journal import Journal
 from bitfleet.edge_agent.outbox import Outbox
 from bitfleet.edge_agent.runtime import AgentRuntime
-from bitfleet.edge_agent.transports import Transport
+from bitfleet.edge_agent.transports import Transport, is_outage
 from bitfleet.edge_agent.transports.http import HttpTransport
 from bitfleet.errors import ConfigError
 from bitfleet.federated import update_frame
@@ -47,6 +59,9 @@ from bitfleet.protocol import parse_mqtt_url
 from bitfleet.tls import CA_FILE_ENV, mqtt_tls_options, require_secure
 
 log = logging.getLogger("bitfleet.agent")
+
+EXIT_GAVE_UP = 1
+ENROLL_GIVE_UP_S = 60.0  # an installer must not hang on a coordinator that is not there
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--mqtt-url", help="broker URL, mqtts://host:port (mqtt:// on loopback; omit: HTTP only)"
     )
     _add_tls_options(enroll)
+    enroll.add_argument(
+        "--give-up-after",
+        type=_seconds(0.0, math.inf),
+        default=ENROLL_GIVE_UP_S,
+        metavar="SECONDS",
+        help="wait this long for an unreachable coordinator, retrying with backoff, then "
+        f"exit 1 (default {ENROLL_GIVE_UP_S:g})",
+    )
     enroll.add_argument(
         "--config", type=Path, help=f"config file (default {default_config_path()})"
     )
@@ -129,6 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="decline jobs needing more (default: the memory the OS has free)",
     )
     run.add_argument(
+        "--max-backoff",
+        type=_seconds(1.0, MAX_BACKOFF_LIMIT_S),
+        metavar="SECONDS",
+        help="retries of an unreachable coordinator or broker wait from 1 s, doubling with "
+        f"full jitter, up to this (config max_backoff_s; default {DEFAULT_MAX_BACKOFF_S:g})",
+    )
+    run.add_argument(
+        "--give-up-after",
+        type=_seconds(0.0, math.inf),
+        metavar="SECONDS",
+        help="exit 1 once the coordinator has been unreachable this long (config "
+        "give_up_after_s; default: never, the agent rides out any outage)",
+    )
+    run.add_argument(
         "--log-level",
         default="info",
         choices=("debug", "info", "warning", "error"),
@@ -176,6 +213,20 @@ def _add_tls_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _seconds(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type for a duration in seconds within ``low..high``."""
+
+    def parse(text: str) -> float:
+        try:
+            return check_seconds(float(text), "the value", low, high)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        except ConfigError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bitfleet-agent`` console script."""
     return run_cli(build_parser(), argv)
@@ -184,7 +235,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_enroll(args: argparse.Namespace) -> int:
     config = AgentConfig(args.coordinator, args.agent_id, args.secret, args.mqtt_url, **_tls(args))
     _check_links(config, args.insecure)
-    _check_credentials(config)
+    outage = Outage(args.give_up_after)
+    try:
+        _check_credentials(config, Backoff(max_s=config.max_backoff_s), outage, threading.Event())
+    except GaveUp as error:
+        report_error("bitfleet-agent", "GaveUp", str(error), args.json)
+        return EXIT_GAVE_UP
     path = args.config or default_config_path()
     config.save(path)
     if args.json:
@@ -194,14 +250,19 @@ def run_enroll(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tls(args: argparse.Namespace) -> dict[str, str]:
+class TlsFiles(TypedDict, total=False):
+    ca_file: str
+    client_cert: str
+    client_key: str
+
+
+def _tls(args: argparse.Namespace) -> TlsFiles:
     """The TLS options given on the command line."""
-    options = {
-        "ca_file": args.ca_file,
-        "client_cert": args.client_cert,
-        "client_key": args.client_key,
-    }
-    return {name: value for name, value in options.items() if value is not None}
+    files = TlsFiles()
+    for name in ("ca_file", "client_cert", "client_key"):
+        if getattr(args, name) is not None:
+            files[name] = getattr(args, name)
+    return files
 
 
 def _check_links(config: AgentConfig, insecure: bool) -> None:
@@ -216,15 +277,30 @@ def _check_links(config: AgentConfig, insecure: bool) -> None:
     mqtt_tls_options(config.ca_file, config.client_cert, config.client_key)  # both or none
 
 
-def _check_credentials(config: AgentConfig) -> None:
-    try:
-        ApiClient(
-            config.coordinator, f"{config.agent_id}:{config.secret}", ca_file=config.ca_file
-        ).request("GET", "/api/v1/fleet/whoami")
-    except ApiError as error:
-        if error.status in (401, 403):
-            raise ConfigError(f"the coordinator refused agent {config.agent_id}: {error}") from None
-        raise
+def _check_credentials(
+    config: AgentConfig, backoff: Backoff, outage: Outage, stop: threading.Event
+) -> bool:
+    """Whether the coordinator takes this agent's id and secret (a refusal is a
+    ConfigError); an unreachable one is waited for, retrying with backoff, until ``outage``
+    gives up (GaveUp). False if ``stop`` was set meanwhile."""
+    client = ApiClient(
+        config.coordinator, f"{config.agent_id}:{config.secret}", ca_file=config.ca_file
+    )
+    while not stop.is_set():
+        try:
+            client.request("GET", "/api/v1/fleet/whoami")
+        except ApiError as error:
+            if error.status in (401, 403):
+                message = f"the coordinator refused agent {config.agent_id}: {error}"
+                raise ConfigError(message) from None
+            if not is_outage(error):
+                raise
+            outage.update(str(error))
+            stop.wait(backoff.failed())
+            continue
+        outage.update(None)
+        return True
+    return False
 
 
 def _config(args: argparse.Namespace) -> AgentConfig:
@@ -236,12 +312,16 @@ def _config(args: argparse.Namespace) -> AgentConfig:
         config = AgentConfig.load(args.config or default_config_path())
     if args.mqtt_url:
         config = replace(config, mqtt_url=args.mqtt_url)
+    if args.max_backoff is not None:
+        config = replace(config, max_backoff_s=args.max_backoff)
+    if args.give_up_after is not None:
+        config = replace(config, give_up_after_s=args.give_up_after)
     config = replace(config, **_tls(args))
     _check_links(config, args.insecure)
     return config
 
 
-def _transport(config: AgentConfig, choice: str) -> Transport:
+def _transport(config: AgentConfig, choice: str, backoff: Backoff) -> Transport:
     http = HttpTransport(config.coordinator, config.agent_id, config.secret, ca_file=config.ca_file)
     if choice == "http" or (choice == "auto" and not config.mqtt_url):
         return http
@@ -260,6 +340,7 @@ def _transport(config: AgentConfig, choice: str) -> Transport:
         ca_file=config.ca_file,
         client_cert=config.client_cert,
         client_key=config.client_key,
+        backoff=backoff.fresh(),
     )
 
 
@@ -281,25 +362,36 @@ def run_agent(args: argparse.Namespace) -> int:
     journal.lock()  # first: a second agent on this directory stops before any work
     config = _config(args)
     data = load_dataset(args.data, label_column=args.label_column)
-    _check_credentials(config)
-    runtime = AgentRuntime(
-        config.agent_id,
-        config.secret,
-        data.x_train,
-        data.y_train,
-        _transport(config, args.transport),
-        journal=journal,
-        memory_limit_bytes=args.max_memory << 20 if args.max_memory else None,
-        outbox=Outbox(journal.directory),
-    )
+    stop = threading.Event()
 
-    def stop(signum: int, _: Any) -> None:
+    def on_signal(signum: int, _: Any) -> None:
         log.info("received %s; stopping", signal.Signals(signum).name)
-        runtime.stop.set()
+        stop.set()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    runtime.run()
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    # One policy for every retry; each user of it keeps its own schedule.
+    backoff = Backoff(max_s=config.max_backoff_s)
+    outage = Outage(config.give_up_after_s)  # one outage, from the first check to the last
+    try:
+        if not _check_credentials(config, backoff.fresh(), outage, stop):
+            return 0
+        AgentRuntime(
+            config.agent_id,
+            config.secret,
+            data.x_train,
+            data.y_train,
+            _transport(config, args.transport, backoff),
+            journal=journal,
+            memory_limit_bytes=args.max_memory << 20 if args.max_memory else None,
+            outbox=Outbox(journal.directory, backoff=backoff),
+            backoff=backoff.fresh(),
+            outage=outage,
+            stop=stop,
+        ).run()
+    except GaveUp as error:
+        report_error("bitfleet-agent", "GaveUp", str(error), False)
+        return EXIT_GAVE_UP
     return 0
 
 

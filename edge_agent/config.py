@@ -1,4 +1,5 @@
-"""The agent's configuration file: coordinator URL, broker URL, agent id and secret.
+"""The agent's configuration file: coordinator URL, broker URL, agent id and secret, TLS
+files, and how the agent rides out a coordinator outage.
 
 JSON, written with 0600 permissions because it holds the agent's secret. The path is
 ``--config``, else ``$BITFLEET_AGENT_CONFIG``, else ``~/.config/bitfleet-agent/agent.json``.
@@ -7,18 +8,21 @@ JSON, written with 0600 permissions because it holds the agent's secret. The pat
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bitfleet.edge_agent.backoff import DEFAULT_MAX_BACKOFF_S
 from bitfleet.errors import ConfigError
 from bitfleet.httpclient import check_base_url
 from bitfleet.protocol import check_id
 
 CONFIG_ENV = "BITFLEET_AGENT_CONFIG"
 STATE_ENV = "BITFLEET_AGENT_STATE"
+MAX_BACKOFF_LIMIT_S = 3600.0  # a longer wait between tries would only hide a return
 
 
 def default_config_path() -> Path:
@@ -42,6 +46,10 @@ class AgentConfig:
     ca_file: str | None = None
     client_cert: str | None = None
     client_key: str | None = None
+    # Retries back off from 1 s, doubling (with full jitter) up to max_backoff_s; an
+    # unreachable coordinator is waited for forever, or give_up_after_s (then exit 1).
+    max_backoff_s: float = DEFAULT_MAX_BACKOFF_S
+    give_up_after_s: float | None = None
 
     def __post_init__(self) -> None:
         check_id(self.agent_id, "agent id")
@@ -50,6 +58,9 @@ class AgentConfig:
             raise ConfigError(
                 "the agent secret is empty: use the one 'bitfleet agents add' printed"
             )
+        check_seconds(self.max_backoff_s, "max_backoff_s", 1.0, MAX_BACKOFF_LIMIT_S)
+        if self.give_up_after_s is not None:
+            check_seconds(self.give_up_after_s, "give_up_after_s", 0.0, math.inf)
 
     def save(self, path: Path) -> None:
         """Write atomically with 0600 permissions (mkstemp creates it so, never readable by
@@ -90,3 +101,13 @@ class AgentConfig:
             raise ConfigError(
                 f"{path} is not an agent config (expected {list(cls.__dataclass_fields__)})"
             ) from None
+
+
+def check_seconds(value: object, name: str, low: float, high: float) -> float:
+    """A duration from a config file or the command line: a finite number in low..high."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be a number of seconds, got {value!r}")
+    if not (math.isfinite(value) and low <= value <= high):
+        bounds = f"at least {low:g}" if math.isinf(high) else f"from {low:g} to {high:g}"
+        raise ConfigError(f"{name} must be {bounds} seconds, got {value!r}")
+    return float(value)

@@ -4,7 +4,9 @@ A coordinator killed mid-round, a broker restart or a full disk on the coordinat
 not lose an upload: each signed update is written here (fsynced, atomically) before it is
 first sent, and the agent resends it until a receipt is final (accepted, already held, or
 refused for good). Resends are idempotent on (job, round, agent): the coordinator
-answers an upload it holds with an accepted receipt and never counts it twice.
+answers an upload it holds with an accepted receipt and never counts it twice. Each held
+upload is resent on its own schedule of the agent's backoff policy, and at once when the
+coordinator comes back (:meth:`Outbox.retry_now`).
 
 On disk, ``STATE_DIR/outbox/{job}-{round}-{attempt}.bfu`` is the frame and ``.json`` beside
 it the task; the ``.json`` is written last, so a half-written entry is never resent.
@@ -19,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bitfleet.atomicfile import write_atomic
+from bitfleet.edge_agent.backoff import Backoff
 from bitfleet.errors import BitfleetError
 from bitfleet.protocol import Task, parse_message
 
@@ -48,11 +51,14 @@ class Outbox:
         directory: Path | None,
         max_entries: int = 32,
         max_age_s: float = 24 * 3600.0,
+        backoff: Backoff | None = None,
     ) -> None:
         self.directory = directory / OUTBOX if directory is not None else None
         self.max_entries = max_entries
         self.max_age_s = max_age_s
+        self.backoff = backoff or Backoff()
         self._entries: dict[str, Pending] = {}
+        self._retries: dict[str, Backoff] = {}  # per held upload that was sent unanswered
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._load()
@@ -78,8 +84,23 @@ class Outbox:
             self.remove(entry)
         return sorted(self._entries.values(), key=lambda e: e.queued_at)
 
+    def due(self) -> list[Pending]:
+        """Held uploads whose resend is due, oldest first."""
+        return [
+            e for e in self.pending() if e.name not in self._retries or self._retries[e.name].due()
+        ]
+
+    def later(self, entry: Pending) -> float:
+        """``entry`` went unanswered (or was refused for now): seconds until it is due."""
+        return self._retries.setdefault(entry.name, self.backoff.fresh()).failed()
+
+    def retry_now(self) -> None:
+        """The coordinator is back: every held upload is due now, on a fresh schedule."""
+        self._retries.clear()
+
     def remove(self, entry: Pending) -> None:
         self._entries.pop(entry.name, None)
+        self._retries.pop(entry.name, None)
         if self.directory is not None:
             for suffix in (".json", ".bfu"):
                 (self.directory / f"{entry.name}{suffix}").unlink(missing_ok=True)

@@ -5,7 +5,10 @@ with the job's algorithm, upload the signed update, repeat. Every round is journ
 training starts, so a round interrupted by a crash is abandoned, never trained twice; a
 job that would not fit the board's memory is declined with the reason. Every update is held
 in the outbox until a final receipt, and resent between tasks (idempotent on the
-coordinator), so no coordinator or broker outage loses it.
+coordinator), so no coordinator or broker outage loses it. An outage is ridden out: every
+retry follows the agent's one backoff policy, and the outage is logged once when it starts
+and once when it ends (:class:`~bitfleet.edge_agent.backoff.Outage`), however long it lasts
+— unless the agent was told to give up after a while.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bitfleet import kernels
+from bitfleet.edge_agent.backoff import Backoff, Outage
 from bitfleet.edge_agent.journal import Journal, TaskKey
 from bitfleet.edge_agent.outbox import Outbox, Pending
 from bitfleet.edge_agent.transports import Transport, is_outage
@@ -78,27 +82,28 @@ class AgentRuntime:
     upload_timeout_s: float = 30.0
     outbox: Outbox = field(default_factory=lambda: Outbox(None))
     # How long one send waits for its receipt (a busy coordinator evaluating a round may
-    # take seconds); an unanswered (or "later") upload is sent again after resend_s,
-    # doubling up to max_resend_s, and at once when the coordinator comes back
+    # take seconds); an unanswered (or "later") upload is sent again on the outbox's
+    # backoff schedule, and at once when the coordinator comes back
     # (transport.coordinator_returns ends the wait too): an outage costs a round about a
     # second, not a timeout.
     receipt_wait_s: float = 15.0
-    resend_s: float = 1.0
-    max_resend_s: float = 30.0
+    # The wait between tries of a failed task poll or model download.
+    backoff: Backoff = field(default_factory=Backoff)
+    outage: Outage = field(default_factory=Outage)
     done: set[TaskKey] = field(default_factory=set)
     stop: threading.Event = field(default_factory=threading.Event)
     _jobs: dict[str, LocalBitFlip] = field(default_factory=dict)
     _state: dict[str, Any] = field(default_factory=dict)
-    _next_send: dict[str, float] = field(default_factory=dict)
-    _resend_delay: dict[str, float] = field(default_factory=dict)
     _coordinator_returns: int = 0
-    _unreachable: bool = False
+    _poll_error: str | None = None
 
     def status(self, state: str) -> AgentStatus:
         return AgentStatus(self.agent_id, state, capabilities(self.y))
 
     def run(self, stop: threading.Event | None = None) -> None:
-        """Serve tasks until ``stop`` (or ``self.stop``) is set, then disconnect cleanly."""
+        """Serve tasks until ``stop`` (or ``self.stop``) is set, then disconnect cleanly;
+        :class:`~bitfleet.edge_agent.backoff.GaveUp` if the coordinator stayed away longer
+        than ``outage.give_up_after_s``."""
         if stop is not None:
             self.stop = stop
         if self.journal is not None:
@@ -116,6 +121,7 @@ class AgentRuntime:
         )
         try:
             while not self.stop.is_set():
+                self._watch()
                 self._flush_outbox()
                 task = self._next_task()
                 if task is None or _key(task) in self.done:
@@ -148,7 +154,7 @@ class AgentRuntime:
                 # e.g. the model download met a restarting coordinator: take it again.
                 self.done.discard(_key(task))
                 log.warning("job %s round %d interrupted by an outage: %s", *key, error)
-                self.stop.wait(self.resend_s)
+                self.stop.wait(self.backoff.failed())
             else:
                 log.error("job %s round %d failed: %s", *key, error)
         finally:
@@ -223,56 +229,61 @@ class AgentRuntime:
 
     def _next_task(self) -> Task | None:
         """The transport's current task; None while the coordinator is unreachable (the
-        agent rides out the outage, backing off, and logs it once)."""
+        agent rides out the outage, backing off)."""
         try:
             task = self.transport.next_task(timeout=0.5)
         except BitfleetError as error:
-            if not self._unreachable:
-                log.warning("coordinator unreachable (%s); retrying", error)
-            self._unreachable = True
-            self.stop.wait(min(5.0, self.resend_s))
+            self._poll_error = str(error)
+            self._watch()
+            self.stop.wait(self.backoff.failed())
             return None
-        if self._unreachable:
-            log.info("coordinator reachable again")
-            self._unreachable = False
+        self._poll_error = None
+        self.backoff.reset()
+        self._watch()
         return task
+
+    def _watch(self) -> None:
+        """Log an outage's start and end once each (the transport's view, or the last task
+        poll's error); when it ends, tell the coordinator this agent is here (one that was
+        down may not have heard it)."""
+        if self.outage.update(self.transport.coordinator_away() or self._poll_error):
+            self._announce("online")
 
     def _announce(self, state: str) -> None:
         """Tell the coordinator this agent's state; an outage only delays it."""
         try:
             self.transport.announce(self.status(state))
         except BitfleetError as error:
-            log.warning("could not announce %s: %s", state, error)
+            if self.transport.coordinator_away() is None:  # else the outage is logged
+                log.warning("could not announce %s: %s", state, error)
 
     def _send(self, pending: Pending) -> UploadReceipt | None:
-        """Send a held upload once; drop it from the outbox when its receipt is final."""
+        """Send a held upload once, unless the coordinator is away (it is sent when it
+        returns); drop it from the outbox when its receipt is final."""
+        if self.transport.coordinator_away() is not None:
+            return None
         try:
             receipt = self.transport.upload(pending.task, pending.frame, self.receipt_wait_s)
         except BitfleetError as error:  # coordinator or broker unreachable: resend later
             log.warning("upload for job %s round %d not sent: %s", *_where(pending), error)
             receipt = None
-        if receipt is not None and (receipt.accepted or receipt.reason not in TRANSIENT_REASONS):
+        if _final(receipt):
             with contextlib.suppress(OSError):  # a leftover file is resent, answered "resent"
                 self.outbox.remove(pending)
-            self._next_send.pop(pending.name, None)
-            self._resend_delay.pop(pending.name, None)
         else:
-            delay = self._resend_delay.get(pending.name, self.resend_s)
-            self._next_send[pending.name] = time.monotonic() + delay
-            self._resend_delay[pending.name] = min(2 * delay, self.max_resend_s)
+            self.outbox.later(pending)
         return receipt
 
     def _flush_outbox(self) -> None:
         """Resend every held upload that is due; journal the final receipts."""
         if self.transport.coordinator_returns != self._coordinator_returns:
             self._coordinator_returns = self.transport.coordinator_returns
-            self._next_send.clear()
-            self._resend_delay.clear()
-        for pending in self.outbox.pending():
-            if self.stop.is_set() or time.monotonic() < self._next_send.get(pending.name, 0.0):
-                continue
+            self.outbox.retry_now()
+        for pending in self.outbox.due():
+            if self.stop.is_set():
+                return
             receipt = self._send(pending)
-            if pending.name not in self._next_send:
+            if _final(receipt):
                 self._journal(pending.task, "receipt", outcome=_outcome(receipt))
                 log.info("job %s round %d: resent upload %s", *_where(pending), _outcome(receipt))
 
@@ -299,6 +310,11 @@ def _key(task: Task) -> TaskKey:
 
 def _where(pending: Pending) -> tuple[str, int]:
     return pending.task.job_id, pending.task.round
+
+
+def _final(receipt: UploadReceipt | None) -> bool:
+    """Whether a receipt settles an upload (accepted, or refused for good)."""
+    return receipt is not None and (receipt.accepted or receipt.reason not in TRANSIENT_REASONS)
 
 
 def _outcome(receipt: UploadReceipt | None) -> str:

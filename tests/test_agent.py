@@ -208,6 +208,8 @@ def test_enroll_writes_a_private_config_and_status_reports(
     assert agent_main(argv) == 0
     assert json.loads(capsys.readouterr().out)["agent_id"] == "pi-e"
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    saved = json.loads(config.read_text())  # the outage settings are there to edit
+    assert (saved["max_backoff_s"], saved["give_up_after_s"]) == (10.0, None)
     assert agent_main([*argv[:5], "--secret", "wrong", "--config", str(config)]) == 2
     assert "refused agent pi-e" in capsys.readouterr().err
     state = tmp_path / "state"

@@ -29,7 +29,13 @@ class Transport(Protocol):
     coordinator_returns: int
 
     def start(self, status: AgentStatus) -> None:
-        """Connect and announce ``status`` (reconnecting on its own if the link drops)."""
+        """Connect and announce ``status`` (reconnecting on its own, with backoff, if the
+        link drops); a coordinator away at start is an outage to ride out, not an error."""
+
+    def coordinator_away(self) -> str | None:
+        """Why the coordinator cannot be reached now, as far as this transport saw; None
+        when it can (HTTP: the last request was answered; MQTT: the broker link is up and
+        the coordinator's retained status says online)."""
 
     def announce(self, status: AgentStatus) -> None: ...
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from bitfleet.httpclient import ApiClient, ApiError
+from bitfleet.edge_agent.transports import is_outage
+from bitfleet.httpclient import ApiClient, ApiError, Response
 from bitfleet.protocol import (
     AgentStatus,
     Decline,
@@ -30,13 +31,47 @@ class HttpTransport:
         self.api = ApiClient(url, f"{agent_id}:{secret}", ca_file=ca_file)
         self.poll_s = poll_s
         self.coordinator_returns = 0
-        self._unreachable = False
+        self._away: str | None = None
 
     def start(self, status: AgentStatus) -> None:
-        self.announce(status)
+        """Announce; a coordinator away now is seen by the next poll, and announced to
+        when it is back (the runtime re-announces)."""
+        try:
+            self.announce(status)
+        except ApiError as error:
+            if not is_outage(error):
+                raise
+
+    def coordinator_away(self) -> str | None:
+        return self._away
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        data: bytes | None = None,
+        content_type: str = "application/octet-stream",
+    ) -> Response:
+        """Every request goes here, so the transport knows whether the coordinator answers:
+        no answer (or a proxy's 5xx without the coordinator's JSON) is "away"."""
+        try:
+            reply = self.api.request(method, path, data=data, content_type=content_type)
+        except ApiError as error:
+            if error.status == 0 or (error.status >= 500 and not isinstance(error.body, dict)):
+                self._away = str(error)
+                raise
+            self._answered()
+            raise
+        self._answered()
+        return reply
+
+    def _answered(self) -> None:
+        if self._away is not None:  # the coordinator is back: resend held uploads now
+            self._away = None
+            self.coordinator_returns += 1
 
     def announce(self, status: AgentStatus) -> None:
-        self.api.request(
+        self._request(
             "POST",
             "/api/v1/fleet/status",
             data=encode_message(status),
@@ -46,14 +81,7 @@ class HttpTransport:
     def next_task(self, timeout: float) -> Task | None:
         deadline = time.monotonic() + timeout
         while True:
-            try:
-                reply = self.api.request("GET", "/api/v1/fleet/task")
-            except ApiError as error:
-                self._unreachable = self._unreachable or error.status == 0
-                raise
-            if self._unreachable:  # the coordinator is back: resend held uploads
-                self._unreachable = False
-                self.coordinator_returns += 1
+            reply = self._request("GET", "/api/v1/fleet/task")
             if reply.status == 200:
                 return parse_message(Task, reply.body)
             if time.monotonic() + self.poll_s > deadline:
@@ -62,18 +90,18 @@ class HttpTransport:
 
     def fetch_model(self, task: Task, timeout: float) -> bytes:
         path = f"/api/v1/fleet/jobs/{task.job_id}/rounds/{task.round}/model"
-        return self.api.request("GET", path).body
+        return self._request("GET", path).body
 
     def upload(self, task: Task, frame: bytes, timeout: float) -> UploadReceipt | None:
         """The receipt; None when the coordinator is unreachable or failed without one
         (the agent's outbox resends)."""
         path = f"/api/v1/fleet/jobs/{task.job_id}/rounds/{task.round}/updates"
         try:
-            reply = self.api.request("POST", path, data=frame)
+            reply = self._request("POST", path, data=frame)
         except ApiError as error:
             if isinstance(error.body, dict) and "accepted" in error.body:
                 return parse_message(UploadReceipt, error.body)
-            if error.status == 0 or error.status >= 500:
+            if is_outage(error):
                 return None
             # Refused without a receipt (too large for the API, credentials revoked): final.
             return UploadReceipt(
@@ -83,9 +111,7 @@ class HttpTransport:
 
     def decline(self, decline: Decline) -> None:
         path = f"/api/v1/fleet/jobs/{decline.job_id}/rounds/{decline.round}/decline"
-        self.api.request(
-            "POST", path, data=encode_message(decline), content_type="application/json"
-        )
+        self._request("POST", path, data=encode_message(decline), content_type="application/json")
 
     def close(self) -> None:
         """Nothing to tear down: every request is its own connection."""

@@ -1,7 +1,9 @@
 """The MQTT transport: retained tasks and models in, chunked signed updates out.
 
 Presence is a retained status with an "offline" Last Will; subscriptions are made in
-``on_connect`` so every reconnect restores them (paho backs off 1 s .. 30 s between tries).
+``on_connect`` so every reconnect restores them. paho reconnects on its own; how long it
+waits between tries is the agent's one backoff policy (jittered, so a fleet does not return
+to a restarted broker in step), set before each wait from the connection callbacks.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bitfleet.chunks import DEFAULT_CHUNK_BYTES, Reassembler, split_frame
+from bitfleet.edge_agent.backoff import Backoff
 from bitfleet.edge_agent.transports import TransportTimeout
 from bitfleet.errors import BitfleetError
 from bitfleet.protocol import (
+    COORDINATOR_OFFLINE,
     COORDINATOR_ONLINE,
     COORDINATOR_STATUS_TOPIC,
     AgentStatus,
@@ -51,6 +55,7 @@ class MqttTransport:
         ca_file: str | None = None,
         client_cert: str | None = None,
         client_key: str | None = None,
+        backoff: Backoff | None = None,
     ) -> None:
         self.address = parse_mqtt_url(url)
         self.agent_id = agent_id
@@ -64,6 +69,9 @@ class MqttTransport:
         self._model_subscription: str | None = None
         self._closing = False
         self.coordinator_returns = 0
+        self.backoff = backoff or Backoff()
+        self._link_problem: str | None = None  # why the broker link is down, once it failed
+        self._coordinator_offline = False  # its retained status (or Last Will) says so
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=f"bitfleet-{agent_id}", protocol=mqtt.MQTTv5
         )
@@ -72,10 +80,9 @@ class MqttTransport:
             self.client.tls_set(**mqtt_tls_options(ca_file, client_cert, client_key))
         offline = encode_message(AgentStatus(agent_id, "offline"))
         self.client.will_set(agent_status_topic(agent_id), offline, qos=QOS, retain=True)
-        # Short backoff: a restarted broker must cost a round seconds, not half a minute.
-        self.client.reconnect_delay_set(min_delay=1, max_delay=5)
         self.client.suppress_exceptions = True
         self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
 
@@ -84,6 +91,13 @@ class MqttTransport:
         self._status = status
         self.client.connect_async(self.address.host, self.address.port, keepalive=30)
         self.client.loop_start()
+
+    def coordinator_away(self) -> str | None:
+        if self._link_problem is not None:
+            return self._link_problem
+        if self._coordinator_offline:
+            return "it is offline (its status on the broker says so)"
+        return None
 
     def announce(self, status: AgentStatus) -> None:
         self._status = status
@@ -112,7 +126,11 @@ class MqttTransport:
     ) -> None:
         if reason.is_failure:
             log.error("broker refused agent %s: %s (check id and secret)", self.agent_id, reason)
+            self._link_problem = f"the broker refused this agent ({reason})"
+            self._retry_later()
             return
+        self._link_problem = None
+        self.backoff.reset()
         client.subscribe(
             [
                 (agent_tasks_topic(self.agent_id), QOS),
@@ -132,8 +150,20 @@ class MqttTransport:
         self.connected.clear()
         if self._closing:
             log.info("disconnected from the broker")
-        else:
-            log.warning("disconnected from the broker (%s); reconnecting", reason)
+            return
+        log.warning("disconnected from the broker (%s); reconnecting with backoff", reason)
+        self._link_problem = f"lost the link to the broker ({reason})"
+        self._retry_later()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        broker = f"{self.address.host}:{self.address.port}"
+        self._link_problem = f"cannot connect to the broker at {broker}"
+        self._retry_later()
+
+    def _retry_later(self) -> None:
+        """Set the wait before paho's next try (paho counts whole seconds: at least 1)."""
+        delay = max(1, round(self.backoff.failed()))
+        self.client.reconnect_delay_set(min_delay=delay, max_delay=delay)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
@@ -148,7 +178,10 @@ class MqttTransport:
             self._task = parse_message(Task, payload) if payload else None
         elif topic == COORDINATOR_STATUS_TOPIC:
             if payload == COORDINATOR_ONLINE:  # (re)started, or we reconnected: resend
+                self._coordinator_offline = False
                 self.coordinator_returns += 1
+            elif payload == COORDINATOR_OFFLINE:  # stopped, or its Last Will
+                self._coordinator_offline = True
         elif topic == agent_events_topic(self.agent_id):
             receipt = parse_message(UploadReceipt, payload)
             self._receipts[(receipt.job_id, receipt.round)] = receipt
