@@ -113,6 +113,8 @@ class RoundEngine:
         self.links: dict[str, Callable[[], bool]] = {}
         self._lock = threading.RLock()
         self._open: dict[str, _OpenRound] = {}
+        # Why an active job cannot open its round now (shown by the API, logged on change).
+        self._waiting: dict[str, str] = {}
         self._datasets: dict[str, Dataset] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -247,6 +249,7 @@ class RoundEngine:
             if job.status in TERMINAL:
                 raise JobConflict(f"job {job_id} is already {job.status}")
             self.store.set_job_status(job_id, "cancelled", "cancelled by the operator")
+            self._waiting.pop(job_id, None)
             state = self._open.pop(job_id, None)
             if state is not None:
                 self._withdraw(state.record.selected)
@@ -342,6 +345,7 @@ class RoundEngine:
     def _tick_job(self, job: JobRecord) -> None:
         if not self._spec_still_valid(job):
             self._open.pop(job.job_id, None)
+            self._waiting.pop(job.job_id, None)
             return
         state = self._open.get(job.job_id)
         if state is None:
@@ -364,9 +368,17 @@ class RoundEngine:
         spec = JobSpec.model_validate(job.spec)
         prior = set(self.store.upload_agents(job.job_id, job.round))
         declined = {d.agent_id for d in self.store.list_declines(job.job_id)}
-        online = [a for a in self.online_agents() if a not in declined and a not in prior]
+        present = self.online_agents()
+        online = [a for a in present if a not in declined and a not in prior]
         if len(online) + len(prior) < spec.min_agents:
+            refused = len(declined.intersection(present))
+            self._wait(
+                job.job_id,
+                f"waiting for {spec.min_agents} agents, {len(online) + len(prior)} online"
+                + (f" ({refused} more declined this job)" if refused else ""),
+            )
             return
+        self._waiting.pop(job.job_id, None)
         rng = np.random.default_rng([spec.seed, job.round, attempt])
         count = max(0, min(spec.agents_per_round - len(prior), len(online)))
         chosen = rng.choice(sorted(online), size=count, replace=False).tolist()
@@ -385,6 +397,16 @@ class RoundEngine:
             "job %s round %d opened (attempt %d) with %s", job.job_id, job.round, attempt, selected
         )
         self._publish(job, record, [a for a in selected if a not in state.accepted])
+
+    def _wait(self, job_id: str, reason: str) -> None:
+        """Note why the job cannot start its round; logged once per change, not per tick."""
+        if self._waiting.get(job_id) != reason:
+            self._waiting[job_id] = reason
+            log.info("job %s is %s", job_id, reason)
+
+    def waiting_reason(self, job_id: str) -> str | None:
+        """What an active job waits for to start its round; None if it waits for nothing."""
+        return self._waiting.get(job_id)
 
     def republish(self) -> None:
         """Publish every open round again (after a transport reconnects)."""

@@ -1,7 +1,9 @@
 """Job statuses of the REST API: ``pending`` -> ``running`` -> one of :data:`TERMINAL`.
 
-Kept free of pydantic so the CLI clients import it on an agent-only install.
+Defined with the Python client (``bitfleet.client``), which needs them and may not import
+the server; free of pydantic, so the CLI clients import them on an agent-only install.
 """
 
-ACTIVE = ("pending", "running")
-TERMINAL = ("completed", "failed", "cancelled")
+from bitfleet.client import ACTIVE, TERMINAL
+
+__all__ = ["ACTIVE", "TERMINAL"]

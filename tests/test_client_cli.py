@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bitfleet.client import Client, Job
 from bitfleet.edge_agent.cli import main as agent_main
 from bitfleet.edge_agent.runtime import AgentRuntime
 from bitfleet.edge_agent.transports.http import HttpTransport
@@ -17,7 +21,7 @@ from bitfleet.modelfile import load_model
 from bitfleet.server.cli import main
 from tests.agents import AgentProcess
 from tests.cluster import Coordinator
-from tests.manual import JOB, running, shards
+from tests.manual import JOB, ManualAgent, enroll, partition_files, running, shards
 
 
 def _cli(capsys: pytest.CaptureFixture[str], coordinator: Coordinator, *argv: str) -> dict:
@@ -157,3 +161,90 @@ def test_a_second_agent_on_a_running_agents_state_directory_stops_with_exit_2(
         assert json.loads(capsys.readouterr().out)["state"] == "waiting"
     finally:
         assert first.stop() == 0
+
+
+def test_watch_prints_its_header_once_while_the_job_waits_for_agents(
+    http_coordinator: Coordinator, tmp_path: Path
+) -> None:
+    """The real CLI: ``--watch`` used to print the header again on every poll until the
+    first round closed."""
+    client = Client(http_coordinator.url, http_coordinator.token)
+    pairs = [client.enroll(f"pi-{index}") for index in range(2)]
+    command = [sys.executable, "-m", "bitfleet.server.cli", "jobs", "submit"]
+    command += [str(_two_agent_job(tmp_path)), "--watch", "--url", http_coordinator.url]
+    watch = subprocess.Popen(
+        [*command, "--token", http_coordinator.token],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    agents: list[AgentProcess] = []
+    try:
+        assert watch.stdout is not None
+        title, columns, waiting = (watch.stdout.readline() for _ in range(3))
+        assert waiting == "pending: waiting for 2 agents, 0 online\n"
+        data = partition_files(tmp_path / "parts", 2)
+        agents = [
+            AgentProcess(
+                p.agent_id, p.secret, client.url, d, tmp_path / p.agent_id, transport="http"
+            )
+            for p, d in zip(pairs, data, strict=True)
+        ]
+        for agent in agents:
+            agent.start()
+        rest, errors = watch.communicate(timeout=120)
+    finally:
+        watch.kill()
+        assert [agent.stop() for agent in agents] == [0] * len(agents)
+    assert watch.returncode == 0 and errors == ""
+    lines = rest.splitlines()
+    assert [title, columns, waiting, *lines].count(columns) == 1  # though polled all along
+    assert title.split()[1:] == ["digits-binary", "bitflip", "2", "rounds"]
+    assert columns.split() == ["round", "accuracy", "loss", "uploads", "up", "KB", "seconds"]
+    assert [line.split()[0] for line in lines if line[:5].strip().isdigit()] == ["0", "1"]
+    assert lines[-1] == "completed"
+    waits = [line for line in lines if not line[:5].strip().isdigit()][:-1]
+    assert all(": waiting for 2 agents, " in line for line in waits), lines
+
+
+def test_a_job_short_of_agents_says_what_it_waits_for(
+    capsys: pytest.CaptureFixture[str], http_coordinator: Coordinator
+) -> None:
+    """The README's example waits for min_agents: the API, ``jobs show`` and the log say
+    so, the log once per change rather than every tick."""
+    client = Client(http_coordinator.url, http_coordinator.token)
+    job = client.submit(JOB)
+    waiting = _job_once(client, job.id, lambda j: j.reason is not None)
+    assert (waiting.status, waiting.reason) == ("pending", "waiting for 2 agents, 0 online")
+    ((agent_id, secret),) = enroll(http_coordinator, 1)
+    ManualAgent(http_coordinator, agent_id, secret).declare(10)
+    one = _job_once(client, job.id, lambda j: j.reason != waiting.reason)
+    assert (one.status, one.reason) == ("pending", "waiting for 2 agents, 1 online")
+    base = ["--url", http_coordinator.url, "--token", http_coordinator.token]
+    assert main(["jobs", "show", job.id, *base]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "pending: waiting for 2 agents, 1 online"
+    assert main(["jobs", "show", job.id, "--json", *base]) == 0
+    assert json.loads(capsys.readouterr().out)["reason"] == "waiting for 2 agents, 1 online"
+    client.cancel(job.id)
+    assert client.job(job.id).reason == "cancelled by the operator"
+    logged = [
+        line.split(f"job {job.id} is ", 1)[1]
+        for line in http_coordinator.log_path.read_text().splitlines()
+        if f"job {job.id} is waiting" in line
+    ]
+    assert logged[:2] == ["waiting for 2 agents, 0 online", "waiting for 2 agents, 1 online"]
+    assert all(a != b for a, b in itertools.pairwise(logged)), logged
+    schema = client.api.request("GET", "/openapi.json").json()
+    reason = schema["components"]["schemas"]["JobView"]["properties"]["reason"]
+    assert "waits" in reason["description"]
+    assert reason["examples"] == ["waiting for 3 agents, 1 online"]
+
+
+def _job_once(client: Client, job_id: str, holds: Callable[[Job], bool]) -> Job:
+    """The job as soon as ``holds`` is true of it (a minute at most)."""
+    deadline = time.monotonic() + 60
+    while not holds(job := client.job(job_id)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} never got there: {job}")
+        time.sleep(0.05)
+    return job

@@ -40,6 +40,7 @@ def _view(engine: RoundEngine, job_id: str) -> JobView:
         engine.store.list_metrics(job_id),
         engine.store.list_declines(job_id),
         engine.round_progress(job_id),
+        engine.waiting_reason(job_id),
     )
 
 

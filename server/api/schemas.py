@@ -82,7 +82,12 @@ class JobView(BaseModel):
     status: str = Field(description="pending, running, completed, failed or cancelled")
     round: int = Field(description="the round in progress (= rounds done)")
     rounds: int
-    reason: str | None = Field(None, description="why the job failed or waits")
+    reason: str | None = Field(
+        None,
+        description="why the job failed, was cancelled or waits: a job that cannot start its "
+        "round says what it waits for",
+        examples=["waiting for 3 agents, 1 online"],
+    )
     round_uploads: int = Field(0, description="uploads accepted so far in the open round")
     round_agents: int = Field(0, description="agents selected for the open round")
     created_at: float
@@ -100,7 +105,9 @@ class JobView(BaseModel):
         metrics: list[RoundMetrics],
         declines: list[DeclineRecord],
         progress: tuple[int, int] = (0, 0),
+        waiting: str | None = None,
     ) -> JobView:
+        """``waiting``: what the engine says the job waits for, else the stored reason."""
         return cls(
             id=job.job_id,
             name=job.spec["name"],
@@ -108,7 +115,7 @@ class JobView(BaseModel):
             status=job.status,
             round=job.round,
             rounds=job.spec["rounds"],
-            reason=job.reason,
+            reason=waiting or job.reason,
             round_uploads=progress[0],
             round_agents=progress[1],
             created_at=job.created_at,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from typing import Any
 
@@ -31,41 +32,40 @@ def register(subparsers: Any) -> None:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    body = {"agent_id": args.agent_id} if args.agent_id else {}
-    enrolled = client(args).request("POST", "/api/v1/agents", json_body=body).json()
+    enrolled = client(args).enroll(args.agent_id)
     if args.json:
-        print_json(enrolled)
+        print_json(dataclasses.asdict(enrolled))
     else:
-        print(f"agent_id {enrolled['agent_id']}\nsecret   {enrolled['secret']}")
+        print(f"agent_id {enrolled.agent_id}\nsecret   {enrolled.secret}")
         print("the secret is shown once; on the board run:")
         print(
             f"  bitfleet-agent enroll --coordinator {args.url} "
-            f"--agent-id {enrolled['agent_id']} --secret={enrolled['secret']}"
+            f"--agent-id {enrolled.agent_id} --secret={enrolled.secret}"
         )
     return 0
 
 
 def run_list(args: argparse.Namespace) -> int:
-    agents = client(args).request("GET", "/api/v1/agents").json()
+    agents = client(args).agents()
     if args.json:
-        print_json({"agents": agents})
+        print_json({"agents": [dataclasses.asdict(agent) for agent in agents]})
         return 0
     print(f"{'agent':24s} {'state':8s} {'transport':9s} {'last seen':>10s} {'rounds':>6s}")
     now = time.time()
     for agent in agents:
-        state = "revoked" if agent["revoked"] else ("online" if agent["online"] else "offline")
-        seen = f"{now - agent['last_seen']:.0f}s ago" if agent["last_seen"] else "never"
+        state = "revoked" if agent.revoked else ("online" if agent.online else "offline")
+        seen = f"{now - agent.last_seen:.0f}s ago" if agent.last_seen else "never"
         print(
-            f"{agent['agent_id']:24s} {state:8s} {agent['transport'] or '-':9s} {seen:>10s} "
-            f"{agent['rounds_contributed']:6d}"
+            f"{agent.agent_id:24s} {state:8s} {agent.transport or '-':9s} {seen:>10s} "
+            f"{agent.rounds_contributed:6d}"
         )
     return 0
 
 
 def run_revoke(args: argparse.Namespace) -> int:
-    agent = client(args).request("POST", f"/api/v1/agents/{args.agent_id}/revoke").json()
+    agent = client(args).revoke(args.agent_id)
     if args.json:
-        print_json(agent)
+        print_json(dataclasses.asdict(agent))
     else:
-        print(f"{agent['agent_id']} revoked")
+        print(f"{agent.agent_id} revoked")
     return 0

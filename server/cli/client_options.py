@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from urllib.parse import urlsplit
 
 from bitfleet.cliargs import existing_file, http_url
-from bitfleet.httpclient import ApiClient
-from bitfleet.tls import CA_FILE_ENV, require_secure
-
-URL_ENV = "BITFLEET_URL"
-TOKEN_ENV = "BITFLEET_ADMIN_TOKEN"
-DEFAULT_URL = "http://127.0.0.1:8080"
+from bitfleet.client import DEFAULT_URL, TOKEN_ENV, URL_ENV, Client
+from bitfleet.tls import CA_FILE_ENV
 
 
 def add_client_options(parser: argparse.ArgumentParser) -> None:
@@ -39,8 +34,6 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
-def client(args: argparse.Namespace) -> ApiClient:
+def client(args: argparse.Namespace) -> Client:
     """The API client; the admin token crosses only loopback in clear, unless asked."""
-    url = urlsplit(args.url)
-    require_secure(url.hostname or "", url.scheme == "https", args.insecure, "the admin token")
-    return ApiClient(args.url, args.token, ca_file=args.ca_file)
+    return Client(args.url, args.token, ca_file=args.ca_file, insecure=args.insecure)

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import base64
+import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from bitfleet.cliargs import existing_file, identifier, non_negative_int, output_file
+from bitfleet.client import Client, Job, Round
 from bitfleet.errors import ConfigError
 from bitfleet.modelfile import save_model
 from bitfleet.server.cli.client_options import add_client_options, client
 from bitfleet.server.cli.output import print_json
-from bitfleet.server.jobstatus import TERMINAL
 
 job_id = identifier("job id")
 
@@ -58,15 +57,15 @@ def register(subparsers: Any) -> None:
 
 def run_submit(args: argparse.Namespace) -> int:
     spec = _read_spec(args.file)
-    if args.initial_model:
-        spec["initial_model"] = base64.b64encode(_read_model(args.initial_model)).decode()
-    created = client(args).request("POST", "/api/v1/jobs", json_body=spec).json()
+    initial = _read_model(args.initial_model) if args.initial_model else None
+    api = client(args)
+    job = api.submit(spec, initial)
     if args.watch:
-        return _watch(args, created["id"])
+        return _watch(args, api, job.id)
     if args.json:
-        print_json(created)
+        print_json({"id": job.id, "status": job.status})
     else:
-        print(f"submitted {created['id']} ({created['status']})")
+        print(f"submitted {job.id} ({job.status})")
     return 0
 
 
@@ -76,7 +75,7 @@ def _read_spec(path: str) -> dict[str, Any]:
         spec = json.loads(text)
     except OSError as error:
         raise ConfigError(f"cannot read job file {path}: {error.strerror}") from None
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, RecursionError) as error:
         raise ConfigError(f"job file {path} is not valid JSON: {error}") from None
     if not isinstance(spec, dict):
         raise ConfigError(f"job file {path} must hold a JSON object")
@@ -91,75 +90,83 @@ def _read_model(path: str) -> bytes:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    jobs = client(args).request("GET", "/api/v1/jobs").json()
+    jobs = client(args).jobs()
     if args.json:
-        print_json({"jobs": jobs})
+        print_json({"jobs": [dataclasses.asdict(job) for job in jobs]})
         return 0
     print(f"{'id':18s} {'name':20s} {'status':10s} {'round':>9s} {'accuracy':>9s}")
     for job in jobs:
-        accuracy = f"{job['metrics'][-1]['test_accuracy']:.4f}" if job["metrics"] else "-"
-        rounds = f"{job['round']}/{job['rounds']}"
-        name = job["name"][:20]
-        print(f"{job['id']:18s} {name:20s} {job['status']:10s} {rounds:>9s} {accuracy:>9s}")
+        accuracy = f"{job.metrics[-1].test_accuracy:.4f}" if job.metrics else "-"
+        rounds = f"{job.round}/{job.rounds}"
+        print(f"{job.id:18s} {job.name[:20]:20s} {job.status:10s} {rounds:>9s} {accuracy:>9s}")
     return 0
 
 
 def run_show(args: argparse.Namespace) -> int:
+    api = client(args)
     if args.watch:
-        return _watch(args, args.job_id)
-    job = client(args).request("GET", f"/api/v1/jobs/{args.job_id}").json()
+        return _watch(args, api, args.job_id)
+    job = api.job(args.job_id)
     if args.json:
-        print_json(job)
-    else:
-        _print_job(job, shown_rounds=0)
+        print_json(dataclasses.asdict(job))
+        return 0
+    _print_header(job)
+    for closed in job.metrics:
+        _print_round(closed)
+    _print_status(job)
     return 0
 
 
-def _watch(args: argparse.Namespace, job_id: str) -> int:
-    """Print each round as it closes; exit 0 when the job completes, 1 if it fails."""
-    api = client(args)
-    shown = 0
-    while True:
-        job = api.request("GET", f"/api/v1/jobs/{job_id}").json()
-        if not args.json:
-            shown = _print_job(job, shown)
-        if job["status"] in TERMINAL:
-            if args.json:
-                print_json(job)
-            return 0 if job["status"] == "completed" else 1
-        time.sleep(1.0)
+def _watch(args: argparse.Namespace, api: Client, job_id: str) -> int:
+    """Print the header once, then each round as it closes and what the job waits for
+    when that changes; exit 0 when the job completes, 1 if it fails or is cancelled."""
+    shown, said = 0, None
+    for number, job in enumerate(api.watch(job_id)):  # the job now, then on each change
+        if args.json:
+            continue
+        if number == 0:
+            _print_header(job)
+        for closed in job.metrics[shown:]:
+            _print_round(closed)
+        shown = len(job.metrics)
+        if job.finished or (job.reason and job.reason != said):
+            _print_status(job)
+        said = job.reason
+    if args.json:
+        print_json(dataclasses.asdict(job))
+    return 0 if job.status == "completed" else 1
 
 
-def _print_job(job: dict[str, Any], shown_rounds: int) -> int:
-    """Print the header once and the rounds not shown yet; returns rounds shown."""
-    if shown_rounds == 0:
-        print(f"{job['id']}  {job['name']}  {job['algorithm']}  {job['rounds']} rounds")
-        header = ("round", "accuracy", "loss", "uploads", "up KB", "seconds")
-        print(" ".join(f"{h:>{w}s}" for h, w in zip(header, (5, 9, 8, 7, 8, 8), strict=True)))
-    for metric in job["metrics"][shown_rounds:]:
-        print(
-            f"{metric['round']:5d} {metric['test_accuracy']:9.4f} {metric['loss']:8.4f} "
-            f"{metric['uploads']:7d} {metric['bytes_up'] / 1024:8.1f} {metric['seconds']:8.1f}",
-            flush=True,
-        )
-    if job["status"] in TERMINAL:
-        reason = f": {job['reason']}" if job.get("reason") else ""
-        print(f"{job['status']}{reason}")
-    return len(job["metrics"])
+def _print_header(job: Job) -> None:
+    print(f"{job.id}  {job.name}  {job.algorithm}  {job.rounds} rounds")
+    header = ("round", "accuracy", "loss", "uploads", "up KB", "seconds")
+    print(" ".join(f"{h:>{w}s}" for h, w in zip(header, (5, 9, 8, 7, 8, 8), strict=True)))
+
+
+def _print_round(closed: Round) -> None:
+    print(
+        f"{closed.round:5d} {closed.test_accuracy:9.4f} {closed.loss:8.4f} "
+        f"{closed.uploads:7d} {closed.bytes_up / 1024:8.1f} {closed.seconds:8.1f}",
+        flush=True,
+    )
+
+
+def _print_status(job: Job) -> None:
+    """``completed``; ``failed: why``; ``pending: waiting for 3 agents, 1 online``."""
+    print(f"{job.status}: {job.reason}" if job.reason else job.status, flush=True)
 
 
 def run_cancel(args: argparse.Namespace) -> int:
-    job = client(args).request("POST", f"/api/v1/jobs/{args.job_id}/cancel").json()
+    job = client(args).cancel(args.job_id)
     if args.json:
-        print_json(job)
+        print_json(dataclasses.asdict(job))
     else:
-        print(f"{job['id']} {job['status']}")
+        print(f"{job.id} {job.status}")
     return 0
 
 
 def run_download(args: argparse.Namespace) -> int:
-    query = f"?round={args.round}" if args.round is not None else ""
-    frame = client(args).request("GET", f"/api/v1/jobs/{args.job_id}/model{query}").body
+    frame = client(args).download_model(args.job_id, args.round)
     out = args.out or f"{args.job_id}.bfm"
     save_model(out, frame)
     if args.json:
