@@ -16,7 +16,9 @@ Conversions, identical for every source:
   would allocate gigabytes: :data:`MAX_CLASSES` bounds it);
 * sources without a test split (digits, a single IDX file, an .npz or CSV without test
   data) hold out :data:`HOLDOUT_FRACTION` of their samples, chosen by a permutation seeded
-  with :data:`HOLDOUT_SEED`, so the split is the same on every machine and every run.
+  with :data:`HOLDOUT_SEED`, so the split is the same on every machine and every run;
+  loaded with ``whole_file=True`` (what ``bitfleet eval`` scores), a user's file without
+  a test split is its own test split instead, every sample of it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import numpy as np
 from numpy.typing import NDArray
@@ -59,6 +61,9 @@ _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, zipfile.BadZipFile)
 
 RawPair = tuple[NDArray[Any], NDArray[Any]]
+# Where a Dataset's test split comes from: the source's own test data, HOLDOUT_FRACTION held
+# out of its samples, or (whole_file=True) every sample, the training split then the same.
+TestSplit = Literal["test", "held-out", "whole"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,6 +76,7 @@ class Dataset:
     x_test: NDArray[np.uint8]
     y_test: NDArray[np.int64]
     num_classes: int
+    test_split: TestSplit = "test"
 
     @property
     def num_features(self) -> int:
@@ -78,13 +84,19 @@ class Dataset:
 
 
 def load_dataset(
-    spec: str, data_dir: str | Path | None = None, label_column: int | str = -1
+    spec: str,
+    data_dir: str | Path | None = None,
+    label_column: int | str = -1,
+    *,
+    whole_file: bool = False,
 ) -> Dataset:
     """Load a built-in data set by name, or the user's own file, from local disk only.
 
     A built-in name may carry a domain shift, ``NAME:SHIFT`` (e.g. ``fashion-mnist:rotate30``,
     see :mod:`bitfleet.shifts`). ``data_dir`` overrides where Fashion-MNIST is looked for;
     ``label_column`` (an index or a header name) picks the label column of a CSV file.
+    ``whole_file`` makes a user's file without a test split its own test split (to score
+    data the user brings, not to train on); built-in data sets keep their test splits.
     """
     name, colon, variant = spec.partition(":")
     if colon and name in BUILTIN_DATASETS:
@@ -94,7 +106,7 @@ def load_dataset(
         return _load_fashion_mnist(data_dir)
     if spec == "digits":
         return _load_digits()
-    return _load_user_data(Path(spec), label_column)
+    return _load_user_data(Path(spec), label_column, whole_file)
 
 
 def _shifted(base: Dataset, spec: str, transform: Shift) -> Dataset:
@@ -106,6 +118,7 @@ def _shifted(base: Dataset, spec: str, transform: Shift) -> Dataset:
         transform(base.x_test),
         base.y_test,
         base.num_classes,
+        base.test_split,
     )
 
 
@@ -153,7 +166,7 @@ def _digits_path() -> Path:
     raise DataError(f"scikit-learn in {locations} lacks datasets/data/digits.csv.gz; re-{hint}")
 
 
-def _load_user_data(path: Path, label_column: int | str) -> Dataset:
+def _load_user_data(path: Path, label_column: int | str, whole_file: bool) -> Dataset:
     """Pick the reader for the user's own data from the path's kind and name."""
     if not path.exists():
         raise DataError(f"data set {str(path)!r} not found; use {ACCEPTED_SPECS}")
@@ -162,12 +175,12 @@ def _load_user_data(path: Path, label_column: int | str) -> Dataset:
         return _load_idx_dir(path, str(path), hint)
     lower = path.name.lower()
     if lower.endswith(".npz"):
-        return _load_npz(path)
+        return _load_npz(path, whole_file)
     if lower.endswith((".csv", ".csv.gz")):
         features, labels = _read_csv(path, label_column)
-        return _assemble(str(path), features, labels, None)
+        return _assemble(str(path), features, labels, None, whole_file)
     if "idx" in lower or "ubyte" in lower:
-        return _load_idx_file(path)
+        return _load_idx_file(path, whole_file)
     raise DataError(f"cannot tell the format of {path} from its name; use {ACCEPTED_SPECS}")
 
 
@@ -187,7 +200,7 @@ def _load_idx_dir(directory: Path, name: str, hint: str) -> Dataset:
     return _assemble(name, x_train, y_train, (x_test, y_test))
 
 
-def _load_idx_file(images: Path) -> Dataset:
+def _load_idx_file(images: Path, whole_file: bool) -> Dataset:
     """An IDX images file whose labels file is named with 'labels' in place of 'images'."""
     if "images" not in images.name:
         raise DataError(
@@ -203,7 +216,7 @@ def _load_idx_file(images: Path) -> Dataset:
     if labels is None:
         tried = " or ".join(c.name for c in candidates)
         raise DataError(f"labels for {images} not found: put them next to it as {tried}")
-    return _assemble(str(images), _read_idx(images), _read_idx(labels), None)
+    return _assemble(str(images), _read_idx(images), _read_idx(labels), None, whole_file)
 
 
 def _read_bytes(path: Path) -> bytearray:
@@ -241,7 +254,7 @@ def _read_idx(path: Path) -> NDArray[Any]:
     return values.astype(dtype.newbyteorder("="), copy=False)
 
 
-def _load_npz(path: Path) -> Dataset:
+def _load_npz(path: Path, whole_file: bool) -> Dataset:
     """An .npz archive with X, y and optionally X_test, y_test."""
     arrays = _read_npz(path)
     missing = [key for key in ("X", "y") if key not in arrays]
@@ -252,7 +265,7 @@ def _load_npz(path: Path) -> Dataset:
             "X_test and y_test: save it with numpy.savez(path, X=..., y=...)"
         )
     test = (arrays["X_test"], arrays["y_test"]) if all(has_test) else None
-    return _assemble(str(path), arrays["X"], arrays["y"], test)
+    return _assemble(str(path), arrays["X"], arrays["y"], test, whole_file)
 
 
 def _read_npz(path: Path) -> dict[str, NDArray[Any]]:
@@ -325,14 +338,22 @@ def _label_index(path: Path, label_column: int | str, header: list[str] | None, 
 
 
 def _assemble(
-    name: str, x_train: NDArray[Any], y_train: NDArray[Any], test: RawPair | None
+    name: str,
+    x_train: NDArray[Any],
+    y_train: NDArray[Any],
+    test: RawPair | None,
+    whole_file: bool = False,
 ) -> Dataset:
     """Validate the raw arrays of any source and turn them into a uniform Dataset."""
     x_train, y_train = _checked_split(name, "training", x_train, y_train)
-    if test is None:
-        x_train, y_train, x_test, y_test = _holdout(name, x_train, y_train)
-    else:
+    split: TestSplit = "test"
+    if test is not None:
         x_test, y_test = _checked_split(name, "test", *test)
+    elif whole_file:
+        x_test, y_test, split = x_train, y_train, "whole"
+    else:
+        x_train, y_train, x_test, y_test = _holdout(name, x_train, y_train)
+        split = "held-out"
     if x_test.shape[1] != x_train.shape[1]:
         raise DataError(
             f"{name}: test samples have {x_test.shape[1]} features but training samples "
@@ -340,7 +361,7 @@ def _assemble(
         )
     x_train_u8, x_test_u8 = _to_uint8(x_train, x_test)
     num_classes = int(max(y_train.max(), y_test.max())) + 1
-    return Dataset(name, x_train_u8, y_train, x_test_u8, y_test, num_classes)
+    return Dataset(name, x_train_u8, y_train, x_test_u8, y_test, num_classes, split)
 
 
 def _checked_split(

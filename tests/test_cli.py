@@ -87,6 +87,7 @@ def test_train_json_contract_then_eval_the_written_model(
     assert summary["model_bytes"] == out.stat().st_size
     evaluated = _run_json(capsys, ["eval", str(out), "--dataset", "digits", "--json"])
     assert evaluated["test_accuracy"] == summary["test_accuracy"]
+    assert evaluated["split"] == "held-out" and evaluated["test_samples"] == 359
 
 
 def test_train_on_the_users_own_npz(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

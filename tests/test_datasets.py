@@ -187,6 +187,37 @@ def test_idx_directory_of_gzipped_files(tmp_path: Path) -> None:
     assert loaded.y_test.tolist() == [0, 1, 2, 0, 1]
 
 
+def test_whole_file_makes_a_file_without_a_test_split_its_own_test_split(
+    tmp_path: Path,
+) -> None:
+    csv = tmp_path / "data.csv"
+    csv.write_text("".join(f"{i},{i % 3}\n" for i in range(20)))
+    images = write_idx(tmp_path / "my-images-idx3-ubyte", np.zeros((40, 2, 2), np.uint8))
+    write_idx(tmp_path / "my-labels-idx1-ubyte", np.arange(40, dtype=np.uint8) % 2)
+    x = np.arange(30, dtype=np.uint8).reshape(30, 1)
+    npz = save_npz(tmp_path, X=x, y=np.arange(30) % 2)
+    for path, count in ((csv, 20), (images, 40), (npz, 30)):
+        assert load_dataset(str(path)).test_split == "held-out"
+        whole = load_dataset(str(path), whole_file=True)
+        assert whole.test_split == "whole" and len(whole.y_test) == count
+        np.testing.assert_array_equal(whole.x_test, whole.x_train)
+    np.testing.assert_array_equal(load_dataset(str(npz), whole_file=True).x_test, x)
+
+
+def test_whole_file_keeps_a_given_or_built_in_test_split(tmp_path: Path) -> None:
+    write_mnist_dir(tmp_path / "idx")
+    npz = save_npz(
+        tmp_path, X=np.zeros((6, 2)), y=[0, 1] * 3, X_test=np.ones((2, 2)), y_test=[0, 1]
+    )
+    for spec in (str(tmp_path / "idx"), str(npz)):
+        loaded = load_dataset(spec, whole_file=True)
+        assert loaded.test_split == "test"
+        assert len(loaded.y_test) == len(load_dataset(spec).y_test)
+    digits = load_dataset("digits", whole_file=True)
+    assert digits.test_split == "held-out" and len(digits.y_test) == 359
+    assert load_dataset("digits:invert").test_split == "held-out"
+
+
 NPZ_ERRORS: dict[str, tuple[dict[str, Any], str]] = {
     "mismatched lengths": ({"X": np.zeros((5, 3)), "y": np.zeros(4)}, "5 samples but 4 labels"),
     "fractional labels": ({"X": np.zeros((3, 2)), "y": [0, 0.5, 1]}, "whole numbers"),

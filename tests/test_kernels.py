@@ -1,15 +1,22 @@
-"""Packed-bit kernels: numba and numpy twins agree bit for bit with plain integer matmul."""
+"""Packed-bit kernels: numba and numpy twins agree bit for bit with plain integer matmul.
+
+``make numpy-floor`` runs this file again without numba on the lowest numpy pyproject.toml
+allows: the pinned digests below are what every twin, on every supported numpy, must give.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
 
 from bitfleet import bitpack, kernels
+from bitfleet.bitflip import BitFlipConfig, BitFlipTrainer
 from bitfleet.intmath import int_matmul
 from bitfleet.kernels import reference
 
@@ -28,6 +35,9 @@ def _random_case(shape: tuple[int, int, int], seed: int) -> dict[str, np.ndarray
     }
 
 
+@pytest.mark.skipif(
+    os.environ.get("BITFLEET_NO_NUMBA", "") not in ("", "0"), reason="numba disabled on purpose"
+)
 def test_numba_is_present_in_the_test_environment() -> None:
     assert kernels.HAVE_NUMBA, "install the 'fast' extra: the twins must be compared"
 
@@ -93,7 +103,7 @@ def test_int_matmul_is_exact_on_every_engine() -> None:
 def test_kernels_fall_back_to_numpy_without_numba() -> None:
     code = (
         "import numpy as np\n"
-        "from shared import kernels\n"
+        "from bitfleet import kernels\n"
         "from bitfleet.bitflip import BitFlipConfig, BitFlipTrainer\n"
         "assert not kernels.HAVE_NUMBA and kernels.binary_dense is kernels.reference.binary_dense\n"
         "rng = np.random.default_rng(0)\n"
@@ -138,3 +148,104 @@ def test_counter_step_rounding_is_unbiased() -> None:
     kernels.counter_step(counters, weights, votes, 1, 3, 99, -8, 7, 0)
     assert abs(counters.mean() - 3 / 8) < 0.01
     assert set(np.unique(counters).tolist()) == {0, 1}
+
+
+def test_the_popcount_table_counts_every_bit() -> None:
+    edges = [0, 1, 2**63, 2**64 - 1, 0x5555555555555555, 0x8000000100000001]
+    words = np.array(edges + [int(w) for w in _words(7, 26)], dtype=np.uint64).reshape(4, 8)
+    expected = [sum(int(w).bit_count() for w in row) for row in words]
+    assert reference.popcount_sum_table(words).tolist() == expected
+    assert reference.popcount_sum_table(words[:, ::3]).tolist() == [
+        sum(int(w).bit_count() for w in row) for row in words[:, ::3]
+    ]
+    assert reference.popcount_sum(words).dtype == np.int32
+    assert reference.popcount_sum(words).tolist() == expected
+    if hasattr(np, "bitwise_count"):
+        assert reference.popcount_sum is reference.popcount_sum_native
+        many = _words(8, 64, 33, 5)
+        np.testing.assert_array_equal(
+            reference.popcount_sum_table(many), reference.popcount_sum_native(many)
+        )
+
+
+def _words(seed: int, *shape: int) -> np.ndarray:
+    """Inputs from the counter-based hash, not a Generator: the same on every numpy."""
+    count = int(np.prod(shape))
+    return reference.splitmix64(np.arange(count, dtype=np.uint64) + np.uint64(seed)).reshape(shape)
+
+
+def _ints(seed: int, low: int, high: int, *shape: int) -> np.ndarray:
+    return (_words(seed, *shape) % np.uint64(high - low)).astype(np.int64) + low
+
+
+def _kernel_outputs(twin: object) -> list[np.ndarray]:
+    """Every kernel on fixed inputs, with shifts and dtypes of each kind."""
+    k: Any = twin
+    x, w, positive, nonzero = (_words(seed, 5, 13) for seed in (1, 2, 3, 4))
+    planes = _words(5, 5, 8, 13)
+    outputs = [
+        k.binary_dense(x, w, 13 * 64),
+        k.ternary_dense(x, positive, nonzero),
+        k.uint8_binary_dense(planes, w),
+        k.uint8_ternary_dense(planes, positive, nonzero),
+    ]
+    for shift in (-2, 0, 5, 40):
+        counters, weights = _ints(6, -128, 128, 7, 11).astype(np.int16), np.zeros((7, 11), np.int8)
+        k.counter_step(counters, weights, _ints(7, -500, 501, 7, 11), 3, shift, 99, -128, 127, 1)
+        outputs += [counters, weights]
+    a = _ints(8, -128, 128, 6, 20).astype(np.int8)
+    bias = _ints(10, -3000, 3000, 7).astype(np.int32)
+    for w_dtype in (np.int8, np.int16):
+        fixed_w = _ints(9, -128, 128, 20, 7).astype(w_dtype)
+        for shift, relu, out_dtype in (
+            (7, True, np.int8),
+            (0, False, np.int32),
+            (-1, False, np.int32),
+        ):
+            out = np.zeros((6, 7), out_dtype)
+            k.fixed_dense(a, fixed_w, bias, shift, relu, out)
+            outputs.append(out)
+    for stochastic in (False, True):
+        perturbed = _ints(11, -1000, 1000, 5, 37).astype(np.int16)
+        coefs = np.array([3, -1, 2], np.int64)
+        k.add_perturbations(
+            perturbed, _words(12, 3), coefs, 11, 1 << 31, 5, 3, 77, stochastic, -1024, 1023
+        )
+        outputs.append(perturbed)
+    acc, pend = _words(13, 4, 9), _words(14, 4, 9)
+    k.carry_save_add(acc, pend, _words(15, 9), np.array([[0, 3], [1, 2]], np.int64))
+    sliced = _words(16, 6, 9) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    k.bitsliced_add(sliced, _words(17, 9), 1)
+    return [*outputs, acc, pend, sliced]
+
+
+def _digest(arrays: list[np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes())
+    return digest.hexdigest()
+
+
+# Measured with numba (numpy 2.4) and with the numpy twins on numpy 2.4 and 1.24: identical.
+KERNELS_DIGEST = "8e76bdf3112662489967d1aa2c807d1e1918c40ed851e6d773ff8177d7c3f843"
+TRAINED_DIGESTS = {
+    "binary": "78c82dc47c66461359c0041adce603ac98bc55c4a1f81c004d7caafe9730cc16",
+    "ternary": "506d133e8331beeab3f63f7a28f543aa67b7fbe066216491ac7359ea213d0b7a",
+}
+
+
+@pytest.mark.parametrize("twin", TWINS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_every_kernel_gives_the_pinned_result_on_every_numpy(twin: object) -> None:
+    assert _digest(_kernel_outputs(twin)) == KERNELS_DIGEST, f"numpy {np.__version__}"
+
+
+@pytest.mark.parametrize("encoding", ["binary", "ternary"])
+def test_training_gives_the_pinned_model_on_every_numpy(encoding: str) -> None:
+    """The trainer around the kernels, too: shuffles, votes, rounding, packing."""
+    x, y = _ints(20, 0, 256, 300, 70).astype(np.uint8), _ints(21, 0, 3, 300)
+    config = BitFlipConfig(encoding=encoding, epochs=2, seed=5)
+    model = BitFlipTrainer([70, 16, 3], config).fit(x, y)
+    arrays = [model.input_offset]
+    for layer in model.layers:
+        arrays += [layer.positive] + ([] if layer.nonzero is None else [layer.nonzero])
+    assert _digest(arrays) == TRAINED_DIGESTS[encoding], f"numpy {np.__version__}"

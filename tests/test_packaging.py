@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 import sysconfig
 import tarfile
-import tomllib
 import venv
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = {"shared": "bitfleet", "server": "bitfleet.server", "edge_agent": "bitfleet.edge_agent"}
@@ -75,6 +76,13 @@ def test_no_code_imports_the_folder_names() -> None:
         for name in _imports(path)
         if name.split(".")[0] in OLD_ROOTS
     ]
+    # Code held in strings (run in a subprocess) too.
+    pattern = re.compile(r"\b(from|import) (shared|server|edge_agent)\b(\.| import|\n|$)")
+    offenders += [
+        f"{path.relative_to(ROOT)}: {match.group(0)!r}"
+        for path in files
+        for match in pattern.finditer(path.read_text())
+    ]
     assert not offenders
 
 
@@ -124,10 +132,11 @@ def test_the_wheel_has_one_import_root_and_its_metadata(dist: Path) -> None:
 
     (wheel,) = dist.glob("bitfleet-*-py3-none-any.whl")
     assert wheel.name == f"bitfleet-{bitfleet.__version__}-py3-none-any.whl"
+    dist_info = f"bitfleet-{bitfleet.__version__}.dist-info"
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
-        metadata = archive.read(f"bitfleet-{bitfleet.__version__}.dist-info/METADATA").decode()
-    assert {n.split("/")[0] for n in names} == {"bitfleet", f"bitfleet-{bitfleet.__version__}.dist-info"}
+        metadata = archive.read(f"{dist_info}/METADATA").decode()
+    assert {n.split("/")[0] for n in names} == {"bitfleet", dist_info}
     assert {f"bitfleet/{p}" for p in ("py.typed", "server/engine.py", "edge_agent/cli.py")} <= set(
         names
     )

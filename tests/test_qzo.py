@@ -235,7 +235,7 @@ def test_forward_training_runs_without_numba_and_matches_it(
     x, y = rotated[0][:200], rotated[1][:200]
     code = (
         "import hashlib, sys, numpy as np\n"
-        "from shared import kernels\n"
+        "from bitfleet import kernels\n"
         "from bitfleet.modelfile import model_from_frame, model_to_frame\n"
         "from bitfleet.frames import decode_frame\n"
         "from bitfleet.qzo import QZOConfig, QZOTrainer\n"

@@ -137,7 +137,7 @@ def test_bitsliced_add_twins_are_bit_exact_and_add(lanes: int, start: int) -> No
 def test_tally_runs_on_numpy_alone() -> None:
     code = (
         "import numpy as np\n"
-        "from shared import kernels\n"
+        "from bitfleet import kernels\n"
         "from bitfleet.bitpack import pack_binary\n"
         "from bitfleet.tally import LayerTally\n"
         "assert kernels.carry_save_add is kernels.reference.carry_save_add\n"

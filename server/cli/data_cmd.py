@@ -6,15 +6,11 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from bitfleet.cliargs import label_column, non_negative_int, positive_float
-from bitfleet.datasets import Dataset, load_dataset
+from bitfleet.cliargs import non_negative_int, positive_float
+from bitfleet.datasets import Dataset
 from bitfleet.partition import SCHEMES, label_histogram, partition, write_partitions
+from bitfleet.server.cli.data_options import add_data_arguments, load_data
 from bitfleet.server.cli.output import print_json
-
-DATASET_HELP = (
-    "'fashion-mnist', 'digits', or a path to your own data: an .npz file (X, y, optional "
-    "X_test, y_test), a .csv file, an IDX images file or a directory of MNIST-named IDX files"
-)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -72,26 +68,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, metavar="SPEC", help=DATASET_HELP)
-    parser.add_argument(
-        "--data-dir",
-        metavar="DIR",
-        help="directory holding Fashion-MNIST's IDX files "
-        "(default: $BITFLEET_DATA_DIR, else /usr/share/datasets/fashion-mnist)",
-    )
-    parser.add_argument(
-        "--label-column",
-        type=label_column,
-        default=-1,
-        metavar="COL",
-        help="label column of a CSV file: index or header name (default: last column)",
-    )
+    add_data_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the data set once, then run the chosen action on it."""
-    dataset = load_dataset(args.dataset, args.data_dir, args.label_column)
+    dataset = load_data(args)
     if args.data_command == "info":
         return _info(dataset, args)
     return _partition(dataset, args)

@@ -15,10 +15,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bitfleet.cliargs import non_negative_int, output_file, positive_float, positive_int
-from bitfleet.datasets import Dataset, load_dataset
+from bitfleet.datasets import Dataset
 from bitfleet.fixedpoint import WEIGHT_BITS, FixedMLP, quantize
 from bitfleet.floatmlp import FloatConfig, FloatMLP, FloatTrainer
 from bitfleet.modelfile import model_to_frame, save_model
+from bitfleet.server.cli.data_options import add_data_arguments, load_data
 from bitfleet.server.cli.output import ProgressBar, print_json
 from bitfleet.server.cli.train_cmd import carve_validation, parse_layers
 
@@ -36,8 +37,7 @@ def register(subparsers: Any) -> None:
             "quantization on the test split."
         ),
     )
-    parser.add_argument("--dataset", required=True, help="fashion-mnist, digits or a file path")
-    parser.add_argument("--data-dir", help="directory holding the data set's files")
+    add_data_arguments(parser)
     parser.add_argument(
         "--layers", help=f"layer sizes (default: features,{DEFAULT_HIDDEN},classes)"
     )
@@ -75,7 +75,7 @@ def pretrain(
 
 
 def run(args: argparse.Namespace) -> int:
-    dataset = load_dataset(args.dataset, data_dir=args.data_dir)
+    dataset = load_data(args)
     layers = parse_layers(args.layers, dataset, DEFAULT_HIDDEN)
     config = FloatConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     progress = ProgressBar(total=1, label="pretrain")

@@ -11,18 +11,13 @@ from numpy.typing import NDArray
 
 from bitfleet import kernels
 from bitfleet.bitflip import BitFlipConfig, BitFlipTrainer, EpochReport
-from bitfleet.cliargs import (
-    label_column,
-    non_negative_int,
-    output_file,
-    positive_float,
-    positive_int,
-)
-from bitfleet.datasets import Dataset, load_dataset, split_validation
+from bitfleet.cliargs import non_negative_int, output_file, positive_float, positive_int
+from bitfleet.datasets import Dataset, split_validation
 from bitfleet.errors import ConfigError
 from bitfleet.floatmlp import FloatConfig, FloatTrainer
 from bitfleet.modelfile import Model, model_to_frame, save_model
 from bitfleet.qzo import QZOConfig, QZOTrainer
+from bitfleet.server.cli.data_options import add_data_arguments, load_data
 from bitfleet.server.cli.output import ProgressBar, print_json
 from bitfleet.server.cli.qzo_options import (
     add_qzo_arguments,
@@ -57,15 +52,7 @@ def register(subparsers: Any) -> None:
         "--layers",
         help=f"layer sizes, e.g. 784,512,10 (default: features,{DEFAULT_HIDDEN},classes)",
     )
-    parser.add_argument(
-        "--dataset",
-        required=True,
-        help="fashion-mnist, digits, or a path to your own .npz, .csv or IDX data",
-    )
-    parser.add_argument("--data-dir", help="directory holding the data set's files")
-    parser.add_argument(
-        "--label-column", type=label_column, default=-1, help="CSV label column (index or name)"
-    )
+    add_data_arguments(parser)
     parser.add_argument(
         "--epochs",
         type=positive_int,
@@ -119,7 +106,7 @@ def carve_validation(
 
 
 def run(args: argparse.Namespace) -> int:
-    dataset = load_dataset(args.dataset, data_dir=args.data_dir, label_column=args.label_column)
+    dataset = load_data(args)
     x_fit, y_fit, x_val, y_val = carve_validation(dataset.x_train, dataset.y_train, args.val_size)
     if (args.algo == "forward") != (args.init is not None):
         raise ConfigError("--init FILE goes with --algo forward, and --algo forward needs it")

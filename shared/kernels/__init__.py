@@ -1,7 +1,8 @@
 """Hot kernels (packed-bit and fixed-point dense layers, training updates): numba or numpy.
 
 Set ``BITFLEET_NO_NUMBA=1`` to force the numpy path (what a board without numba wheels
-runs). Both paths give identical integer results; ``tests/test_kernels.py`` proves it.
+runs). Both paths give identical integer results, on every numpy from 1.24 (numpy < 2 counts
+bits by table lookup); ``tests/test_kernels.py`` proves it, ``make numpy-floor`` on the floor.
 """
 
 from __future__ import annotations
