@@ -74,10 +74,13 @@ RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
     fi; \
     pip install --no-index --find-links /wheels /wheels/*.whl
 
-RUN useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin bitfleet \
-    && install -d -o bitfleet -g bitfleet -m 0750 \
-        /var/lib/bitfleet-agent /var/lib/bitfleet-agent/state /var/lib/bitfleet-agent/cache \
-    && install -d -m 0755 /data
+# Every mount point exists and belongs to uid 10001: Docker gives a new volume the owner and
+# mode of the image's directory, and a root-owned one of its own where the image has none.
+# /data and /tls (a CA to verify the coordinator and broker against) are mounted read-only.
+RUN groupadd --gid 10001 bitfleet \
+    && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin bitfleet \
+    && install -d -o 10001 -g 10001 -m 0750 /var/lib/bitfleet-agent \
+        /var/lib/bitfleet-agent/state /var/lib/bitfleet-agent/cache /data /tls
 
 ENV PYTHONUNBUFFERED=1 \
     BITFLEET_AGENT_CONFIG=/var/lib/bitfleet-agent/agent.json \

@@ -7,31 +7,43 @@ writes the whole tree. Client ids are bound to user names (``use_username_as_cli
 an agent connecting with another client's id cannot knock that client off the broker.
 No agent id may be the coordinator's user name (``protocol.RESERVED_AGENT_IDS``).
 
-:func:`write_broker_files` writes a complete broker configuration (used by the demo
-cluster, the tests and the Docker image); :class:`BrokerCredentials` rewrites the password
-file after every enrollment or revocation and asks the broker to reload it (SIGHUP).
+:func:`write_broker_files` writes the broker's files: ``bitfleet.conf`` (listener, TLS,
+password file, ACL) for the ``include_dir`` of a packaged broker (Debian's
+``/etc/mosquitto/conf.d``), and ``mosquitto.conf``, the same lines under the settings of a
+broker of our own (the demo cluster, the tests, the compose file). :class:`BrokerCredentials`
+rewrites the password file after every enrollment or revocation and has the broker reload
+it: a command (``systemctl reload mosquitto`` through sudo or polkit, for a broker running
+as its own user) or SIGHUP to a pid file (a broker running as ours).
 """
 
 from __future__ import annotations
 
 import base64
-import getpass
+import grp
 import hashlib
 import logging
 import os
+import pwd
 import signal
+import stat
+import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bitfleet.atomicfile import write_atomic
 from bitfleet.chunks import DEFAULT_CHUNK_BYTES
+from bitfleet.errors import ConfigError
 from bitfleet.protocol import TOPIC_ROOT
 from bitfleet.server.state import StateStore
 
 log = logging.getLogger("bitfleet.broker")
 
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default for its $7$ (PBKDF2-SHA512) hashes
+
+PRIVATE = 0o600  # the broker runs as our user (its own container, the demo, the tests)
+GROUP_READABLE = 0o640  # a packaged broker runs as its own user and reads through the group
+RELOAD_TIMEOUT_S = 30.0
 
 ACL_TEMPLATE = f"""# bitfleet broker ACL: agents write only under their own id.
 user {{coordinator}}
@@ -56,10 +68,30 @@ def password_line(user: str, password: str, salt: bytes | None = None) -> str:
     return f"{user}:$7${PBKDF2_ITERATIONS}${encoded_salt}${encoded_hash}"
 
 
-def write_password_file(path: Path, users: dict[str, str]) -> None:
-    """Atomically replace the password file (0600)."""
+def write_password_file(path: Path, users: dict[str, str], mode: int = PRIVATE) -> None:
+    """Atomically replace the password file: the broker never reads half a file."""
     lines = "".join(password_line(u, p) + "\n" for u, p in sorted(users.items()))
-    write_atomic(path, lines.encode())
+    write_atomic(path, lines.encode(), mode)
+
+
+def check_group_directory(directory: Path, group: str) -> None:
+    """The broker's user reads our files through ``group``, so each must belong to it from
+    its creation: the directory's setgid bit does that. (A chgrp after writing would leave
+    the broker a moment of unreadable file, and needs a membership we should not have.)"""
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(f"--broker-group {group}: no such group on this machine") from None
+    try:
+        info = directory.stat()
+    except FileNotFoundError:
+        info = None
+    if info is None or info.st_gid != gid or not info.st_mode & stat.S_ISGID:
+        raise ConfigError(
+            f"{directory} must be a directory of group {group} with the setgid bit, so that "
+            f"{group} can read every file the coordinator writes there: "
+            f"sudo install -d -o {_own_user() or 'USER'} -g {group} -m 2750 {directory}"
+        )
 
 
 @dataclass(frozen=True)
@@ -81,7 +113,8 @@ class BrokerTls:
 
 @dataclass
 class BrokerFiles:
-    config: Path
+    config: Path  # a whole configuration, for a broker of our own
+    include: Path  # the listener alone, for the include_dir of a packaged broker
     passwords: Path
     acl: Path
     pid: Path
@@ -95,35 +128,56 @@ def write_broker_files(
     host: str = "127.0.0.1",
     max_packet_bytes: int = 4 * DEFAULT_CHUNK_BYTES,
     tls: BrokerTls | None = None,
+    mode: int = PRIVATE,
 ) -> BrokerFiles:
     """A mosquitto configuration: authenticated listener (TLS when ``tls`` is given),
-    password file, per-agent ACL, client ids bound to user names."""
+    password file, per-agent ACL, client ids bound to user names; every file ``mode``."""
     directory.mkdir(parents=True, exist_ok=True)
     files = BrokerFiles(
         directory / "mosquitto.conf",
+        directory / "bitfleet.conf",
         directory / "passwords",
         directory / "acl",
         directory / "mosquitto.pid",
     )
-    write_password_file(files.passwords, {coordinator_user: coordinator_password})
-    files.acl.write_text(ACL_TEMPLATE.format(coordinator=coordinator_user))
-    files.config.write_text(
-        # Run as the user owning these files (mosquitto started as root drops to its own
-        # user by default, which could not read the 0600 password file).
-        f"user {getpass.getuser()}\n"
+    write_password_file(files.passwords, {coordinator_user: coordinator_password}, mode)
+    write_atomic(files.acl, ACL_TEMPLATE.format(coordinator=coordinator_user).encode(), mode)
+    # Authentication is global in mosquitto (per_listener_settings false): a broker that
+    # includes this listener serves bitfleet alone.
+    listener = (
         f"listener {port} {host}\n"
         f"{tls.listener_lines() if tls else ''}"
         "allow_anonymous false\n"
         "use_username_as_clientid true\n"
         f"password_file {files.passwords}\n"
         f"acl_file {files.acl}\n"
-        f"pid_file {files.pid}\n"
-        "persistence false\n"
         f"max_packet_size {max_packet_bytes}\n"
-        "log_dest stderr\n"
-        "log_type error\nlog_type warning\nlog_type notice\n"
     )
+    write_atomic(
+        files.include,
+        f"# bitfleet's listener (the coordinator writes it)\n{listener}".encode(),
+        mode,
+    )
+    # Started as root, mosquitto drops to the user named here (its default user could not
+    # read files that are ours alone); started as anyone else, it ignores the line.
+    user = _own_user()
+    own_broker = (
+        (f"user {user}\n" if user else "")
+        + f"pid_file {files.pid}\n"
+        + "persistence false\n"
+        + "log_dest stderr\n"
+        + "log_type error\nlog_type warning\nlog_type notice\n"
+    )
+    write_atomic(files.config, (own_broker + listener).encode(), mode)
     return files
+
+
+def _own_user() -> str | None:
+    """The name of the user we run as (None without a passwd entry, as in some containers)."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return None
 
 
 @dataclass
@@ -135,6 +189,8 @@ class BrokerCredentials:
     coordinator_user: str
     coordinator_password: str
     pid_file: Path | None = None
+    reload_command: list[str] | None = None
+    mode: int = PRIVATE
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def sync(self) -> None:
@@ -156,10 +212,28 @@ class BrokerCredentials:
                 )
             elif secret is not None:
                 users[agent.agent_id] = secret
-        write_password_file(self.password_file, users)
+        write_password_file(self.password_file, users, self.mode)
         self._reload()
 
     def _reload(self) -> None:
+        """Ask the broker to reread the password file; a broker that is down reads it when it
+        starts, so a failure is a warning, never an enrollment refused."""
+        if self.reload_command is not None:
+            try:
+                done = subprocess.run(
+                    self.reload_command,
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    timeout=RELOAD_TIMEOUT_S,
+                    check=False,
+                )
+            except (OSError, subprocess.TimeoutExpired) as error:
+                log.warning("broker reload command failed: %s", error)
+                return
+            if done.returncode != 0:
+                said = " ".join(done.stderr.decode(errors="replace").split())[-500:]
+                log.warning("broker reload command exited %d: %s", done.returncode, said)
+            return
         if self.pid_file is None:
             return
         try:

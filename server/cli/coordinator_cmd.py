@@ -8,6 +8,8 @@ import errno
 import json
 import logging
 import os
+import shlex
+import shutil
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -77,13 +79,28 @@ def register(subparsers: Any) -> None:
         help="mosquitto password file to keep in step with enrolled agents",
     )
     parser.add_argument(
-        "--broker-pid-file", type=Path, help="signal this broker to reload its password file"
+        "--broker-pid-file",
+        type=Path,
+        help="SIGHUP this broker to reload its password file (a broker running as our user)",
+    )
+    parser.add_argument(
+        "--broker-reload-command",
+        help="run this after every password change to make the broker reload (no shell; e.g. "
+        "'sudo -n systemctl reload mosquitto' for the packaged broker, which runs as its own "
+        "user: docs/system-broker.md)",
     )
     parser.add_argument(
         "--broker-config-dir",
         type=Path,
-        help="write a complete broker configuration here (mosquitto.conf, ACL, passwords; "
-        "listening at the --mqtt-url port) for a broker in another container",
+        help="write the broker configuration here, listening at the --mqtt-url port: "
+        "passwords, acl, bitfleet.conf (the listener, for a packaged broker's include_dir, "
+        "e.g. /etc/mosquitto/conf.d) and mosquitto.conf (all of it, for a broker of its own, "
+        "e.g. in another container)",
+    )
+    parser.add_argument(
+        "--broker-group",
+        help="make the broker files readable by this group (0640; e.g. mosquitto, the packaged "
+        "broker's user); their directory must be of this group with the setgid bit",
     )
     parser.add_argument(
         "--broker-listen-host",
@@ -152,7 +169,13 @@ def run(args: argparse.Namespace) -> int:
 
         from bitfleet.server.api.app import create_app
         from bitfleet.server.api.limits import ApiLimits
-        from bitfleet.server.broker import BrokerCredentials, write_broker_files
+        from bitfleet.server.broker import (
+            GROUP_READABLE,
+            PRIVATE,
+            BrokerCredentials,
+            check_group_directory,
+            write_broker_files,
+        )
         from bitfleet.server.engine import EngineSettings, RoundEngine
         from bitfleet.server.mqtt_bridge import MqttBridge
         from bitfleet.server.state import open_store
@@ -207,6 +230,11 @@ def run(args: argparse.Namespace) -> int:
                 "--broker-passwd-file and --broker-config-dir need --mqtt-url with the "
                 "coordinator's user:pass"
             )
+        reload_command = _reload_command(args)
+        mode = PRIVATE
+        if args.broker_group is not None:
+            check_group_directory(args.broker_config_dir or passwords.parent, args.broker_group)
+            mode = GROUP_READABLE
         if args.broker_config_dir is not None:
             require_secure(
                 args.broker_listen_host, broker.tls, args.insecure, "the broker we configure"
@@ -218,13 +246,25 @@ def run(args: argparse.Namespace) -> int:
                 broker.password,
                 args.broker_listen_host,
                 tls=_broker_tls(args, broker.tls),
+                mode=mode,
             )
             passwords = files.passwords
         credentials = BrokerCredentials(
-            store, passwords, broker.username, broker.password, args.broker_pid_file
+            store,
+            passwords,
+            broker.username,
+            broker.password,
+            args.broker_pid_file,
+            reload_command,
+            mode,
         )
         engine.credential_listeners.append(credentials.sync)
         credentials.sync()
+    elif args.broker_pid_file or args.broker_reload_command or args.broker_group:
+        raise ConfigError(
+            "--broker-pid-file, --broker-reload-command and --broker-group concern the files "
+            "of --broker-passwd-file or --broker-config-dir: give one of those"
+        )
     bridge = (
         MqttBridge(
             engine,
@@ -270,6 +310,22 @@ def run(args: argparse.Namespace) -> int:
 def _given(**options: Any) -> dict[str, Any]:
     """The options the user set (the others keep their defaults where they are defined)."""
     return {name: value for name, value in options.items() if value is not None}
+
+
+def _reload_command(args: argparse.Namespace) -> list[str] | None:
+    """The argv of --broker-reload-command, checked before anything starts."""
+    if args.broker_reload_command is None:
+        return None
+    if args.broker_pid_file is not None:
+        raise ConfigError("give --broker-reload-command or --broker-pid-file, not both")
+    try:
+        argv = shlex.split(args.broker_reload_command)
+    except ValueError as error:
+        raise ConfigError(f"--broker-reload-command: {error}") from None
+    if not argv or shutil.which(argv[0]) is None:
+        shown = argv[0] if argv else "''"
+        raise ConfigError(f"--broker-reload-command: {shown}: no such command")
+    return argv
 
 
 def _broker_tls(args: argparse.Namespace, mqtts: bool) -> Any:
