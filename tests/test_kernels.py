@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +22,7 @@ import pytest
 from bitfleet import bitpack, kernels
 from bitfleet.bitflip import BitFlipConfig, BitFlipTrainer
 from bitfleet.intmath import int_matmul
-from bitfleet.kernels import reference
+from bitfleet.kernels import HAVE_NUMBA, reference
 
 SHAPES = [(1, 1, 1), (3, 63, 5), (4, 64, 7), (5, 65, 3), (17, 130, 33), (64, 784, 100), (2, 200, 1)]
 TWINS = [reference] + ([kernels.fast] if kernels.fast is not None else [])
@@ -249,3 +253,37 @@ def test_training_gives_the_pinned_model_on_every_numpy(encoding: str) -> None:
     for layer in model.layers:
         arrays += [layer.positive] + ([] if layer.nonzero is None else [layer.nonzero])
     assert _digest(arrays) == TRAINED_DIGESTS[encoding], f"numpy {np.__version__}"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not HAVE_NUMBA, reason="needs root and numba")
+def test_numba_loads_for_a_service_user_with_no_home_and_a_read_only_install(
+    tmp_path: Path,
+) -> None:
+    """numba refused to load (no cache locator) for a user who can write neither beside the
+    sources nor a home; the kernels give it a private cache directory instead."""
+    uid = 10001
+    cache = Path(tempfile.gettempdir()) / f"bitfleet-numba-{uid}"
+    shutil.rmtree(cache, ignore_errors=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME")}
+    done = subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={uid}",
+            f"--regid={uid}",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            "from bitfleet import kernels; print(kernels.HAVE_NUMBA)",
+        ],
+        env={**env, "HOME": "/nonexistent", "BITFLEET_NO_NUMBA": ""},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if "Permission denied" in done.stderr:
+        pytest.skip(f"uid {uid} cannot run this interpreter: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
+    info = cache.lstat()
+    assert info.st_uid == uid and stat.S_IMODE(info.st_mode) == 0o700
