@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Install the Debian packages bitfleet needs: the Mosquitto broker (tests, demo cluster) and
-# the offline Fashion-MNIST data set. Idempotent: does nothing when both are present.
+# Install the Debian packages bitfleet needs: the Mosquitto broker (tests, demo cluster), the
+# offline Fashion-MNIST data set, venv, and shellcheck (the tests lint the shell scripts).
+# Idempotent: does nothing when all are present.
 set -euo pipefail
 
-packages=(mosquitto dataset-fashion-mnist python3-venv)
+packages=(mosquitto dataset-fashion-mnist python3-venv shellcheck)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -1,11 +1,13 @@
 """The agent's install assets: edge_agent/install/install.sh (run for real with --dry-run, as
-the current user) and docker/agent.Dockerfile (checked statically: no Docker engine here)."""
+the current user), docker/agent.Dockerfile (checked statically: no Docker engine here) and
+scripts/arm-selftest.sh (its options only: a real run takes root, qemu and twenty minutes)."""
 
 from __future__ import annotations
 
 import shlex
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "edge_agent" / "install" / "install.sh"
 DOCKERFILE = ROOT / "docker" / "agent.Dockerfile"
+ARM_SELFTEST = ROOT / "scripts" / "arm-selftest.sh"
 
 UNIT_PATH = "/etc/systemd/system/bitfleet-agent.service"
 CONFIG = "/etc/bitfleet-agent/agent.json"
@@ -53,9 +56,9 @@ class DryRun:
         return "\n".join(lines[start + 1 : end]) + "\n"
 
 
-def dry_run(*args: str) -> DryRun:
+def dry_run(*args: str, script: Path = SCRIPT) -> DryRun:
     done = subprocess.run(
-        [str(SCRIPT), "--dry-run", *args], capture_output=True, text=True, timeout=60
+        [str(script), "--dry-run", *args], capture_output=True, text=True, timeout=60
     )
     return DryRun(done.returncode, done.stdout, done.stderr)
 
@@ -143,7 +146,7 @@ def test_dry_run_installs_the_extras_for_the_architecture(
     run = dry_run(*install_args(data_file, prefix, arch))
     assert run.returncode == 0, run.stderr
     pip = run.command(f"{prefix}/bin/python", "-m", "pip", "install")
-    assert pip[-1] == f"bitfleet{extras}"
+    assert pip[-1] == f"{ROOT}{extras}"  # by default, the checkout the script is in
     assert "--only-binary=numpy,numba,llvmlite" in pip
     apt = [argv for argv in run.commands() if "apt-get" in argv and "install" in argv]
     assert all("build-essential" not in argv for argv in apt)
@@ -313,6 +316,166 @@ def test_skip_enroll_and_a_local_wheel(tmp_path: Path, data_file: Path, prefix: 
     assert not [argv for argv in run.commands() if "enroll" in argv]
 
 
+def pip_target(run: DryRun, prefix: Path) -> str:
+    assert run.returncode == 0, run.stderr
+    return run.command(f"{prefix}/bin/python", "-m", "pip", "install")[-1]
+
+
+def test_wheel(tmp_path: Path, data_file: Path, prefix: Path) -> None:
+    wheel = tmp_path / "bitfleet-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"")
+    run = dry_run(*install_args(data_file, prefix, "arm64", "--wheel", str(wheel)))
+    assert pip_target(run, prefix) == f"{wheel}[agent,fast]"
+
+
+def test_source(tmp_path: Path, data_file: Path, prefix: Path) -> None:
+    source = tmp_path / "checkout"
+    source.mkdir()
+    (source / "pyproject.toml").write_text('[project]\nname = "bitfleet"\n')
+    run = dry_run(*install_args(data_file, prefix, "armv7l", "--source", str(source)))
+    assert pip_target(run, prefix) == f"{source}[agent]"
+
+
+def test_package_spec_with_a_version(data_file: Path, prefix: Path) -> None:
+    run = dry_run(*install_args(data_file, prefix, "arm64", "--package", "bitfleet==0.2.0"))
+    assert pip_target(run, prefix) == "bitfleet[agent,fast]==0.2.0"
+
+
+def copy_installer(top: Path, pyproject: str | None) -> Path:
+    """install.sh alone at TOP/edge_agent/install/, TOP holding PYPROJECT if given."""
+    script = top / "edge_agent" / "install" / "install.sh"
+    script.parent.mkdir(parents=True)
+    shutil.copy2(SCRIPT, script)
+    if pyproject is not None:
+        (top / "pyproject.toml").write_text(pyproject)
+    return script
+
+
+def test_default_is_the_checkout_the_script_is_in(
+    tmp_path: Path, data_file: Path, prefix: Path
+) -> None:
+    top = tmp_path / "checkout"
+    script = copy_installer(top, '[project]\nname = "bitfleet"\n')
+    run = dry_run(*install_args(data_file, prefix, "arm64"), script=script)
+    assert pip_target(run, prefix) == f"{top}[agent,fast]"
+
+
+@pytest.mark.parametrize(
+    "pyproject",
+    [None, '[project]\nname = "someone-else"\n'],
+    ids=["no-pyproject", "another-project"],
+)
+def test_no_default_outside_a_checkout(
+    pyproject: str | None, tmp_path: Path, data_file: Path, prefix: Path
+) -> None:
+    script = copy_installer(tmp_path / "copy", pyproject)
+    run = dry_run(*install_args(data_file, prefix, "arm64"), script=script)
+    assert run.returncode == 2
+    assert "nothing to install: pass --wheel FILE" in run.stderr
+    assert "--source DIR" in run.stderr
+    assert "--package SPEC" in run.stderr
+    assert run.stdout == ""
+
+
+def test_armhf_takes_numpy_from_debian(data_file: Path, prefix: Path) -> None:
+    run = dry_run(*install_args(data_file, prefix, "armhf"))
+    assert run.returncode == 0, run.stderr
+    # apt-get installs whichever of them this machine lacks (the dry run asks dpkg).
+    assert "==> system packages: python3-venv python3-numpy\n" in run.stdout
+    venv = run.command("/usr/bin/python3", "-m", "venv")
+    assert "--system-site-packages" in venv
+    assert venv[-1] == str(prefix)
+    # The pip step stays binary-only: with numpy already present, nothing is compiled.
+    assert "--only-binary=numpy,numba,llvmlite" in run.command(f"{prefix}/bin/python", "-m", "pip")
+
+
+def test_arm64_keeps_its_virtualenv_to_itself(data_file: Path, prefix: Path) -> None:
+    run = dry_run(*install_args(data_file, prefix, "arm64"))
+    assert run.returncode == 0, run.stderr
+    assert "--system-site-packages" not in run.command("/usr/bin/python3", "-m", "venv")
+    assert "==> system packages: python3-venv\n" in run.stdout
+
+
+def fake_virtualenv(prefix: Path, system_site: bool) -> None:
+    """A virtualenv as far as the installer looks: a working bin/python and pyvenv.cfg."""
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "bin" / "python").symlink_to(sys.executable)
+    flag = "true" if system_site else "false"
+    (prefix / "pyvenv.cfg").write_text(f"home = /usr/bin\ninclude-system-site-packages = {flag}\n")
+
+
+@pytest.mark.parametrize(
+    ("arch", "system_site", "rebuilt"),
+    [
+        ("armhf", False, True),  # e.g. an install from before numpy came from Debian
+        ("armhf", True, False),
+        ("arm64", True, True),
+        ("arm64", False, False),
+    ],
+)
+def test_rerun_rebuilds_a_virtualenv_of_the_wrong_kind(
+    arch: str, system_site: bool, rebuilt: bool, data_file: Path, prefix: Path
+) -> None:
+    fake_virtualenv(prefix, system_site)
+    run = dry_run(*install_args(data_file, prefix, arch))
+    assert run.returncode == 0, run.stderr
+    venvs = [argv for argv in run.commands() if argv[:3] == ["/usr/bin/python3", "-m", "venv"]]
+    assert bool(venvs) == rebuilt
+    assert (f"reusing the virtualenv in {prefix}" in run.stdout) == (not rebuilt)
+
+
+def test_no_service_installs_only_the_virtualenv(tmp_path: Path, prefix: Path) -> None:
+    wheel = tmp_path / "bitfleet-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"")
+    run = dry_run("--no-service", "--arch", "armhf", "--wheel", str(wheel), "--prefix", str(prefix))
+    assert pip_target(run, prefix) == f"{wheel}[agent]"
+    programs = {argv[0] for argv in run.commands()}
+    # apt-get (through env) only for what this machine lacks: the rest always.
+    assert {"/usr/bin/python3", f"{prefix}/bin/python"} <= programs
+    assert programs <= {"apt-get", "env", "/usr/bin/python3", f"{prefix}/bin/python"}
+    assert "+ write " not in run.stdout  # no unit
+    assert "systemd is not running" not in run.stdout  # a chroot has none, and needs none
+    assert f"{prefix}/bin/bitfleet-agent selftest" in run.stdout
+
+
+@pytest.mark.parametrize(
+    "extra", [["--data", "x.npz"], ["--coordinator", COORDINATOR], ["--skip-enroll"]]
+)
+def test_no_service_refuses_service_options(extra: list[str], prefix: Path) -> None:
+    run = dry_run("--no-service", "--prefix", str(prefix), *extra)
+    assert run.returncode == 2
+    assert f"--no-service installs only the virtualenv: drop {extra[0]}" in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "name", "message"),
+    [
+        ("--wheel", "missing.whl", "--wheel {path}: no such file (build one with 'make dist')"),
+        ("--wheel", "bitfleet.tar.gz", "--wheel {path}: not a wheel"),
+        ("--source", "empty", "--source {path}: no pyproject.toml there"),
+    ],
+)
+def test_bad_package_options_are_usage_errors(
+    option: str, name: str, message: str, tmp_path: Path, data_file: Path, prefix: Path
+) -> None:
+    path = tmp_path / name
+    if name != "missing.whl":
+        path.mkdir() if name == "empty" else path.write_bytes(b"")
+    run = dry_run(*install_args(data_file, prefix, "arm64", option, str(path)))
+    assert run.returncode == 2
+    assert message.format(path=path) in run.stderr
+    assert "Traceback" not in run.stderr
+    assert run.stdout == ""
+
+
+def test_two_packages_are_a_usage_error(tmp_path: Path, data_file: Path, prefix: Path) -> None:
+    run = dry_run(
+        *install_args(data_file, prefix, "arm64", "--package", "bitfleet", "--source", str(ROOT))
+    )
+    assert run.returncode == 2
+    assert "--package and --source both say what to install: give one" in run.stderr
+
+
 def test_dry_run_uninstall(prefix: Path) -> None:
     run = dry_run("--uninstall", "--purge", "--prefix", str(prefix))
     assert run.returncode == 0, run.stderr
@@ -379,3 +542,47 @@ def test_agent_dockerfile() -> None:
     final_runs = " ".join(args for keyword, args in final_stage if keyword == "RUN")
     for compiler in ("build-essential", "gcc", "g++"):
         assert compiler not in final_runs
+
+
+# --- scripts/arm-selftest.sh ------------------------------------------------------------------
+
+
+def test_arm_selftest_is_valid_bash() -> None:
+    subprocess.run(["bash", "-n", str(ARM_SELFTEST)], check=True)
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
+def test_arm_selftest_passes_shellcheck() -> None:
+    done = subprocess.run(["shellcheck", str(ARM_SELFTEST)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout
+
+
+def test_arm_selftest_help() -> None:
+    done = subprocess.run([str(ARM_SELFTEST), "--help"], capture_output=True, text=True)
+    assert done.returncode == 0
+    for option in ("--arch", "--workdir", "--wheel", "--data", "--samples", "--keep"):
+        assert option in done.stdout
+
+
+# Every case must be refused before anything runs: as root, valid options would start a
+# twenty-minute emulated install.
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--arch", "sparc"], "--arch must be arm64 or armhf, got 'sparc'"),
+        (["--samples", "0"], "--samples must be a whole number"),
+        (["--wheel", "/nonexistent/bitfleet.whl"], "--wheel /nonexistent/bitfleet.whl: no such"),
+        (["--data", "/nonexistent.npz"], "--data /nonexistent.npz: no such file"),
+        (["--workdir", str(ROOT / "arm")], "is inside the repository"),
+        (["--workdir", "relative"], "--workdir must be an absolute path"),
+        (["--mirror", "ftp://mirror"], "--mirror must be an http(s):// URL"),
+        (["--arch"], "--arch needs a value"),
+        (["--bogus"], "unknown option: --bogus"),
+    ],
+)
+def test_arm_selftest_usage_errors(args: list[str], message: str) -> None:
+    done = subprocess.run([str(ARM_SELFTEST), *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "--help" in done.stderr
+    assert done.stdout == ""

@@ -5,9 +5,10 @@
 #   sudo edge_agent/install/install.sh --coordinator URL --agent-id ID --secret SECRET --data PATH
 #   edge_agent/install/install.sh --dry-run ...   # show every command and file; change nothing
 #
-# What it does: apt-get install python3-venv (no compiler), create the system user, the config
-# and state directories, a virtualenv with the package, enroll the agent (as the service user),
-# then write, enable and (re)start bitfleet-agent.service. See README.md beside this file.
+# What it does: apt-get install python3-venv (and python3-numpy on 32-bit ARM; no compiler),
+# create the system user, the config and state directories, a virtualenv with the package (a
+# wheel, a checkout, by default the one this script is in), enroll the agent (as the service
+# user), then write, enable and (re)start bitfleet-agent.service. See README.md beside this file.
 set -Eeuo pipefail
 
 readonly PROG=${0##*/}
@@ -38,6 +39,7 @@ usage() {
   cat <<EOF
 Usage: sudo $PROG --coordinator URL --agent-id ID --secret SECRET --data PATH [options]
        sudo $PROG --skip-enroll [options]          upgrade or reinstall, keep the config
+       sudo $PROG --no-service [options]           only the virtualenv (a chroot, an image)
        sudo $PROG --uninstall [--purge]            remove the service (and its data)
 
 Installs the bitfleet agent as the systemd service $SERVICE. Safe to re-run: it upgrades the
@@ -54,17 +56,24 @@ Service:
                       Required on the first install; a re-run keeps the installed one.
   --transport MODE    auto (default), mqtt or http; a re-run keeps the installed one
 
-Installation:
-  --package SPEC      what to pip install: a package name (default: bitfleet), a version
-                      (bitfleet==0.1.0), a local source directory or a wheel file. The
-                      extras are added for you: [agent,fast] on aarch64 and x86_64 (numba has
-                      wheels there), [agent] elsewhere (the numpy kernels run). A SPEC that
-                      already names extras (contains '[') is used as it is.
+Installation: what to install, one of (default: the checkout this script is part of)
+  --wheel FILE        a bitfleet wheel, e.g. dist/bitfleet-0.1.0-py3-none-any.whl ('make dist')
+  --source DIR        a bitfleet source tree (the directory with pyproject.toml)
+  --package SPEC      a package name or version (bitfleet==0.1.0) once bitfleet is on an index
+                      (it is not yet), or a directory or wheel file. A SPEC that already names
+                      extras (contains '[') is used as it is.
+                      The extras are added for you: [agent,fast] on aarch64 and x86_64 (numba
+                      has wheels there), [agent] elsewhere (the numpy kernels run). On 32-bit
+                      ARM (armv7l, armv6l), where PyPI has no numpy wheels, numpy is Debian's
+                      python3-numpy, seen through a virtualenv with --system-site-packages.
   --prefix DIR        virtualenv directory (default: /opt/bitfleet-agent)
   --user NAME         system user the service runs as (default: bitfleet)
   --arch ARCH         override the detected architecture (aarch64/arm64, x86_64/amd64,
                       armv7l/armhf, armv6l), e.g. to preview another board's install
   --skip-enroll       do not enroll; keep $CONFIG_FILE as it is
+  --no-service        install the system packages and the virtualenv only: no user, data,
+                      enrollment or unit; for a chroot or an image build, where no systemd
+                      runs. Check the result with: $PREFIX/bin/bitfleet-agent selftest
 
 Other:
   --dry-run           print every command and file this run would execute or write, change
@@ -74,9 +83,8 @@ Other:
   --purge             with --uninstall: also remove $VAR_DIR (state and data) and the user
   -h, --help          show this help
 
-Offline: pass a wheel (or the repository directory) to --package and point pip at a wheel
-directory for the dependencies, e.g.
-  sudo PIP_NO_INDEX=1 PIP_FIND_LINKS=/media/usb/wheels $PROG --package /media/usb/wheels/bitfleet-0.1.0-py3-none-any.whl ...
+Offline: pass --wheel and point pip at a wheel directory for the dependencies, e.g.
+  sudo PIP_NO_INDEX=1 PIP_FIND_LINKS=/media/usb/wheels $PROG --wheel /media/usb/wheels/bitfleet-0.1.0-py3-none-any.whl ...
 
 Exit codes: 0 success, $EXIT_FAILED a step failed, $EXIT_USAGE usage error, $EXIT_SYSTEM unsuitable system (not root, no
 apt-get or systemd, Python older than $MIN_PYTHON), $EXIT_ENROLL enrollment failed.
@@ -175,10 +183,12 @@ abspath() {
 
 # --- options --------------------------------------------------------------------------------
 
-COORDINATOR='' AGENT_ID='' SECRET='' MQTT_URL='' DATA='' TRANSPORT='' PACKAGE=bitfleet
+COORDINATOR='' AGENT_ID='' SECRET='' MQTT_URL='' DATA='' TRANSPORT=''
+PACKAGE_FROM='' PACKAGE_ARG='' # which of --wheel, --source, --package was given, and its value
 PREFIX=/opt/bitfleet-agent SERVICE_USER=bitfleet ARCH=
-SKIP_ENROLL=no DRY_RUN=no UNINSTALL=no PURGE=no
+SKIP_ENROLL=no DRY_RUN=no UNINSTALL=no PURGE=no NO_SERVICE=no
 INSTALL_ONLY_OPTIONS= # install options given, to reject them with --uninstall
+SERVICE_OPTIONS=      # service options given, to reject them with --no-service
 
 parse_args() {
   local opt value inline
@@ -189,8 +199,8 @@ parse_args() {
       value=${opt#*=} opt=${opt%%=*} inline=yes
     fi
     case $opt in
-      --coordinator | --agent-id | --secret | --mqtt-url | --data | --transport | --package | \
-        --prefix | --user | --arch)
+      --coordinator | --agent-id | --secret | --mqtt-url | --data | --transport | --wheel | \
+        --source | --package | --prefix | --user | --arch)
         if [[ $inline == no ]]; then
           [[ $# -gt 0 && $1 != --* ]] || usage_error "$opt needs a value"
           value=$1
@@ -204,20 +214,27 @@ parse_args() {
           --mqtt-url) MQTT_URL=$value ;;
           --data) DATA=$value ;;
           --transport) TRANSPORT=$value ;;
-          --package) PACKAGE=$value ;;
+          --wheel | --source | --package)
+            [[ -z $PACKAGE_FROM || $PACKAGE_FROM == "$opt" ]] ||
+              usage_error "$PACKAGE_FROM and $opt both say what to install: give one"
+            PACKAGE_FROM=$opt PACKAGE_ARG=$value
+            ;;
           --prefix) PREFIX=$value ;;
           --user) SERVICE_USER=$value ;;
           --arch) ARCH=$value ;;
         esac
         case $opt in
-          --prefix | --user | --arch) ;;
-          *) INSTALL_ONLY_OPTIONS+=" $opt" ;;
+          --prefix | --arch) ;;
+          --user) SERVICE_OPTIONS+=" $opt" ;;
+          --wheel | --source | --package) INSTALL_ONLY_OPTIONS+=" $opt" ;;
+          *) INSTALL_ONLY_OPTIONS+=" $opt" SERVICE_OPTIONS+=" $opt" ;;
         esac
         ;;
-      --skip-enroll | --dry-run | --uninstall | --purge)
+      --skip-enroll | --no-service | --dry-run | --uninstall | --purge)
         [[ $inline == no ]] || usage_error "$opt takes no value"
         case $opt in
-          --skip-enroll) SKIP_ENROLL=yes INSTALL_ONLY_OPTIONS+=" $opt" ;;
+          --skip-enroll) SKIP_ENROLL=yes INSTALL_ONLY_OPTIONS+=" $opt" SERVICE_OPTIONS+=" $opt" ;;
+          --no-service) NO_SERVICE=yes INSTALL_ONLY_OPTIONS+=" $opt" ;;
           --dry-run) DRY_RUN=yes ;;
           --uninstall) UNINSTALL=yes ;;
           --purge) PURGE=yes ;;
@@ -259,8 +276,12 @@ validate() {
   if [[ $UNINSTALL == yes ]]; then
     [[ -z $INSTALL_ONLY_OPTIONS ]] ||
       usage_error "--uninstall takes only --purge, --prefix, --user and --dry-run (got:$INSTALL_ONLY_OPTIONS)"
+  elif [[ $PURGE == yes ]]; then
+    usage_error "--purge only goes with --uninstall"
+  elif [[ $NO_SERVICE == yes ]]; then
+    [[ -z $SERVICE_OPTIONS ]] ||
+      usage_error "--no-service installs only the virtualenv: drop$SERVICE_OPTIONS"
   else
-    [[ $PURGE == no ]] || usage_error "--purge only goes with --uninstall"
     if [[ $SKIP_ENROLL == yes ]]; then
       [[ -z $COORDINATOR$AGENT_ID$SECRET$MQTT_URL ]] ||
         usage_error "--coordinator, --agent-id, --secret and --mqtt-url are for enrolling: drop them or --skip-enroll"
@@ -295,7 +316,7 @@ validate() {
   ARCH=$(normalize_arch "${ARCH:-$(detect_arch)}")
   [[ $UNINSTALL == yes ]] && return 0
 
-  validate_data
+  [[ $NO_SERVICE == yes ]] || validate_data
   REQUIREMENT=$(package_requirement) || exit
 }
 
@@ -321,39 +342,73 @@ validate_data() {
     usage_error "--data: rename '$DATA' to letters, digits and ._+- only (the path goes into the unit file)"
 }
 
-# The pip requirement: --package plus the extras for this architecture.
+# The pip requirement: what --wheel, --source or --package names (by default this script's
+# own checkout: bitfleet is on no index yet), plus the extras for this architecture.
 package_requirement() {
-  local extras=agent
+  local extras=agent spec=$PACKAGE_ARG checkout
   if has_numba_wheels; then extras=agent,fast; fi
-  if [[ $PACKAGE == *\[* ]]; then
-    printf '%s\n' "$PACKAGE"
-  elif [[ -e $PACKAGE ]]; then
-    printf '%s[%s]\n' "$(abspath "$PACKAGE")" "$extras"
-  elif [[ $PACKAGE =~ ^([A-Za-z0-9][A-Za-z0-9._-]*)((==|~=|!=|<=|>=|<|>).+)?$ ]]; then
-    printf '%s[%s]%s\n' "${BASH_REMATCH[1]}" "$extras" "${BASH_REMATCH[2]}"
-  else
-    usage_error "--package $PACKAGE: no such file, and not a package name (give 'NAME[agent] @ URL' for a URL)"
-  fi
+  case $PACKAGE_FROM in
+    --wheel)
+      [[ -f $spec ]] || usage_error "--wheel $spec: no such file (build one with 'make dist')"
+      [[ $spec == *.whl ]] || usage_error "--wheel $spec: not a wheel (a .whl file)"
+      printf '%s[%s]\n' "$(abspath "$spec")" "$extras"
+      ;;
+    --source)
+      [[ -f $spec/pyproject.toml ]] ||
+        usage_error "--source $spec: no pyproject.toml there (give the repository's top directory)"
+      printf '%s[%s]\n' "$(abspath "$spec")" "$extras"
+      ;;
+    --package)
+      if [[ $spec == *\[* ]]; then
+        printf '%s\n' "$spec"
+      elif [[ -e $spec ]]; then
+        printf '%s[%s]\n' "$(abspath "$spec")" "$extras"
+      elif [[ $spec =~ ^([A-Za-z0-9][A-Za-z0-9._-]*)((==|~=|!=|<=|>=|<|>).+)?$ ]]; then
+        printf '%s[%s]%s\n' "${BASH_REMATCH[1]}" "$extras" "${BASH_REMATCH[2]}"
+      else
+        usage_error "--package $spec: no such file, and not a package name (give 'NAME[agent] @ URL' for a URL)"
+      fi
+      ;;
+    *)
+      checkout=$(own_checkout) ||
+        usage_error "nothing to install: pass --wheel FILE (built with 'make dist'), --source DIR (a checkout) or --package SPEC (bitfleet is on no package index yet)"
+      printf '%s[%s]\n' "$checkout" "$extras"
+      ;;
+  esac
+}
+
+# The repository this script is part of, if it runs from one: edge_agent/install/ under a
+# directory whose pyproject.toml is bitfleet's.
+own_checkout() {
+  local here top
+  here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P) || return 1
+  top=${here%/edge_agent/install}
+  [[ $top != "$here" && -f $top/pyproject.toml ]] || return 1
+  grep -q '^name = "bitfleet"$' "$top/pyproject.toml" || return 1
+  printf '%s\n' "$top"
 }
 
 has_numba_wheels() { [[ $ARCH == aarch64 || $ARCH == x86_64 ]]; }
+
+# PyPI has no numpy wheels for 32-bit ARM, and piwheels is configured only on Raspberry Pi OS:
+# there numpy is Debian's python3-numpy (a binary build), seen through the virtualenv.
+uses_system_numpy() { [[ $ARCH == armv7l || $ARCH == armv6l ]]; }
 
 # --- install steps ----------------------------------------------------------------------------
 
 preflight() {
   command -v apt-get >/dev/null 2>&1 ||
     require_system "apt-get not found: this installer is for Debian, Ubuntu and Raspberry Pi OS"
-  [[ -d /run/systemd/system ]] ||
-    require_system "systemd is not running here (a container? use docker/agent.Dockerfile)"
+  [[ $NO_SERVICE == yes || -d /run/systemd/system ]] ||
+    require_system "systemd is not running here (a container? use docker/agent.Dockerfile; a chroot? use --no-service)"
 }
 
 install_system_packages() {
-  step "system packages"
-  # python3-venv gives the virtualenv its pip. No compiler: every dependency comes as a wheel.
-  # On 32-bit ARM numpy comes from piwheels (set up in Raspberry Pi OS's /etc/pip.conf),
-  # whose wheels link the system OpenBLAS.
+  # python3-venv gives the virtualenv its pip. No compiler: every dependency comes as a wheel,
+  # or on 32-bit ARM, numpy as a Debian package.
   local packages=(python3-venv) missing=() package
-  case $ARCH in armv6l | armv7l) packages+=(libopenblas0) ;; esac
+  if uses_system_numpy; then packages+=(python3-numpy); fi
+  step "system packages: ${packages[*]}"
   for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
       missing+=("$package")
@@ -396,11 +451,15 @@ create_directories() {
 
 install_package() {
   step "virtualenv $PREFIX"
-  if [[ -x $PREFIX/bin/python ]] && "$PREFIX/bin/python" -c '' 2>/dev/null; then
+  local venv_options=(--clear) system_site=false
+  if uses_system_numpy; then venv_options+=(--system-site-packages) system_site=true; fi
+  if [[ -x $PREFIX/bin/python ]] && "$PREFIX/bin/python" -c '' 2>/dev/null &&
+    grep -qx "include-system-site-packages = $system_site" "$PREFIX/pyvenv.cfg"; then
     note "reusing the virtualenv in $PREFIX"
   else
-    # Also rebuilds a virtualenv whose Python went away (e.g. after a distribution upgrade).
-    run "$PYTHON" -m venv --clear "$PREFIX"
+    # Also rebuilds a virtualenv whose Python went away (e.g. after a distribution upgrade) or
+    # that sees the system's packages when it should not, or the other way round.
+    run "$PYTHON" -m venv "${venv_options[@]}" "$PREFIX"
   fi
   has_numba_wheels || note "no numba wheels for $ARCH: the agent runs the numpy kernels (bit-exact, slower)"
   # --only-binary: never start compiling the numeric stack on a board without a compiler;
@@ -500,6 +559,15 @@ install_service() {
 }
 
 install_all() {
+  if [[ $NO_SERVICE == yes ]]; then
+    step "install $REQUIREMENT for $ARCH into $PREFIX, no service"
+    preflight
+    install_system_packages
+    install_package
+    step "done"
+    note "check it: $PREFIX/bin/bitfleet-agent selftest --data FILE"
+    return 0
+  fi
   step "install $REQUIREMENT for $ARCH into $PREFIX, service user $SERVICE_USER"
   preflight
   install_system_packages
