@@ -55,7 +55,7 @@ from bitfleet.errors import ConfigError
 from bitfleet.federated import update_frame
 from bitfleet.frames import decode_frame
 from bitfleet.httpclient import ApiClient, ApiError
-from bitfleet.protocol import parse_mqtt_url
+from bitfleet.protocol import FLEET_WHOAMI, fleet_path, parse_mqtt_url
 from bitfleet.tls import CA_FILE_ENV, mqtt_tls_options, require_secure
 
 log = logging.getLogger("bitfleet.agent")
@@ -288,7 +288,7 @@ def _check_credentials(
     )
     while not stop.is_set():
         try:
-            client.request("GET", "/api/v1/fleet/whoami")
+            client.request("GET", fleet_path(FLEET_WHOAMI))
         except ApiError as error:
             if error.status in (401, 403):
                 message = f"the coordinator refused agent {config.agent_id}: {error}"

@@ -34,7 +34,7 @@ from pathlib import Path
 from bitfleet.atomicfile import write_atomic
 from bitfleet.chunks import DEFAULT_CHUNK_BYTES
 from bitfleet.errors import ConfigError
-from bitfleet.protocol import TOPIC_ROOT
+from bitfleet.protocol import AGENT_PUBLISHES, AGENT_SUBSCRIBES, TOPIC_ROOT
 from bitfleet.server.state import StateStore
 
 log = logging.getLogger("bitfleet.broker")
@@ -49,14 +49,10 @@ ACL_TEMPLATE = f"""# bitfleet broker ACL: agents write only under their own id.
 user {{coordinator}}
 topic readwrite {TOPIC_ROOT}/#
 
-pattern write {TOPIC_ROOT}/agents/%u/status
-pattern read {TOPIC_ROOT}/agents/%u/tasks
-pattern read {TOPIC_ROOT}/agents/%u/events
-pattern read {TOPIC_ROOT}/agents/%u/models/#
-pattern read {TOPIC_ROOT}/coordinator/status
-pattern write {TOPIC_ROOT}/jobs/+/rounds/+/updates/%u
-pattern write {TOPIC_ROOT}/jobs/+/rounds/+/declines/%u
-"""
+""" + "".join(
+    [f"pattern write {topic}\n" for topic in AGENT_PUBLISHES]
+    + [f"pattern read {topic}\n" for topic in AGENT_SUBSCRIBES]
+)
 
 
 def password_line(user: str, password: str, salt: bytes | None = None) -> str:

@@ -105,12 +105,48 @@ def decline_topic(job_id: str, round_index: int, agent_id: str) -> str:
     return update_topic(job_id, round_index, agent_id).replace("/updates/", "/declines/")
 
 
+# The HTTP fleet API (the MQTT topics' fallback): its prefix, and each route relative to it
+# in the coordinator's (FastAPI's) template syntax; agents build paths with fleet_path.
+FLEET_PREFIX = "/api/v1/fleet"
+FLEET_WHOAMI = "/whoami"
+FLEET_STATUS = "/status"
+FLEET_TASK = "/task"
+FLEET_MODEL = "/jobs/{job_id}/rounds/{round_index}/model"
+FLEET_UPDATES = "/jobs/{job_id}/rounds/{round_index}/updates"
+FLEET_DECLINE = "/jobs/{job_id}/rounds/{round_index}/decline"
+
+
+def fleet_path(route: str, job_id: str | None = None, round_index: int | None = None) -> str:
+    """The absolute path of a fleet ``route`` (one of the ``FLEET_*`` templates), ids checked."""
+    values: dict[str, str | int] = {}
+    if job_id is not None:
+        values["job_id"] = check_id(job_id, "job id")
+    if round_index is not None:
+        values["round_index"] = int(round_index)
+    return FLEET_PREFIX + route.format(**values)
+
+
 ALL_STATUS_TOPICS = f"{TOPIC_ROOT}/agents/+/status"
 ALL_UPDATE_TOPICS = f"{TOPIC_ROOT}/jobs/+/rounds/+/updates/+"
 ALL_DECLINE_TOPICS = f"{TOPIC_ROOT}/jobs/+/rounds/+/declines/+"
 COORDINATOR_STATUS_TOPIC = f"{TOPIC_ROOT}/coordinator/status"
 COORDINATOR_ONLINE = b'{"state": "online"}'
 COORDINATOR_OFFLINE = b'{"state": "offline"}'
+
+
+# What an agent may publish and subscribe to, in Mosquitto's ACL pattern syntax ("%u" is the
+# agent's own id): the broker ACL the coordinator writes is built from these.
+AGENT_PUBLISHES = (
+    f"{TOPIC_ROOT}/agents/%u/status",
+    f"{TOPIC_ROOT}/jobs/+/rounds/+/updates/%u",
+    f"{TOPIC_ROOT}/jobs/+/rounds/+/declines/%u",
+)
+AGENT_SUBSCRIBES = (
+    f"{TOPIC_ROOT}/agents/%u/tasks",
+    f"{TOPIC_ROOT}/agents/%u/events",
+    f"{TOPIC_ROOT}/agents/%u/models/#",
+    COORDINATOR_STATUS_TOPIC,
+)
 
 
 def parse_update_topic(topic: str, kind: str = "updates") -> tuple[str, int, str]:

@@ -7,11 +7,17 @@ import time
 from bitfleet.edge_agent.transports import is_outage
 from bitfleet.httpclient import ApiClient, ApiError, Response
 from bitfleet.protocol import (
+    FLEET_DECLINE,
+    FLEET_MODEL,
+    FLEET_STATUS,
+    FLEET_TASK,
+    FLEET_UPDATES,
     AgentStatus,
     Decline,
     Task,
     UploadReceipt,
     encode_message,
+    fleet_path,
     parse_message,
 )
 
@@ -73,7 +79,7 @@ class HttpTransport:
     def announce(self, status: AgentStatus) -> None:
         self._request(
             "POST",
-            "/api/v1/fleet/status",
+            fleet_path(FLEET_STATUS),
             data=encode_message(status),
             content_type="application/json",
         )
@@ -81,7 +87,7 @@ class HttpTransport:
     def next_task(self, timeout: float) -> Task | None:
         deadline = time.monotonic() + timeout
         while True:
-            reply = self._request("GET", "/api/v1/fleet/task")
+            reply = self._request("GET", fleet_path(FLEET_TASK))
             if reply.status == 200:
                 return parse_message(Task, reply.body)
             if time.monotonic() + self.poll_s > deadline:
@@ -89,13 +95,13 @@ class HttpTransport:
             time.sleep(self.poll_s)
 
     def fetch_model(self, task: Task, timeout: float) -> bytes:
-        path = f"/api/v1/fleet/jobs/{task.job_id}/rounds/{task.round}/model"
+        path = fleet_path(FLEET_MODEL, task.job_id, task.round)
         return self._request("GET", path).body
 
     def upload(self, task: Task, frame: bytes, timeout: float) -> UploadReceipt | None:
         """The receipt; None when the coordinator is unreachable or failed without one
         (the agent's outbox resends)."""
-        path = f"/api/v1/fleet/jobs/{task.job_id}/rounds/{task.round}/updates"
+        path = fleet_path(FLEET_UPDATES, task.job_id, task.round)
         try:
             reply = self._request("POST", path, data=frame)
         except ApiError as error:
@@ -110,7 +116,7 @@ class HttpTransport:
         return parse_message(UploadReceipt, reply.body)
 
     def decline(self, decline: Decline) -> None:
-        path = f"/api/v1/fleet/jobs/{decline.job_id}/rounds/{decline.round}/decline"
+        path = fleet_path(FLEET_DECLINE, decline.job_id, decline.round)
         self._request("POST", path, data=encode_message(decline), content_type="application/json")
 
     def close(self) -> None:

@@ -14,6 +14,13 @@ from pydantic import TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
 from bitfleet.protocol import (
+    FLEET_DECLINE,
+    FLEET_MODEL,
+    FLEET_PREFIX,
+    FLEET_STATUS,
+    FLEET_TASK,
+    FLEET_UPDATES,
+    FLEET_WHOAMI,
     AgentStatus,
     Decline,
     ProtocolError,
@@ -27,11 +34,9 @@ from bitfleet.server.api.schemas import AUTH_ERRORS, INVALID, NOT_FOUND, TOO_LAR
 from bitfleet.server.engine import RoundEngine
 from bitfleet.server.jobspec import MAX_ROUNDS
 
-router = APIRouter(prefix="/api/v1/fleet", tags=["fleet"], responses=AUTH_ERRORS)
+router = APIRouter(prefix=FLEET_PREFIX, tags=["fleet"], responses=AUTH_ERRORS)
 Agent = Annotated[str, Depends(agent_identity)]
 RoundIndex = Annotated[int, Path(ge=0, le=MAX_ROUNDS)]
-# The upload route's path, which has its own body limit (bitfleet.server.api.limits).
-UPDATES_PATH = "/jobs/{job_id}/rounds/{round_index}/updates"
 
 
 def _json_body(message: type[Any]) -> dict[str, Any]:
@@ -64,13 +69,13 @@ def _engine(request: Request) -> RoundEngine:
     return engine
 
 
-@router.get("/whoami", summary="Check agent credentials")
+@router.get(FLEET_WHOAMI, summary="Check agent credentials")
 def whoami(agent_id: Agent) -> dict[str, str]:
     return {"agent_id": agent_id}
 
 
 @router.post(
-    "/status",
+    FLEET_STATUS,
     summary="Announce presence and capabilities (heartbeat)",
     responses={**TOO_LARGE, **INVALID},
     openapi_extra=_json_body(AgentStatus),
@@ -88,7 +93,7 @@ async def post_status(request: Request, agent_id: Agent) -> dict[str, str]:
 
 
 @router.get(
-    "/task",
+    FLEET_TASK,
     summary="The agent's current task (204 when there is none); counts as a heartbeat",
     responses={
         200: {"content": {"application/json": {"schema": TypeAdapter(Task).json_schema()}}},
@@ -105,7 +110,7 @@ def get_task(request: Request, agent_id: Agent) -> Response:
 
 
 @router.get(
-    "/jobs/{job_id}/rounds/{round_index}/model",
+    FLEET_MODEL,
     summary="Download the global model of a round the agent is selected for",
     response_class=Response,
     responses={200: {"content": {FRAME_MEDIA_TYPE: {}}}, **NOT_FOUND, **INVALID},
@@ -117,7 +122,7 @@ def get_model(request: Request, job_id: str, round_index: RoundIndex, agent_id: 
 
 
 @router.post(
-    "/jobs/{job_id}/rounds/{round_index}/decline",
+    FLEET_DECLINE,
     summary="Decline a task the agent cannot take (e.g. not enough memory), with the reason",
     responses={**TOO_LARGE, **INVALID},
     openapi_extra=_json_body(Decline),
@@ -132,7 +137,7 @@ async def post_decline(
 
 
 @router.post(
-    UPDATES_PATH,
+    FLEET_UPDATES,
     summary="Upload a signed update frame; the response is the receipt",
     response_model=Receipt,
     responses={
