@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 
 from bitfleet import __version__
 from bitfleet.errors import BitfleetError
-from bitfleet.protocol import ProtocolError
+from bitfleet.protocol import FLEET_PREFIX, FLEET_UPDATES, ProtocolError
 from bitfleet.server.api import control, fleet
 from bitfleet.server.api.auth import admin_guard, agent_of, is_admin
 from bitfleet.server.api.limits import (
@@ -56,7 +56,7 @@ def create_app(
     admin = [Depends(admin_guard(admin_token))]
     app.include_router(control.router, dependencies=admin)
     app.include_router(fleet.router)
-    uploads = {fleet.router.prefix + fleet.UPDATES_PATH: engine.settings.max_frame_bytes}
+    uploads = {FLEET_PREFIX + FLEET_UPDATES: engine.settings.max_frame_bytes}
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_request_bytes, routes=uploads)
 
     def admitted(path: str, authorization: str | None) -> bool:
