@@ -273,18 +273,19 @@ class Coordinator:
         return job
 
     def wait_for(
-        self, job_id: str, predicate: str = "done", timeout: float = 90.0
+        self, job_id: str, round_index: int | None = None, timeout: float = 90.0
     ) -> dict[str, Any]:
-        """Poll a job until it is terminal (or its round reaches an int ``predicate``)."""
+        """Poll a job until it is terminal, or (given ``round_index``) reaches that round."""
         deadline = time.monotonic() + timeout
+        goal = "the end" if round_index is None else f"round {round_index}"
         while True:
             job = self.job(job_id)
-            if predicate == "done" and job["status"] in TERMINAL:
+            if round_index is None and job["status"] in TERMINAL:
                 return job
-            if predicate != "done" and job["round"] >= int(predicate):
+            if round_index is not None and job["round"] >= round_index:
                 return job
             if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} did not reach {predicate}: {job}")
+                raise TimeoutError(f"job {job_id} did not reach {goal}: {job}")
             time.sleep(0.2)
 
 

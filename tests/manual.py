@@ -137,7 +137,7 @@ def manual_round(
     for agent, samples in zip(agents, declared or [10] * count, strict=True):
         agent.declare(samples)
     job_id = submit(coordinator, **changes)
-    coordinator.wait_for(job_id, predicate="0")
+    coordinator.wait_for(job_id, round_index=0)
     for agent in agents:
         for _ in range(50):
             if agent.task() is not None:

@@ -102,7 +102,7 @@ def test_kill_9_mid_round_the_round_closes_at_quorum_and_the_agent_rejoins(
         job_id = _submit(coordinator, rounds=20, quorum=2, local_epochs=40, round_deadline_s=10)
         victim.wait_for_state("training")
         victim.signal(signal.SIGKILL)
-        coordinator.wait_for(job_id, predicate="1", timeout=60)
+        coordinator.wait_for(job_id, round_index=1, timeout=60)
         victim.start()
         victim.wait_for_state("waiting")
         assert leaver.stop() == 0  # from now on the round needs the restarted victim
@@ -124,7 +124,7 @@ def test_broker_restart_mid_job_everyone_reconnects(
     try:
         coordinator.wait_online(3)
         job_id = _submit(coordinator, rounds=4, round_deadline_s=15)
-        coordinator.wait_for(job_id, predicate="1", timeout=60)
+        coordinator.wait_for(job_id, round_index=1, timeout=60)
         broker.stop()
         time.sleep(1.0)
         broker.start()

@@ -116,7 +116,7 @@ def test_a_tie_keeps_the_previous_global_weights(http_coordinator: Coordinator) 
     job_id, (a, b) = manual_round(http_coordinator, 2, agents_per_round=2, min_agents=2, rounds=2)
     assert a.upload(job_id, 0, a.update(job_id, 0, flip=True, samples=5))["accepted"]
     assert b.upload(job_id, 0, b.update(job_id, 0, flip=False, samples=5))["accepted"]
-    http_coordinator.wait_for(job_id, predicate="1")
+    http_coordinator.wait_for(job_id, round_index=1)
     for before, after in zip(
         global_values(http_coordinator, job_id, 0),
         global_values(http_coordinator, job_id, 1),
@@ -140,7 +140,7 @@ def test_votes_are_weighted_by_samples(http_coordinator: Coordinator, weighted: 
     assert a.upload(job_id, 0, a.update(job_id, 0, flip=True, samples=10))["accepted"]
     for agent in (b, c):
         assert agent.upload(job_id, 0, agent.update(job_id, 0, flip=False, samples=1))["accepted"]
-    http_coordinator.wait_for(job_id, predicate="1")
+    http_coordinator.wait_for(job_id, round_index=1)
     before = global_values(http_coordinator, job_id, 0)
     after = global_values(http_coordinator, job_id, 1)
     for old, new in zip(before, after, strict=True):
@@ -184,7 +184,7 @@ def test_bad_frames_are_refused_with_reasons_and_counted(http_coordinator: Coord
     resent = first.upload(job_id, 0, good)  # a resend after a lost receipt: idempotent
     assert (resent["accepted"], resent["reason"]) == (True, "resent")
     assert second.upload(job_id, 0, second.update(job_id, 0, False, 3))["accepted"] is True
-    http_coordinator.wait_for(job_id, predicate="1")
+    http_coordinator.wait_for(job_id, round_index=1)
     assert first.upload(job_id, 0, good)["reason"] == "resent"  # counted before the close
     assert outsider.upload(job_id, 0, outsider_update)["reason"] == "late"
     metrics = http_coordinator.api.request("GET", "/metrics").body.decode()
@@ -218,7 +218,7 @@ def test_sigkill_mid_round_loses_nothing_and_counts_nothing_twice(
     assert a.upload(job_id, 0, frame_a)["reason"] == "resent"
     for agent in (b, c):
         assert agent.upload(job_id, 0, agent.update(job_id, 0, flip=False, samples=3))["accepted"]
-    job = http_coordinator.wait_for(job_id, predicate="1")
+    job = http_coordinator.wait_for(job_id, round_index=1)
     assert job["metrics"][0]["uploads"] == 3
     before = global_values(http_coordinator, job_id, 0)
     after = global_values(http_coordinator, job_id, 1)

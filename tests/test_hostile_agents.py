@@ -179,7 +179,7 @@ def test_an_absurd_weight_claim_moves_the_vote_no_more_than_its_cap(
     ]
     for agent in honest:
         assert agent.upload(job_id, 0, agent.update(job_id, 0, flip=False, samples=100))["accepted"]
-    http_coordinator.wait_for(job_id, predicate="1")
+    http_coordinator.wait_for(job_id, round_index=1)
     for old, new in zip(
         global_values(http_coordinator, job_id, 0),
         global_values(http_coordinator, job_id, 1),

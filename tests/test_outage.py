@@ -78,7 +78,7 @@ def test_an_http_and_an_mqtt_agent_ride_out_a_30_s_coordinator_outage(
     try:
         coordinator.wait_online(2, agents=agents)
         job_id = coordinator.api.request("POST", "/api/v1/jobs", json_body=JOB).json()["id"]
-        coordinator.wait_for(job_id, predicate="2", timeout=120)
+        coordinator.wait_for(job_id, round_index=2, timeout=120)
         coordinator.kill(signal.SIGKILL)
         killed = time.monotonic()
         for agent in agents:  # each notices while the coordinator is down

@@ -133,12 +133,12 @@ def _unpack(words: NDArray[np.uint64], columns: int) -> NDArray[np.uint8]:
 
 def run_aggregate(args: argparse.Namespace) -> int:
     # bench_cmd imports this module to register it, so its helpers are imported late.
-    from bitfleet.server.cli.bench_cmd import best_seconds
+    from bitfleet.server.cli.bench_cmd import median_seconds
 
     work = make_workload(args.encoding, args.payloads, args.weights, args.weighted)
     outputs: dict[str, Any] = {}
-    baseline_s = best_seconds(lambda: outputs.update(naive=naive_vote(work)), args.repeats)
-    tally_s = best_seconds(lambda: outputs.update(tally=tally_vote(work)), args.repeats)
+    baseline_s = median_seconds(lambda: outputs.update(naive=naive_vote(work)), args.repeats)
+    tally_s = median_seconds(lambda: outputs.update(tally=tally_vote(work)), args.repeats)
     voted, tally_bytes = outputs["tally"]
     identical = bool(np.array_equal(voted, outputs["naive"]))
     total_bytes = work.payload_bytes * args.payloads

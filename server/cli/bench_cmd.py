@@ -55,7 +55,7 @@ def single_blas_thread() -> Iterator[int | None]:
         yield 1
 
 
-def best_seconds(call: Callable[[], object], repeats: int) -> float:
+def median_seconds(call: Callable[[], object], repeats: int) -> float:
     """Median of ``repeats`` timed calls after one warm-up (median resists noisy neighbours)."""
     call()
     times = []
@@ -77,9 +77,11 @@ def run_kernels(args: argparse.Namespace) -> int:
         w_float = rng.standard_normal((inputs, outputs)).astype(np.float32)
         planes = bit_planes(x_pixels)
 
-        float_s = best_seconds(lambda: x_float @ w_float, args.repeats)
-        binary_s = best_seconds(lambda: kernels.binary_dense(x_bits, w_bits, inputs), args.repeats)
-        uint8_s = best_seconds(lambda: kernels.uint8_binary_dense(planes, w_bits), args.repeats)
+        float_s = median_seconds(lambda: x_float @ w_float, args.repeats)
+        binary_s = median_seconds(
+            lambda: kernels.binary_dense(x_bits, w_bits, inputs), args.repeats
+        )
+        uint8_s = median_seconds(lambda: kernels.uint8_binary_dense(planes, w_bits), args.repeats)
         bitflip_sps, float_sps = _training_throughput(rng)
 
     result = {
