@@ -18,12 +18,12 @@ from typing import Any
 
 from bitfleet.chunks import DEFAULT_CHUNK_BYTES
 from bitfleet.cliargs import int_range, positive_float, positive_int, tcp_port
+from bitfleet.client import TOKEN_ENV
 from bitfleet.errors import ConfigError
 from bitfleet.frames import DEFAULT_MAX_FRAME_BYTES
 from bitfleet.protocol import check_id, parse_mqtt_url
 from bitfleet.tls import CA_FILE_ENV, require_secure
 
-TOKEN_ENV = "BITFLEET_ADMIN_TOKEN"
 MQTT_URL_ENV = "BITFLEET_MQTT_URL"
 
 
