@@ -19,11 +19,11 @@ from dataclasses import replace
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from bitfleet.chunks import DEFAULT_CHUNK_BYTES, Reassembler, split_frame
 from bitfleet.errors import BitfleetError
 from bitfleet.frames import FrameError
+from bitfleet.mqttclient import QOS, connect_in_background, new_client
 from bitfleet.protocol import (
     ALL_DECLINE_TOPICS,
     ALL_STATUS_TOPICS,
@@ -45,10 +45,8 @@ from bitfleet.protocol import (
     parse_update_topic,
 )
 from bitfleet.server.engine import RoundEngine
-from bitfleet.tls import mqtt_tls_options
 
 log = logging.getLogger("bitfleet.mqtt")
-QOS = 1
 # At most one log line per refusal reason in this many seconds: a flood stays a counter.
 REFUSAL_LOG_INTERVAL_S = 10.0
 
@@ -76,18 +74,18 @@ class MqttBridge:
         # Per open round, each agent's retained model topics (to clear when it closes).
         self._model_topics: dict[tuple[str, int], list[str]] = {}
         self._refusals_logged: dict[str, float] = {}
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+        self.client = new_client(
+            self.address,
+            client_id,
+            (COORDINATOR_STATUS_TOPIC, COORDINATOR_OFFLINE),
+            username=self.address.username,
+            password=self.address.password,
+            ca_file=ca_file,
+            client_cert=client_cert,
+            client_key=client_key,
         )
-        if self.address.username:
-            self.client.username_pw_set(self.address.username, self.address.password)
-        if self.address.tls:
-            self.client.tls_set(**mqtt_tls_options(ca_file, client_cert, client_key))
-        self.client.will_set(COORDINATOR_STATUS_TOPIC, COORDINATOR_OFFLINE, qos=QOS, retain=True)
         # Short backoff: a restarted broker must cost a round seconds, not half a minute.
         self.client.reconnect_delay_set(min_delay=1, max_delay=5)
-        # A callback that raises must not end paho's network loop (it would, silently).
-        self.client.suppress_exceptions = True
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
@@ -95,8 +93,7 @@ class MqttBridge:
         engine.links["mqtt"] = self.connected.is_set
 
     def start(self) -> None:
-        self.client.connect_async(self.address.host, self.address.port, keepalive=30)
-        self.client.loop_start()
+        connect_in_background(self.client, self.address)
 
     def stop(self) -> None:
         if self.connected.is_set():

@@ -13,12 +13,12 @@ import threading
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from bitfleet.chunks import DEFAULT_CHUNK_BYTES, Reassembler, split_frame
 from bitfleet.edge_agent.backoff import Backoff
 from bitfleet.edge_agent.transports import TransportTimeout
 from bitfleet.errors import BitfleetError
+from bitfleet.mqttclient import QOS, connect_in_background, new_client
 from bitfleet.protocol import (
     COORDINATOR_OFFLINE,
     COORDINATOR_ONLINE,
@@ -37,10 +37,8 @@ from bitfleet.protocol import (
     parse_mqtt_url,
     update_topic,
 )
-from bitfleet.tls import mqtt_tls_options
 
 log = logging.getLogger("bitfleet.agent.mqtt")
-QOS = 1
 
 
 class MqttTransport:
@@ -72,15 +70,17 @@ class MqttTransport:
         self.backoff = backoff or Backoff()
         self._link_problem: str | None = None  # why the broker link is down, once it failed
         self._coordinator_offline = False  # its retained status (or Last Will) says so
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"bitfleet-{agent_id}", protocol=mqtt.MQTTv5
-        )
-        self.client.username_pw_set(agent_id, secret)
-        if self.address.tls:
-            self.client.tls_set(**mqtt_tls_options(ca_file, client_cert, client_key))
         offline = encode_message(AgentStatus(agent_id, "offline"))
-        self.client.will_set(agent_status_topic(agent_id), offline, qos=QOS, retain=True)
-        self.client.suppress_exceptions = True
+        self.client = new_client(
+            self.address,
+            f"bitfleet-{agent_id}",
+            (agent_status_topic(agent_id), offline),
+            username=agent_id,
+            password=secret,
+            ca_file=ca_file,
+            client_cert=client_cert,
+            client_key=client_key,
+        )
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
@@ -89,8 +89,7 @@ class MqttTransport:
     # connection
     def start(self, status: AgentStatus) -> None:
         self._status = status
-        self.client.connect_async(self.address.host, self.address.port, keepalive=30)
-        self.client.loop_start()
+        connect_in_background(self.client, self.address)
 
     def coordinator_away(self) -> str | None:
         if self._link_problem is not None:
