@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import numbers
 import reprlib
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
 
@@ -34,6 +32,7 @@ from bitfleet import kernels
 from bitfleet.errors import ConfigError
 from bitfleet.intmath import int_matmul
 from bitfleet.models import ENCODINGS, BitMLP, PackedLayer, validate_layer_sizes
+from bitfleet.training import Loop, OnBatch, OnEpoch
 
 # Learning rates are fixed point with 8 fractional bits so the step stays integer.
 LR_FRACTION_BITS = 8
@@ -115,14 +114,6 @@ class BitFlipConfig:
     @property
     def decay_fixed(self) -> int:
         return round(self.lr_decay * (1 << LR_FRACTION_BITS))
-
-
-@dataclass
-class EpochReport:
-    epoch: int
-    train_accuracy: float
-    val_accuracy: float | None
-    seconds: float
 
 
 @dataclass
@@ -245,8 +236,8 @@ class BitFlipTrainer:
         y: NDArray[np.integer],
         x_val: NDArray[np.uint8] | None = None,
         y_val: NDArray[np.integer] | None = None,
-        on_batch: Callable[[int, int], None] | None = None,
-        on_epoch: Callable[[EpochReport], None] | None = None,
+        on_batch: OnBatch | None = None,
+        on_epoch: OnEpoch | None = None,
         keep_offset: bool = False,
     ) -> BitMLP:
         """Train for ``config.epochs``; return the epoch's model that scored best on validation.
@@ -259,26 +250,15 @@ class BitFlipTrainer:
         if not keep_offset:
             self.input_offset = rounded_mean(x)
         cfg = self.config
-        batches_per_epoch = -(-len(x) // cfg.batch_size)
-        best_model, best_val = self.model(), -1.0
-        for epoch in range(cfg.epochs):
-            started = time.monotonic()
-            order = self.rng.permutation(len(x))
-            correct = 0
-            for index, start in enumerate(range(0, len(x), cfg.batch_size)):
-                batch = order[start : start + cfg.batch_size]
-                correct += self.train_batch(x[batch], np.asarray(y[batch]))
-                if on_batch is not None:
-                    on_batch(epoch * batches_per_epoch + index + 1, cfg.epochs * batches_per_epoch)
+
+        def decay() -> None:
             self.lr_fixed = max(1, (self.lr_fixed * cfg.decay_fixed) >> LR_FRACTION_BITS)
-            model = self.model()
-            val = None if x_val is None or y_val is None else model.accuracy(x_val, y_val)
-            if val is None or val > best_val:
-                best_model, best_val = model, -1.0 if val is None else val
-            if on_epoch is not None:
-                report = EpochReport(epoch + 1, correct / len(x), val, time.monotonic() - started)
-                on_epoch(report)
-        return best_model
+
+        def step(xb: NDArray[np.uint8], yb: NDArray[np.integer], _done: int, _total: int) -> int:
+            return self.train_batch(xb, yb)
+
+        loop = Loop(cfg.epochs, cfg.batch_size, self.rng, end_epoch=decay)
+        return loop.run(step, self.model, x, y, x_val, y_val, on_batch, on_epoch, keep=_same)
 
     def _check_data(self, x: NDArray[np.uint8], y: NDArray[np.integer]) -> None:
         if x.ndim != 2 or x.shape[1] != self.layer_sizes[0]:
@@ -331,6 +311,11 @@ class BitFlipTrainer:
         error[rows, y] = magnitude
         error[rows, rival] = -magnitude
         return error
+
+
+def _same(model: BitMLP) -> BitMLP:
+    """A best epoch's model as it is: :meth:`BitFlipTrainer.model` already builds a new one."""
+    return model
 
 
 def _window(pre: NDArray[np.int64], divisor: int) -> NDArray[np.bool_]:

@@ -23,6 +23,7 @@ from bitfleet.errors import ConfigError
 from bitfleet.frames import KIND_UPDATE, Frame, Tensor, encode_frame
 from bitfleet.modelfile import bitmlp_from_frame, bitmlp_to_frame
 from bitfleet.models import BitMLP, PackedLayer
+from bitfleet.training import OnBatch
 
 OFFSET_FINAL = "input_offset_final"
 INPUT_MEAN = "input_mean"
@@ -65,6 +66,17 @@ class TrainingInterrupted(Exception):
     """Raised between batches when the agent is asked to stop (SIGTERM)."""
 
 
+def interrupt_when(should_stop: Callable[[], bool]) -> OnBatch:
+    """An ``on_batch`` callback giving up a local round (:class:`TrainingInterrupted`) as
+    soon as ``should_stop()`` turns true: the agent stops between batches, never inside one."""
+
+    def check_stop(done: int, total: int) -> None:
+        if should_stop():
+            raise TrainingInterrupted(f"stopped after {done} of {total} batches")
+
+    return check_stop
+
+
 # Bytes a training step holds per weight (int16 counter, int8 weight, int64 votes, float32
 # operand copies) and per unit activation (int64 pre-activation, int8 sign, float copies).
 _BYTES_PER_WEIGHT = 19
@@ -99,17 +111,14 @@ class LocalBitFlip:
         up with :class:`TrainingInterrupted`.
         """
 
-        def check_stop(done: int, total: int) -> None:
-            if should_stop():
-                raise TrainingInterrupted(f"stopped after {done} of {total} batches")
-
         model = bitmlp_from_frame(global_frame)
         self.trainer.config = config
         self.trainer.lr_fixed = config.lr_fixed
         self.trainer.rng = np.random.default_rng(config.seed)
         self.trainer.adopt(model)
         keep_offset = bool(global_frame.meta.get(OFFSET_FINAL, True))
-        local = self.trainer.fit(x, y, on_batch=check_stop, keep_offset=keep_offset)
+        stop = interrupt_when(should_stop)
+        local = self.trainer.fit(x, y, on_batch=stop, keep_offset=keep_offset)
         tensors = _weight_tensors(local)
         tensors.append(Tensor(INPUT_MEAN, "uint8", (len(local.input_offset),), rounded_mean(x)))
         return tensors, {"samples": len(y), "round": round_index, "job_id": self.job_id}

@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from bitfleet.bitpack import pack_ternary
 from bitfleet.errors import ConfigError
-from bitfleet.federated import TrainingInterrupted
+from bitfleet.federated import interrupt_when
 from bitfleet.fixedpoint import FixedMLP, qmax
 from bitfleet.frames import Frame, Tensor
 from bitfleet.modelfile import fixedmlp_from_frame
@@ -103,14 +103,10 @@ class LocalForward:
         y: NDArray[np.integer],
         should_stop: Callable[[], bool] = lambda: False,
     ) -> tuple[list[Tensor], dict[str, Any]]:
-        def check_stop(done: int, total: int) -> None:
-            if should_stop():
-                raise TrainingInterrupted(f"stopped after {done} of {total} batches")
-
         model = fixedmlp_from_frame(global_frame)
         local = model.copy()
         config.validate(local)
-        QZOTrainer(local, config).fit(x, y, on_batch=check_stop)
+        QZOTrainer(local, config).fit(x, y, on_batch=interrupt_when(should_stop))
         tensors, steps = sign_of_change(model, local)
         meta = {"samples": len(y), "round": round_index, "job_id": self.job_id, "steps": steps}
         return tensors, meta

@@ -7,17 +7,15 @@ as the bit trainer, so the two numbers compare like for like.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
 
 import numpy as np
 from numpy.typing import NDArray
 
-from bitfleet.bitflip import EpochReport
 from bitfleet.errors import ConfigError
 from bitfleet.models import validate_layer_sizes
+from bitfleet.training import Loop, OnBatch, OnEpoch
 
 
 @dataclass(frozen=True)
@@ -117,32 +115,26 @@ class FloatTrainer:
         y: NDArray[np.integer],
         x_val: NDArray[np.uint8] | None = None,
         y_val: NDArray[np.integer] | None = None,
-        on_batch: Callable[[int, int], None] | None = None,
-        on_epoch: Callable[[EpochReport], None] | None = None,
+        on_batch: OnBatch | None = None,
+        on_epoch: OnEpoch | None = None,
     ) -> FloatMLP:
         """SGD epochs; returns a copy of the model from the best validation epoch."""
         cfg = self.config
         model = self._initial_model(x)
         velocity = [np.zeros_like(p) for p in model.weights + model.biases]
-        batches_per_epoch = -(-len(x) // cfg.batch_size)
-        best, best_val, lr = model, -1.0, cfg.lr
-        for epoch in range(cfg.epochs):
-            started = time.monotonic()
-            order = self.rng.permutation(len(x))
-            correct = 0
-            for index, start in enumerate(range(0, len(x), cfg.batch_size)):
-                batch = order[start : start + cfg.batch_size]
-                correct += self._step(model, velocity, x[batch], np.asarray(y[batch]), lr)
-                if on_batch is not None:
-                    on_batch(epoch * batches_per_epoch + index + 1, cfg.epochs * batches_per_epoch)
+        lr = cfg.lr
+
+        def step(xb: NDArray[np.uint8], yb: NDArray[np.integer], _done: int, _total: int) -> int:
+            return self._step(model, velocity, xb, yb, lr)
+
+        def decay() -> None:
+            nonlocal lr
             lr *= cfg.lr_decay
-            val = None if x_val is None or y_val is None else model.accuracy(x_val, y_val)
-            if val is None or val > best_val:
-                best = model.copy()
-                best_val = -1.0 if val is None else val
-            if on_epoch is not None:
-                on_epoch(EpochReport(epoch + 1, correct / len(x), val, time.monotonic() - started))
-        return best
+
+        loop = Loop(cfg.epochs, cfg.batch_size, self.rng, end_epoch=decay)
+        return loop.run(
+            step, lambda: model, x, y, x_val, y_val, on_batch, on_epoch, keep=FloatMLP.copy
+        )
 
     def _step(
         self,

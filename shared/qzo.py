@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import math
 import reprlib
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,7 +30,6 @@ from bitfleet.bitflip import (
     MAX_BATCH_SIZE,
     MAX_EPOCHS,
     MAX_SEED,
-    EpochReport,
     require_int,
     require_type,
 )
@@ -40,6 +37,7 @@ from bitfleet.errors import ConfigError
 from bitfleet.fixedpoint import FixedMLP, qmax
 from bitfleet.kernels.reference import splitmix64
 from bitfleet.memory import peak_bytes
+from bitfleet.training import Loop, OnBatch, OnEpoch
 
 SCHEDULES = ("constant", "linear", "cosine")
 # Fractional bits of the fixed-point update multiplier (lr / m in weight steps).
@@ -282,8 +280,8 @@ class QZOTrainer:
         y: NDArray[np.integer],
         x_val: NDArray[np.uint8] | None = None,
         y_val: NDArray[np.integer] | None = None,
-        on_batch: Callable[[int, int], None] | None = None,
-        on_epoch: Callable[[EpochReport], None] | None = None,
+        on_batch: OnBatch | None = None,
+        on_epoch: OnEpoch | None = None,
     ) -> FixedMLP:
         """Train for ``config.epochs`` under the learning-rate schedule; return the model.
 
@@ -293,23 +291,12 @@ class QZOTrainer:
         """
         self._check_data(x, y)
         cfg = self.config
-        rng = np.random.default_rng(cfg.seed)
-        per_epoch = -(-len(x) // cfg.batch_size)
-        total = cfg.epochs * per_epoch
-        for epoch in range(cfg.epochs):
-            started = time.monotonic()
-            order = rng.permutation(len(x))
-            correct = 0
-            for index, start in enumerate(range(0, len(x), cfg.batch_size)):
-                batch = order[start : start + cfg.batch_size]
-                done = epoch * per_epoch + index
-                correct += self.train_batch(x[batch], y[batch], cfg.lr_scale(done, total))
-                if on_batch is not None:
-                    on_batch(done + 1, total)
-            val = None if x_val is None or y_val is None else self.model.accuracy(x_val, y_val)
-            if on_epoch is not None:
-                on_epoch(EpochReport(epoch + 1, correct / len(x), val, time.monotonic() - started))
-        return self.model
+
+        def step(xb: NDArray[np.uint8], yb: NDArray[np.integer], done: int, total: int) -> int:
+            return self.train_batch(xb, yb, cfg.lr_scale(done, total))
+
+        loop = Loop(cfg.epochs, cfg.batch_size, np.random.default_rng(cfg.seed))
+        return loop.run(step, lambda: self.model, x, y, x_val, y_val, on_batch, on_epoch)
 
     def _check_data(self, x: NDArray[np.uint8], y: NDArray[np.integer]) -> None:
         sizes = self.model.layer_sizes

@@ -16,6 +16,7 @@ from bitfleet.frames import KIND_MODEL, Tensor, decode_frame, encode_frame
 from bitfleet.intmath import int_matmul
 from bitfleet.kernels import reference
 from bitfleet.modelfile import load_model, model_from_frame, model_to_frame, save_model
+from bitfleet.training import EpochReport
 
 TWINS = [reference] + ([kernels.fast] if kernels.fast is not None else [])
 # (batch, inputs, outputs): non-multiples of 8 and 64, and more than 256 inputs (the numba
@@ -207,3 +208,22 @@ def test_float_fine_tuning_starts_from_init_and_freezes_leading_layers(
         FloatTrainer([64, 16, 10], init=start)
     with pytest.raises(ConfigError, match="train_layers must be 0"):
         FloatTrainer([64, 32, 10], FloatConfig(train_layers=3))
+
+
+def test_float_training_returns_the_best_epoch_and_repeats_under_a_seed(
+    digits_float: tuple[FloatMLP, Dataset],
+) -> None:
+    _, data = digits_float
+    x, y = data.x_train[:1000], data.y_train[:1000]
+    x_val, y_val = data.x_train[1000:], data.y_train[1000:]
+    config = FloatConfig(epochs=5, seed=1, lr=0.5, batch_size=50)
+    runs = []
+    for _ in range(2):
+        reports: list[EpochReport] = []
+        model = FloatTrainer([64, 32, 10], config).fit(x, y, x_val, y_val, on_epoch=reports.append)
+        accuracies = [(r.epoch, r.train_accuracy, r.val_accuracy) for r in reports]
+        runs.append((model_to_frame(model), accuracies))
+    assert runs[0] == runs[1]
+    assert [epoch for epoch, _, _ in accuracies] == [1, 2, 3, 4, 5]
+    best = max(val for _, _, val in accuracies if val is not None)
+    assert model.accuracy(x_val, y_val) == best

@@ -14,12 +14,13 @@ import pytest
 from bitfleet import kernels
 from bitfleet.datasets import Dataset, load_dataset
 from bitfleet.errors import ConfigError
-from bitfleet.fixedpoint import FixedMLP, quantize
+from bitfleet.fixedpoint import FixedLayer, FixedMLP, quantize
 from bitfleet.floatmlp import FloatConfig, FloatTrainer
 from bitfleet.kernels import reference
 from bitfleet.modelfile import model_to_frame
 from bitfleet.qzo import QZOConfig, QZOTrainer, hinge_loss, measure_memory, step_keys
 from bitfleet.shifts import rotate_images
+from bitfleet.training import EpochReport
 
 TWINS = [reference] + ([kernels.fast] if kernels.fast is not None else [])
 
@@ -270,3 +271,43 @@ def test_perturbing_a_strided_view_is_refused_not_lost() -> None:
             twin.add_perturbations(  # type: ignore[attr-defined]
                 w.T, np.array([1], np.uint64), np.array([1]), 0, 1 << 32, 1, 0, 0, False, -9, 9
             )
+
+
+def _integer_model(seed: int) -> FixedMLP:
+    """A 64-32-10 int16 model drawn from integers alone (no float training), so the pins
+    below hold on any machine."""
+    rng = np.random.default_rng(seed)
+
+    def layer(n_in: int, n_out: int, exps: tuple[int, int, int]) -> FixedLayer:
+        weights = rng.integers(-20000, 20001, size=(n_in, n_out)).astype(np.int16)
+        bias = rng.integers(-(10**6), 10**6 + 1, size=n_out).astype(np.int32)
+        return FixedLayer(weights, bias, *exps)
+
+    layers = [layer(64, 32, (7, 15, 5)), layer(32, 10, (5, 14, 19))]
+    return FixedMLP(layers, np.full(64, 8, np.uint8))
+
+
+# Fixed-seed adaptations on digits (1,000 to train, 438 to validate): the model frame's
+# digest and each epoch's (train, validation) correct counts; the last epoch is returned.
+PINNED = {
+    ("cosine", 0): ("967186ba2cc58aee", [(156, 62), (167, 71), (153, 69), (135, 68)]),
+    ("linear", 2): ("e7dfacdeac0a0a04", [(91, 37), (97, 36), (90, 35), (132, 35)]),
+}
+
+
+@pytest.mark.parametrize("schedule, seed", list(PINNED))
+def test_fixed_seed_training_is_pinned_and_returns_the_last_epoch(
+    digits: Dataset, schedule: str, seed: int
+) -> None:
+    x, y = digits.x_train[:1000], digits.y_train[:1000]
+    x_val, y_val = digits.x_train[1000:], digits.y_train[1000:]
+    reports: list[EpochReport] = []
+    config = QZOConfig(epochs=4, perturbations=8, seed=seed, schedule=schedule)
+    model = QZOTrainer(_integer_model(seed), config).fit(
+        x, y, x_val, y_val, on_epoch=reports.append
+    )
+    digest, counts = PINNED[schedule, seed]
+    assert hashlib.sha256(model_to_frame(model)).hexdigest()[:16] == digest
+    seen = [(r.train_accuracy * len(x), (r.val_accuracy or 0.0) * len(x_val)) for r in reports]
+    assert [(round(t), round(v)) for t, v in seen] == counts
+    assert model.accuracy(x_val, y_val) == reports[-1].val_accuracy

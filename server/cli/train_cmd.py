@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bitfleet import kernels
-from bitfleet.bitflip import BitFlipConfig, BitFlipTrainer, EpochReport
+from bitfleet.bitflip import BitFlipConfig, BitFlipTrainer
 from bitfleet.cliargs import non_negative_int, output_file, positive_float, positive_int
 from bitfleet.datasets import Dataset, split_validation
 from bitfleet.errors import ConfigError
@@ -25,6 +25,7 @@ from bitfleet.server.cli.qzo_options import (
     memory_fields,
     qzo_config,
 )
+from bitfleet.training import EpochReport
 
 DEFAULT_HIDDEN = 512
 MAX_VALIDATION = 5000
