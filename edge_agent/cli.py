@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 from bitfleet import __version__, kernels
 from bitfleet.cliargs import (
+    EXIT_FAILURE,
     CliParser,
     existing_file,
     http_url,
@@ -60,7 +61,6 @@ from bitfleet.tls import CA_FILE_ENV, mqtt_tls_options, require_secure
 
 log = logging.getLogger("bitfleet.agent")
 
-EXIT_GAVE_UP = 1
 ENROLL_GIVE_UP_S = 60.0  # an installer must not hang on a coordinator that is not there
 
 
@@ -240,7 +240,7 @@ def run_enroll(args: argparse.Namespace) -> int:
         _check_credentials(config, Backoff(max_s=config.max_backoff_s), outage, threading.Event())
     except GaveUp as error:
         report_error("bitfleet-agent", "GaveUp", str(error), args.json)
-        return EXIT_GAVE_UP
+        return EXIT_FAILURE
     path = args.config or default_config_path()
     config.save(path)
     if args.json:
@@ -391,7 +391,7 @@ def run_agent(args: argparse.Namespace) -> int:
         ).run()
     except GaveUp as error:
         report_error("bitfleet-agent", "GaveUp", str(error), False)
-        return EXIT_GAVE_UP
+        return EXIT_FAILURE
     return 0
 
 

@@ -22,6 +22,9 @@ from bitfleet.errors import BitfleetError
 from bitfleet.httpclient import check_base_url
 from bitfleet.protocol import check_id
 
+# The exit codes of both commands, ``bitfleet`` and ``bitfleet-agent``.
+EXIT_OK = 0
+EXIT_FAILURE = 1  # a run, job or wait that failed (the agent giving up included)
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 

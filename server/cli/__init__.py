@@ -15,9 +15,6 @@ from collections.abc import Sequence
 from bitfleet import __version__
 from bitfleet.cliargs import CliParser, run_cli
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser tree; subcommand modules are imported here, once."""

@@ -18,9 +18,8 @@ from numpy.typing import NDArray
 
 from bitfleet import kernels
 from bitfleet.bitpack import WORD_BITS, words_for
-from bitfleet.cliargs import int_range, positive_int
+from bitfleet.cliargs import EXIT_FAILURE, EXIT_OK, int_range, positive_int
 from bitfleet.frames import MAX_DIM, PACKED_PLANES
-from bitfleet.server.cli import EXIT_FAILURE, EXIT_OK
 from bitfleet.server.cli.output import print_json
 from bitfleet.tally import LayerTally
 
