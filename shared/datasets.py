@@ -135,6 +135,21 @@ def split_validation(
     return x[:cut], y[:cut], x[cut:], y[cut:]
 
 
+MAX_VALIDATION = 5000  # the default validation tail's cap (10 % of the training split below it)
+
+
+def carve_validation(
+    x: NDArray[np.uint8], y: NDArray[np.int64], val_size: int | None
+) -> tuple[
+    NDArray[np.uint8], NDArray[np.int64], NDArray[np.uint8] | None, NDArray[np.int64] | None
+]:
+    """Split off the validation tail (default 10 %, at most 5,000; 0 means none)."""
+    size = val_size if val_size is not None else min(MAX_VALIDATION, len(y) // 10)
+    if size > 0:
+        return split_validation(x, y, size)
+    return x, y, None, None
+
+
 def _load_fashion_mnist(data_dir: str | Path | None) -> Dataset:
     """Fashion-MNIST from the Debian package, or from an override directory."""
     directory = Path(data_dir or os.environ.get(DATA_DIR_ENV) or FASHION_MNIST_DIR)

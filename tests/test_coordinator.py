@@ -340,7 +340,7 @@ def test_forward_job_votes_signs_of_change_onto_a_pretrained_model(
 
     from bitfleet.floatmlp import FloatConfig
     from bitfleet.modelfile import fixedmlp_from_frame, fixedmlp_to_frame
-    from bitfleet.server.cli.pretrain_cmd import pretrain
+    from bitfleet.pretraining import pretrain
 
     data = load_dataset("digits")
     _, pretrained = pretrain(data.x_train, data.y_train, [64, 32, 10], 16, FloatConfig(epochs=1))

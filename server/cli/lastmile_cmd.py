@@ -25,9 +25,10 @@ from bitfleet.datasets import BUILTIN_DATASETS, Dataset, load_dataset
 from bitfleet.errors import ConfigError
 from bitfleet.fixedpoint import WEIGHT_BITS, FixedMLP, dequantize
 from bitfleet.floatmlp import FloatConfig, FloatMLP, FloatTrainer
+from bitfleet.pretraining import pretrain
 from bitfleet.qzo import QZOConfig, QZOTrainer
 from bitfleet.server.cli.output import ProgressBar, print_json
-from bitfleet.server.cli.pretrain_cmd import DEFAULT_HIDDEN, pretrain
+from bitfleet.server.cli.pretrain_cmd import DEFAULT_HIDDEN
 from bitfleet.server.cli.qzo_options import (
     add_qzo_arguments,
     load_fixed_model,

@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
 from typing import Any
-
-import numpy as np
-from numpy.typing import NDArray
 
 from bitfleet.cliargs import non_negative_int, output_file, positive_float, positive_int
 from bitfleet.datasets import Dataset
-from bitfleet.fixedpoint import WEIGHT_BITS, FixedMLP, quantize
-from bitfleet.floatmlp import FloatConfig, FloatMLP, FloatTrainer
+from bitfleet.fixedpoint import WEIGHT_BITS, FixedMLP
+from bitfleet.floatmlp import FloatConfig, FloatMLP
 from bitfleet.modelfile import model_to_frame, save_model
+from bitfleet.pretraining import pretrain
 from bitfleet.server.cli.data_options import add_data_arguments, load_data
 from bitfleet.server.cli.output import ProgressBar, print_json
-from bitfleet.server.cli.train_cmd import carve_validation, parse_layers
+from bitfleet.server.cli.train_cmd import parse_layers
 
 DEFAULT_HIDDEN = 128
 
@@ -56,22 +53,6 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.set_defaults(func=run)
-
-
-def pretrain(
-    x: NDArray[np.uint8],
-    y: NDArray[np.int64],
-    layers: list[int],
-    weight_bits: int,
-    config: FloatConfig,
-    val_size: int | None = None,
-    on_batch: Callable[[int, int], None] | None = None,
-) -> tuple[FloatMLP, FixedMLP]:
-    """Backprop on ``x`` (epoch chosen on its validation tail), then quantize."""
-    x_fit, y_fit, x_val, y_val = carve_validation(x, y, val_size)
-    trainer = FloatTrainer(layers, config)
-    float_model = trainer.fit(x_fit, y_fit, x_val, y_val, on_batch=on_batch)
-    return float_model, quantize(float_model, x_fit, weight_bits)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,13 +6,10 @@ import argparse
 import time
 from typing import Any
 
-import numpy as np
-from numpy.typing import NDArray
-
 from bitfleet import kernels
 from bitfleet.bitflip import BitFlipConfig, BitFlipTrainer
 from bitfleet.cliargs import non_negative_int, output_file, positive_float, positive_int
-from bitfleet.datasets import Dataset, split_validation
+from bitfleet.datasets import MAX_VALIDATION, Dataset, carve_validation
 from bitfleet.errors import ConfigError
 from bitfleet.floatmlp import FloatConfig, FloatTrainer
 from bitfleet.modelfile import Model, model_to_frame, save_model
@@ -28,7 +25,6 @@ from bitfleet.server.cli.qzo_options import (
 from bitfleet.training import EpochReport
 
 DEFAULT_HIDDEN = 512
-MAX_VALIDATION = 5000
 
 
 def register(subparsers: Any) -> None:
@@ -92,18 +88,6 @@ def parse_layers(text: str | None, dataset: Dataset, hidden: int = DEFAULT_HIDDE
         return [int(part) for part in text.split(",")]
     except ValueError:
         raise ConfigError(f"--layers {text!r} is not a comma-separated list of integers") from None
-
-
-def carve_validation(
-    x: NDArray[np.uint8], y: NDArray[np.int64], val_size: int | None
-) -> tuple[
-    NDArray[np.uint8], NDArray[np.int64], NDArray[np.uint8] | None, NDArray[np.int64] | None
-]:
-    """Split off the validation tail (default 10 %, at most 5,000; 0 means none)."""
-    size = val_size if val_size is not None else min(MAX_VALIDATION, len(y) // 10)
-    if size > 0:
-        return split_validation(x, y, size)
-    return x, y, None, None
 
 
 def run(args: argparse.Namespace) -> int:
