@@ -35,8 +35,8 @@ from bitfleet.bitflip import (
 )
 from bitfleet.errors import ConfigError
 from bitfleet.fixedpoint import FixedMLP, qmax
-from bitfleet.kernels.reference import splitmix64
 from bitfleet.memory import peak_bytes
+from bitfleet.prng import splitmix64
 from bitfleet.training import Loop, OnBatch, OnEpoch
 
 SCHEDULES = ("constant", "linear", "cosine")

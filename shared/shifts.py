@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bitfleet.errors import DataError
-from bitfleet.kernels.reference import splitmix64
+from bitfleet.prng import splitmix64
 
 SHIFT_NAMES = ("rotate<degrees>", "noise<sigma>", "invert")
 _PATTERN = re.compile(r"^(rotate|noise)(\d+)$|^(invert)$")

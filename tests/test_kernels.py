@@ -23,6 +23,7 @@ from bitfleet import bitpack, kernels
 from bitfleet.bitflip import BitFlipConfig, BitFlipTrainer
 from bitfleet.intmath import int_matmul
 from bitfleet.kernels import HAVE_NUMBA, reference
+from bitfleet.prng import splitmix64
 
 SHAPES = [(1, 1, 1), (3, 63, 5), (4, 64, 7), (5, 65, 3), (17, 130, 33), (64, 784, 100), (2, 200, 1)]
 TWINS = [reference] + ([kernels.fast] if kernels.fast is not None else [])
@@ -184,7 +185,7 @@ def test_the_popcount_table_counts_every_bit() -> None:
 def _words(seed: int, *shape: int) -> np.ndarray:
     """Inputs from the counter-based hash, not a Generator: the same on every numpy."""
     count = int(np.prod(shape))
-    return reference.splitmix64(np.arange(count, dtype=np.uint64) + np.uint64(seed)).reshape(shape)
+    return splitmix64(np.arange(count, dtype=np.uint64) + np.uint64(seed)).reshape(shape)
 
 
 def _ints(seed: int, low: int, high: int, *shape: int) -> np.ndarray:

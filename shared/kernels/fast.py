@@ -14,6 +14,8 @@ from numba import types
 from numba.extending import intrinsic
 from numpy.typing import NDArray
 
+from bitfleet.prng import GOLDEN, MIX1, MIX2
+
 
 def _ctpop_typing(typingctx: Any, value: Any) -> Any:
     """LLVM ctpop on a uint64, returned as int64 for easy accumulation."""
@@ -148,16 +150,11 @@ def uint8_ternary_dense(
     return result
 
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-
-
 @numba.njit(inline="always")
 def _splitmix64(counter: Any) -> Any:  # pragma: no cover - compiled
-    z = counter + _GOLDEN
-    z = (z ^ (z >> np.uint64(30))) * _MIX1
-    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    z = counter + GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * MIX1
+    z = (z ^ (z >> np.uint64(27))) * MIX2
     return z ^ (z >> np.uint64(31))
 
 

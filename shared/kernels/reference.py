@@ -10,6 +10,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bitfleet.intmath import int_matmul
+from bitfleet.prng import splitmix64
 
 # Rows of the batch processed at once: bounds the (rows, outputs, words) temporaries.
 _ROW_CHUNK = 64
@@ -83,24 +84,6 @@ def uint8_ternary_dense(
         plane = np.ascontiguousarray(planes[:, k, :])
         out += (_popcount_rows(plane, plus, "and") - _popcount_rows(plane, minus, "and")) << k
     return out
-
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-
-
-def splitmix64(counter: NDArray[np.uint64]) -> NDArray[np.uint64]:
-    """Counter-based integer PRNG: a fixed bijective hash of each counter value.
-
-    Random bits depend only on (key, index), so the numpy and numba twins draw the same
-    numbers without sharing any generator state.
-    """
-    with np.errstate(over="ignore"):
-        z = counter + _GOLDEN
-        z = (z ^ (z >> np.uint64(30))) * _MIX1
-        z = (z ^ (z >> np.uint64(27))) * _MIX2
-    return z ^ (z >> np.uint64(31))
 
 
 def counter_step(

@@ -1,0 +1,24 @@
+"""splitmix64: the counter-based integer PRNG every random draw of bitfleet comes from.
+
+Random bits depend only on (key, index), never on generator state, so the numpy and numba
+kernel twins (the numba one inlines the same constants), the QZO perturbations and the data
+shifts draw identical numbers on every machine and numpy version.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def splitmix64(counter: NDArray[np.uint64]) -> NDArray[np.uint64]:
+    """A fixed bijective hash of each counter value (Steele, Lea and Flood's splitmix64)."""
+    with np.errstate(over="ignore"):
+        z = counter + GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * MIX1
+        z = (z ^ (z >> np.uint64(27))) * MIX2
+    return z ^ (z >> np.uint64(31))
