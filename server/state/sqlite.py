@@ -103,7 +103,10 @@ CREATE TABLE IF NOT EXISTS metrics (
 
 
 class SqliteStore(StateStore):
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        """``clock`` stamps every time the store writes (last seen, opened, updated): the
+        engine's own, so that deadlines and presence agree, and tests can drive both."""
+        self._clock = clock
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = _open(path)
@@ -140,7 +143,7 @@ class SqliteStore(StateStore):
 
     # agents
     def create_agent(self, agent_id: str, secret: str) -> AgentRecord:
-        now = time.time()
+        now = self._clock()
         with self._transaction() as db:
             try:
                 db.execute(
@@ -186,7 +189,7 @@ class SqliteStore(StateStore):
                 (
                     int(online),
                     transport,
-                    time.time(),
+                    self._clock(),
                     None if capabilities is None else json.dumps(capabilities),
                     agent_id,
                 ),
@@ -194,7 +197,7 @@ class SqliteStore(StateStore):
 
     # jobs
     def create_job(self, job_id: str, spec: dict[str, Any], initial_model: bytes) -> JobRecord:
-        now = time.time()
+        now = self._clock()
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO jobs (job_id, spec, status, round, created_at, updated_at) "
@@ -227,7 +230,7 @@ class SqliteStore(StateStore):
         with self._transaction() as db:
             db.execute(
                 "UPDATE jobs SET status = ?, reason = ?, updated_at = ? WHERE job_id = ?",
-                (status, reason, time.time(), job_id),
+                (status, reason, self._clock(), job_id),
             )
 
     # rounds and uploads
@@ -240,7 +243,7 @@ class SqliteStore(StateStore):
         selected: list[str],
         vote_caps: dict[str, int] | None = None,
     ) -> RoundRecord:
-        now = time.time()
+        now = self._clock()
         caps = dict(vote_caps or {})
         with self._transaction() as db:
             db.execute(
@@ -289,7 +292,7 @@ class SqliteStore(StateStore):
             cursor = db.execute(
                 "INSERT OR IGNORE INTO uploads (job_id, round, agent_id, samples, received_at, "
                 "payload) VALUES (?, ?, ?, ?, ?, ?)",
-                (job_id, round_index, agent_id, samples, time.time(), payload),
+                (job_id, round_index, agent_id, samples, self._clock(), payload),
             )
             return cursor.rowcount == 1
 
@@ -335,7 +338,7 @@ class SqliteStore(StateStore):
     def close_round(
         self, job_id: str, round_index: int, next_model: bytes, metrics: RoundMetrics, final: bool
     ) -> None:
-        now = time.time()
+        now = self._clock()
         with self._transaction() as db:
             db.execute(
                 "UPDATE agents SET rounds_contributed = rounds_contributed + 1 WHERE agent_id IN "
