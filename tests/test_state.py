@@ -1,5 +1,6 @@
-"""The SQLite store: WAL, idempotent uploads, atomic round close, a full disk loses nothing,
-and a schema version that upgrades older files and refuses newer ones."""
+"""What only the SQLite store does: one WAL file, SQLite's own refusals (a constraint, a full
+disk) losing nothing, and a schema version that upgrades older files and refuses newer ones.
+The behaviour every store shares is in test_store_contract.py."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from bitfleet.server.state import SqliteStore, StateVersionError, StoreError
-from bitfleet.server.state.base import AlreadyExists, RoundMetrics
+from bitfleet.server.state.base import RoundMetrics
 from bitfleet.server.state.sqlite import SCHEMA_VERSION
 from tests.cluster import free_port
 
@@ -26,27 +27,23 @@ def store(tmp_path: Path) -> SqliteStore:
     return created
 
 
-def test_wal_mode_and_idempotent_uploads(store: SqliteStore) -> None:
-    mode = store._query("PRAGMA journal_mode")[0][0]
-    assert mode == "wal"
-    assert store.add_upload("job-1", 0, "a1", 5, b"payload") is True
-    assert store.add_upload("job-1", 0, "a1", 5, b"other") is False
-    assert [u.payload for u in store.iter_uploads("job-1", 0)] == [b"payload"]
-    with pytest.raises(AlreadyExists):
-        store.create_agent("a1", "again")
+def test_the_database_is_in_wal_mode(store: SqliteStore) -> None:
+    assert store._query("PRAGMA journal_mode")[0][0] == "wal"
 
 
-def test_closing_a_round_is_one_transaction(store: SqliteStore) -> None:
+def test_a_constraint_failing_at_the_last_step_of_a_close_writes_nothing(
+    store: SqliteStore,
+) -> None:
     store.add_upload("job-1", 0, "a1", 5, b"payload")
-    metrics = RoundMetrics(0, 0.5, 1.0, 1, 7, 9, 0.1)
-    store.close_round("job-1", 0, b"model-1", metrics, final=False)
-    job = store.get_job("job-1")
-    assert job is not None and (job.round, job.status) == (1, "running")
-    assert store.get_model("job-1") == b"model-1" and store.get_model("job-1", 0) == b"model-0"
-    assert list(store.iter_uploads("job-1", 0)) == []
-    assert store.list_metrics("job-1")[0].test_accuracy == 0.5
-    assert store.get_agent("a1").rounds_contributed == 1  # type: ignore[union-attr]
-    assert store.get_open_round("job-1") is None
+    # A real refusal by SQLite at the close's last statement, after everything else is written.
+    store._db.execute(
+        "CREATE TRIGGER refuse BEFORE UPDATE OF round ON jobs "
+        "BEGIN SELECT RAISE(ABORT, 'injected refusal'); END"
+    )
+    before = _dump(store.path)
+    with pytest.raises(StoreError, match="injected refusal"):
+        store.close_round("job-1", 0, b"model-1", RoundMetrics(0, 0.5, 1.0, 1, 7, 9, 0.1), False)
+    assert _dump(store.path) == before
 
 
 def test_a_full_disk_is_a_clear_error_and_writes_nothing(store: SqliteStore) -> None:

@@ -12,6 +12,7 @@ import shlex
 import shutil
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -210,7 +211,8 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("bitfleet").warning(
             "INSECURE: the control API accepts requests without a token"
         )
-    store = open_store(args.data_dir)
+    clock = time.time  # one clock for the store's stamps and the engine's deadlines
+    store = open_store(args.data_dir, clock)
     engine = RoundEngine(
         store,
         EngineSettings(
@@ -218,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
             max_frame_bytes=args.max_frame_bytes,
             **_given(max_model_weights=args.max_model_weights),
         ),
+        clock=clock,
     )
     if broker is not None and broker.username:
         engine.reserved_agent_ids.add(broker.username)

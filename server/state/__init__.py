@@ -6,7 +6,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bitfleet.server.state.base import StateStore, StateVersionError, StoreError
+from bitfleet.server.state.base import (
+    AlreadyExists,
+    NotFound,
+    StateStore,
+    StateVersionError,
+    StoreError,
+)
 from bitfleet.server.state.sqlite import SqliteStore
 
 
@@ -16,4 +22,12 @@ def open_store(data_dir: str | Path, clock: Callable[[], float] = time.time) -> 
     return SqliteStore(Path(data_dir) / "bitfleet.db", clock)
 
 
-__all__ = ["SqliteStore", "StateStore", "StateVersionError", "StoreError", "open_store"]
+__all__ = [
+    "AlreadyExists",
+    "NotFound",
+    "SqliteStore",
+    "StateStore",
+    "StateVersionError",
+    "StoreError",
+    "open_store",
+]

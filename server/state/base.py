@@ -22,6 +22,10 @@ class AlreadyExists(StoreError):
     """The record to create exists already."""
 
 
+class NotFound(StoreError):
+    """The job (or its open round) to change does not exist."""
+
+
 class StateVersionError(StoreError):
     """The state was written by a newer bitfleet, in a schema version this one cannot read."""
 
@@ -99,42 +103,68 @@ class RoundMetrics:
 
 
 class StateStore(ABC):
-    """Jobs, rounds, uploads, models, metrics and agents of one coordinator."""
+    """Jobs, rounds, uploads, models, metrics and agents of one coordinator.
+
+    The contract every implementation keeps (tests/test_store_contract.py checks it): every
+    time a record carries (``created_at``, ``updated_at``, ``last_seen``, ``opened_at``) comes
+    from the clock the store was built with, never from the wall clock behind its back; a
+    change that fails (a refused write is a :class:`StoreError`) leaves nothing of itself
+    written; reads of an unknown id return None or an empty list, changes to an unknown job
+    raise :class:`NotFound`.
+    """
 
     # agents
     @abstractmethod
-    def create_agent(self, agent_id: str, secret: str) -> AgentRecord: ...
+    def create_agent(self, agent_id: str, secret: str) -> AgentRecord:
+        """Enroll an agent, not revoked, never seen, with no rounds contributed.
+
+        MUST fail with :class:`AlreadyExists` if ``agent_id`` exists (revoked or not), leaving
+        the existing agent and its secret unchanged."""
 
     @abstractmethod
-    def get_agent(self, agent_id: str) -> AgentRecord | None: ...
+    def get_agent(self, agent_id: str) -> AgentRecord | None:
+        """The agent, revoked or not; MUST return None for an unknown id."""
 
     @abstractmethod
     def agent_secret(self, agent_id: str) -> str | None:
-        """The secret of an enrolled, not revoked agent; None otherwise."""
+        """The secret of an enrolled agent; MUST return None if it is unknown or revoked."""
 
     @abstractmethod
-    def list_agents(self) -> list[AgentRecord]: ...
+    def list_agents(self) -> list[AgentRecord]:
+        """Every agent, revoked ones included; MUST return them in ``agent_id`` order."""
 
     @abstractmethod
-    def revoke_agent(self, agent_id: str) -> bool: ...
+    def revoke_agent(self, agent_id: str) -> bool:
+        """Revoke an agent and mark it offline. MUST be idempotent: True only for the call
+        that revoked it, False for an unknown or already revoked agent (no change)."""
 
     @abstractmethod
     def record_presence(
         self, agent_id: str, online: bool, transport: str, capabilities: dict[str, Any] | None
-    ) -> None: ...
+    ) -> None:
+        """Record that an agent is (or went) online over ``transport``, stamping
+        ``last_seen``; ``capabilities=None`` keeps the ones it reported before. MUST NOT
+        create an agent: for an unknown or revoked one it changes nothing."""
 
     # jobs
     @abstractmethod
-    def create_job(self, job_id: str, spec: dict[str, Any], initial_model: bytes) -> JobRecord: ...
+    def create_job(self, job_id: str, spec: dict[str, Any], initial_model: bytes) -> JobRecord:
+        """Create a ``pending`` job at round 0 with ``initial_model`` as the model of round 0.
+        MUST fail with :class:`AlreadyExists` if ``job_id`` exists, changing nothing."""
 
     @abstractmethod
-    def get_job(self, job_id: str) -> JobRecord | None: ...
+    def get_job(self, job_id: str) -> JobRecord | None:
+        """The job; MUST return None for an unknown id."""
 
     @abstractmethod
-    def list_jobs(self, statuses: tuple[str, ...] | None = None) -> list[JobRecord]: ...
+    def list_jobs(self, statuses: tuple[str, ...] | None = None) -> list[JobRecord]:
+        """The jobs in one of ``statuses`` (all if None or empty); MUST return them in
+        creation order (``created_at``, then ``job_id``)."""
 
     @abstractmethod
-    def set_job_status(self, job_id: str, status: str, reason: str | None = None) -> None: ...
+    def set_job_status(self, job_id: str, status: str, reason: str | None = None) -> None:
+        """Set a job's status and reason, stamping ``updated_at``. MUST fail with
+        :class:`NotFound` if the job is unknown."""
 
     # rounds and uploads
     @abstractmethod
@@ -147,51 +177,72 @@ class StateStore(ABC):
         selected: list[str],
         vote_caps: dict[str, int] | None = None,
     ) -> RoundRecord:
-        """Open (or re-open, as a new attempt) a round. Uploads an earlier attempt of the
-        same round stored are kept: they are votes on the same global model."""
+        """Open (or re-open, as a new attempt replacing the last) a round, stamping
+        ``opened_at``, and mark the job ``running`` with no reason. Uploads an earlier attempt
+        of the same round stored MUST be kept: they are votes on the same global model. MUST
+        fail with :class:`NotFound` if the job is unknown."""
 
     @abstractmethod
-    def get_open_round(self, job_id: str) -> RoundRecord | None: ...
+    def get_open_round(self, job_id: str) -> RoundRecord | None:
+        """The job's open round, as :meth:`open_round` returned it; None if it has none (or
+        the job is unknown)."""
 
     @abstractmethod
     def add_upload(
         self, job_id: str, round_index: int, agent_id: str, samples: int, payload: bytes
     ) -> bool:
-        """Store an accepted upload; False (and no change) if this agent already uploaded."""
+        """Store an accepted upload. MUST be idempotent on (job, round, agent): False, and
+        the first payload kept, if this agent already uploaded. MUST fail with
+        :class:`NotFound` if the job has no open round ``round_index``."""
 
     @abstractmethod
-    def upload_agents(self, job_id: str, round_index: int) -> list[str]: ...
+    def upload_agents(self, job_id: str, round_index: int) -> list[str]:
+        """The agents whose uploads are stored (not yet closed); MUST return them in the order
+        the uploads were stored."""
 
     @abstractmethod
     def counted(self, job_id: str, round_index: int, agent_id: str) -> bool:
         """True if this agent's upload was counted in this round, which has closed: a
-        resend after a lost receipt MUST then be answered accepted, never as late."""
+        resend after a lost receipt MUST then be answered accepted, never as late. MUST
+        return False for an open round and for unknown ids."""
 
     @abstractmethod
     def add_decline(self, job_id: str, round_index: int, agent_id: str, reason: str) -> None:
-        """Record that an agent cannot take this job (it is not selected for it again)."""
+        """Record that an agent cannot take this job (it is not selected for it again). MUST
+        be idempotent on (job, agent): one decline each, the latest round and reason kept.
+        MUST fail with :class:`NotFound` if the job is unknown."""
 
     @abstractmethod
-    def list_declines(self, job_id: str) -> list[DeclineRecord]: ...
+    def list_declines(self, job_id: str) -> list[DeclineRecord]:
+        """The job's declines; MUST return them in ``agent_id`` order."""
 
     @abstractmethod
     def iter_uploads(self, job_id: str, round_index: int) -> Iterator[UploadRecord]:
-        """Uploads one at a time, so a tally can be rebuilt without holding them all."""
+        """Uploads one at a time, so a tally can be rebuilt without holding them all; MUST
+        yield them in the order of :meth:`upload_agents`."""
 
     @abstractmethod
     def close_round(
         self, job_id: str, round_index: int, next_model: bytes, metrics: RoundMetrics, final: bool
     ) -> None:
-        """Store the new global model and metrics, advance (or complete) the job, drop the
-        uploads' payloads and remember whose were counted (:meth:`counted`)."""
+        """In one transaction: store ``next_model`` as the model of round ``round_index + 1``
+        and the round's metrics, advance the job to that round (``completed`` if ``final``,
+        else ``running``), count a round for each agent that uploaded, drop the uploads'
+        payloads and remember whose were counted (:meth:`counted`). MUST fail with
+        :class:`NotFound` if the job has no open round ``round_index``; a failure at any
+        point (e.g. metrics that are not JSON values) MUST leave all of it unwritten."""
 
     # models and metrics
     @abstractmethod
     def get_model(self, job_id: str, round_index: int | None = None) -> bytes | None:
-        """The global model that opens ``round_index`` (default: the latest)."""
+        """The global model that opens ``round_index`` (default: the latest); MUST return
+        None for an unknown job or a round with no model yet."""
 
     @abstractmethod
-    def list_metrics(self, job_id: str) -> list[RoundMetrics]: ...
+    def list_metrics(self, job_id: str) -> list[RoundMetrics]:
+        """The metrics of each closed round, ``extra`` included; MUST return them in round
+        order (empty for an unknown job)."""
 
     @abstractmethod
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the store's connection; it MUST NOT be used after."""

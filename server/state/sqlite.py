@@ -23,6 +23,7 @@ from bitfleet.server.state.base import (
     AlreadyExists,
     DeclineRecord,
     JobRecord,
+    NotFound,
     RoundMetrics,
     RoundRecord,
     StateStore,
@@ -199,11 +200,14 @@ class SqliteStore(StateStore):
     def create_job(self, job_id: str, spec: dict[str, Any], initial_model: bytes) -> JobRecord:
         now = self._clock()
         with self._transaction() as db:
-            db.execute(
-                "INSERT INTO jobs (job_id, spec, status, round, created_at, updated_at) "
-                "VALUES (?, ?, 'pending', 0, ?, ?)",
-                (job_id, json.dumps(spec), now, now),
-            )
+            try:
+                db.execute(
+                    "INSERT INTO jobs (job_id, spec, status, round, created_at, updated_at) "
+                    "VALUES (?, ?, 'pending', 0, ?, ?)",
+                    (job_id, json.dumps(spec), now, now),
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"job {job_id!r} already exists") from None
             db.execute(
                 "INSERT INTO models (job_id, round, frame) VALUES (?, 0, ?)",
                 (job_id, initial_model),
@@ -220,18 +224,21 @@ class SqliteStore(StateStore):
         if statuses:
             marks = ",".join("?" * len(statuses))
             rows = self._query(
-                f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY created_at", statuses
+                f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY created_at, job_id",
+                statuses,
             )
         else:
-            rows = self._query("SELECT * FROM jobs ORDER BY created_at")
+            rows = self._query("SELECT * FROM jobs ORDER BY created_at, job_id")
         return [_job(row) for row in rows]
 
     def set_job_status(self, job_id: str, status: str, reason: str | None = None) -> None:
         with self._transaction() as db:
-            db.execute(
+            cursor = db.execute(
                 "UPDATE jobs SET status = ?, reason = ?, updated_at = ? WHERE job_id = ?",
                 (status, reason, self._clock(), job_id),
             )
+            if cursor.rowcount != 1:
+                raise NotFound(f"no job {job_id!r}")
 
     # rounds and uploads
     def open_round(
@@ -246,6 +253,7 @@ class SqliteStore(StateStore):
         now = self._clock()
         caps = dict(vote_caps or {})
         with self._transaction() as db:
+            _require_job(db, job_id)
             db.execute(
                 "INSERT OR REPLACE INTO rounds "
                 "(job_id, round, attempt, opened_at, deadline, selected, closed, vote_caps) "
@@ -289,6 +297,7 @@ class SqliteStore(StateStore):
         self, job_id: str, round_index: int, agent_id: str, samples: int, payload: bytes
     ) -> bool:
         with self._transaction() as db:
+            _require_open_round(db, job_id, round_index)
             cursor = db.execute(
                 "INSERT OR IGNORE INTO uploads (job_id, round, agent_id, samples, received_at, "
                 "payload) VALUES (?, ?, ?, ?, ?, ?)",
@@ -298,7 +307,7 @@ class SqliteStore(StateStore):
 
     def upload_agents(self, job_id: str, round_index: int) -> list[str]:
         rows = self._query(
-            "SELECT agent_id FROM uploads WHERE job_id = ? AND round = ? ORDER BY received_at",
+            "SELECT agent_id FROM uploads WHERE job_id = ? AND round = ? ORDER BY rowid",
             (job_id, round_index),
         )
         return [row["agent_id"] for row in rows]
@@ -312,6 +321,7 @@ class SqliteStore(StateStore):
 
     def add_decline(self, job_id: str, round_index: int, agent_id: str, reason: str) -> None:
         with self._transaction() as db:
+            _require_job(db, job_id)
             db.execute(
                 "INSERT OR REPLACE INTO declines (job_id, agent_id, round, reason) "
                 "VALUES (?, ?, ?, ?)",
@@ -340,6 +350,7 @@ class SqliteStore(StateStore):
     ) -> None:
         now = self._clock()
         with self._transaction() as db:
+            _require_open_round(db, job_id, round_index)
             db.execute(
                 "UPDATE agents SET rounds_contributed = rounds_contributed + 1 WHERE agent_id IN "
                 "(SELECT agent_id FROM uploads WHERE job_id = ? AND round = ?)",
@@ -392,6 +403,21 @@ class SqliteStore(StateStore):
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _require_job(db: sqlite3.Connection, job_id: str) -> None:
+    if db.execute("SELECT 1 FROM jobs WHERE job_id = ?", (job_id,)).fetchone() is None:
+        raise NotFound(f"no job {job_id!r}")
+
+
+def _require_open_round(db: sqlite3.Connection, job_id: str, round_index: int) -> None:
+    found = db.execute(
+        "SELECT 1 FROM rounds JOIN jobs USING (job_id) WHERE job_id = ? AND rounds.round = ? "
+        "AND closed = 0",
+        (job_id, round_index),
+    ).fetchone()
+    if found is None:
+        raise NotFound(f"job {job_id!r} has no open round {round_index}")
 
 
 def _agent(row: sqlite3.Row) -> AgentRecord:
