@@ -31,9 +31,9 @@ from bitfleet import __version__, kernels
 from bitfleet.cliargs import (
     EXIT_FAILURE,
     CliParser,
+    add_label_column_argument,
     existing_file,
     http_url,
-    label_column,
     positive_int,
     report_error,
     run_cli,
@@ -112,9 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="local data: .npz (as 'bitfleet data partition' writes), IDX or CSV",
     )
-    run.add_argument(
-        "--label-column", type=label_column, default=-1, help="CSV label column (index or name)"
-    )
+    add_label_column_argument(run)
     run.add_argument("--config", type=Path, help=f"config file (default {default_config_path()})")
     run.add_argument(
         "--coordinator",

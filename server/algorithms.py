@@ -28,7 +28,7 @@ from bitfleet.federated_forward import apply_votes, qzo_config
 from bitfleet.frames import Frame, FrameError
 from bitfleet.modelfile import bitmlp_from_frame, fixedmlp_from_frame, fixedmlp_to_frame
 from bitfleet.protocol import MAX_SAMPLES
-from bitfleet.qzo import hinge_loss
+from bitfleet.qzo import hinge_sum
 from bitfleet.server.jobspec import JobSpec
 from bitfleet.tally import ModelTally
 
@@ -134,7 +134,7 @@ class BitFlip(JobAlgorithm):
         network = bitmlp_from_frame(model)
         return (
             network.accuracy(dataset.x_test, dataset.y_test),
-            network.hinge_loss(dataset.x_test, dataset.y_test),
+            network.mean_rival_gap(dataset.x_test, dataset.y_test),
         )
 
     def round_hyperparameters(self, spec: JobSpec, round_index: int) -> dict[str, Any]:
@@ -225,7 +225,7 @@ class Forward(JobAlgorithm):
         network = fixedmlp_from_frame(model)
         scores = network.scores(dataset.x_test)
         margin = max(1, round(2.0**network.score_exp))  # 1.0 in score units
-        loss = hinge_loss(scores, dataset.y_test, margin) / max(1, len(scores)) / margin
+        loss = hinge_sum(scores, dataset.y_test, margin) / max(1, len(scores)) / margin
         return network.accuracy(dataset.x_test, dataset.y_test), loss
 
     def round_hyperparameters(self, spec: JobSpec, round_index: int) -> dict[str, Any]:

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from bitfleet.errors import BitfleetError, ConfigError
 from bitfleet.httpclient import ApiClient, ApiError
+from bitfleet.jobstatus import TERMINAL
 from bitfleet.server.broker import BrokerFiles, BrokerTls, write_broker_files
-from bitfleet.server.jobstatus import TERMINAL
 
 if TYPE_CHECKING:
     from bitfleet.server.tlsca import ThrowawayCa

@@ -44,7 +44,7 @@ from bitfleet.protocol import (
     parse_status_topic,
     parse_update_topic,
 )
-from bitfleet.server.engine import RoundEngine
+from bitfleet.server.service import FleetHandlers
 
 log = logging.getLogger("bitfleet.mqtt")
 # At most one log line per refusal reason in this many seconds: a flood stays a counter.
@@ -52,11 +52,12 @@ REFUSAL_LOG_INTERVAL_S = 10.0
 
 
 class MqttBridge:
-    """Connects the round engine to a broker; registers itself as an engine publisher."""
+    """Adapts the broker's messages to the fleet handlers, and publishes what they send out
+    (a :class:`~bitfleet.server.service.Transport`, added by the composition root)."""
 
     def __init__(
         self,
-        engine: RoundEngine,
+        fleet: FleetHandlers,
         url: str,
         client_id: str = "bitfleet-coordinator",
         max_message_bytes: int = DEFAULT_CHUNK_BYTES,
@@ -65,12 +66,12 @@ class MqttBridge:
         client_cert: str | None = None,
         client_key: str | None = None,
     ) -> None:
-        self.engine = engine
+        self.fleet = fleet
         self.address = parse_mqtt_url(url)
         self.max_message_bytes = max_message_bytes
         self.shared_group = shared_group
         self.connected = threading.Event()
-        self._reassembler = Reassembler(max_frame_bytes=engine.settings.max_frame_bytes)
+        self._reassembler = Reassembler(max_frame_bytes=fleet.uploads.max_frame_bytes)
         # Per open round, each agent's retained model topics (to clear when it closes).
         self._model_topics: dict[tuple[str, int], list[str]] = {}
         self._refusals_logged: dict[str, float] = {}
@@ -89,11 +90,12 @@ class MqttBridge:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
-        engine.publishers.append(self)
-        engine.links["mqtt"] = self.connected.is_set
 
     def start(self) -> None:
         connect_in_background(self.client, self.address)
+
+    def is_up(self) -> bool:
+        return self.connected.is_set()
 
     def stop(self) -> None:
         if self.connected.is_set():
@@ -124,7 +126,7 @@ class MqttBridge:
         self.connected.set()
         log.info("connected to broker %s:%d", self.address.host, self.address.port)
         try:
-            self.engine.republish()
+            self.fleet.scheduler.republish()
         finally:
             # Last: agents that see it resend the uploads they hold, now that we listen.
             client.publish(COORDINATOR_STATUS_TOPIC, COORDINATOR_ONLINE, qos=QOS, retain=True)
@@ -148,12 +150,12 @@ class MqttBridge:
         except BitfleetError as error:
             self._refuse(getattr(error, "reason", "protocol"), message.topic, str(error))
         except Exception as error:  # a bug in our code: counted, logged once, thread lives on
-            self.engine.metrics.messages_refused.inc(reason="internal")
-            self.engine.conditions.failing("mqtt inbound", repr(error), traceback=True)
+            self.fleet.metrics.messages_refused.inc(reason="internal")
+            self.fleet.conditions.failing("mqtt inbound", repr(error), traceback=True)
 
     def _refuse(self, reason: str, topic: str, detail: str) -> None:
         """Count a refused message; log it unless this reason was logged just now."""
-        self.engine.metrics.messages_refused.inc(reason=reason)
+        self.fleet.metrics.messages_refused.inc(reason=reason)
         now = time.monotonic()
         if (
             now - self._refusals_logged.get(reason, -REFUSAL_LOG_INTERVAL_S)
@@ -171,7 +173,7 @@ class MqttBridge:
             self._refuse("mismatch", topic, f"status names another agent {status.agent_id}")
             return
         online = status.state != "offline"
-        if not self.engine.agent_presence(agent_id, online, "mqtt", status.capabilities or None):
+        if not self.fleet.registry.presence(agent_id, online, "mqtt", status.capabilities or None):
             self._refuse("unknown_agent", topic, f"status from unknown or revoked {agent_id}")
 
     def _decline(self, topic: str, payload: bytes) -> None:
@@ -180,19 +182,19 @@ class MqttBridge:
         if (decline.job_id, decline.round, decline.agent_id) != (job_id, round_index, agent_id):
             self._refuse("mismatch", topic, "decline names another job, round or agent")
             return
-        self.engine.decline(job_id, round_index, agent_id, decline.reason)
+        self.fleet.tasks.decline(job_id, round_index, agent_id, decline.reason)
 
     def _update(self, topic: str, payload: bytes) -> None:
         job_id, round_index, agent_id = parse_update_topic(topic)
         try:
             frame = self._reassembler.feed(payload, source=agent_id)
         except FrameError as error:
-            self.engine.receipt(job_id, round_index, agent_id, error.reason, "mqtt")
+            self.fleet.uploads.receipt(job_id, round_index, agent_id, error.reason, "mqtt")
             return
         if frame is not None:
-            self.engine.handle_upload(job_id, round_index, agent_id, frame, "mqtt")
+            self.fleet.uploads.handle(job_id, round_index, agent_id, frame, "mqtt")
 
-    # outbound (engine Publisher)
+    # outbound (a Publisher of the fan-out)
     def publish_round(
         self, job_id: str, round_index: int, model: bytes, tasks: dict[str, Task]
     ) -> None:

@@ -20,7 +20,6 @@ engine, :mod:`bitfleet.intmath`); the only randomness is an integer PRNG under a
 
 from __future__ import annotations
 
-import numbers
 import reprlib
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -29,39 +28,19 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bitfleet import kernels
+from bitfleet.classifier import validate_layer_sizes
 from bitfleet.errors import ConfigError
 from bitfleet.intmath import int_matmul
-from bitfleet.models import ENCODINGS, BitMLP, PackedLayer, validate_layer_sizes
-from bitfleet.training import Loop, OnBatch, OnEpoch
+from bitfleet.models import ENCODINGS, BitMLP, PackedLayer
+from bitfleet.options import require_int, require_type
+from bitfleet.training import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_SEED, Loop, Trainer
 
 # Learning rates are fixed point with 8 fractional bits so the step stays integer.
 LR_FRACTION_BITS = 8
-# Upper bounds of the options: generous for any board, and far inside the int64 training
-# arithmetic at real model sizes. lr = 256 already moves a counter across its whole range
-# in one vote.
-MAX_EPOCHS = 10_000
-MAX_BATCH_SIZE = 1 << 16
+# Upper bounds of the bit-flip options (those of every trainer are in bitfleet.training):
+# lr = 256 already moves a counter across its whole range in one vote.
 MAX_LR = 256.0
 MAX_DIVISOR = 1 << 10
-MAX_SEED = 2**64 - 1
-
-
-def require_type(name: str, value: object, integral: bool) -> None:
-    """Refuse a value of the wrong type: JSON ``true``, ``2.5`` or ``"5"`` must not pass for
-    an integer option, nor a bool or a string for a number."""
-    kind = numbers.Integral if integral else numbers.Real
-    if isinstance(value, bool) or not isinstance(value, kind):
-        expected = "a whole number" if integral else "a number"
-        raise ConfigError(f"{name} must be {expected}, got {reprlib.repr(value)}")
-
-
-def require_int(name: str, value: int, low: int, high: int) -> None:
-    """An integer option within ``[low, high]``, else a ConfigError naming the bound."""
-    require_type(name, value, integral=True)
-    if value < low:
-        raise ConfigError(f"{name} must be at least {low}, got {value}")
-    if value > high:
-        raise ConfigError(f"{name} must be at most {high}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -184,8 +163,12 @@ class CounterLayer:
 
 
 @dataclass
-class BitFlipTrainer:
-    """Trains a :class:`BitMLP` on uint8 features with the bit-flip rules above."""
+class BitFlipTrainer(Trainer[BitMLP]):
+    """Trains a :class:`BitMLP` on uint8 features with the bit-flip rules above.
+
+    ``fit`` returns the epoch's model that scored best on validation (without a validation
+    split, the last epoch's), centred on the data's rounded mean (see :meth:`adopt`).
+    """
 
     layer_sizes: list[int]
     config: BitFlipConfig = field(default_factory=BitFlipConfig)
@@ -196,6 +179,7 @@ class BitFlipTrainer:
         self.rng = np.random.default_rng(self.config.seed)
         self.layers = [self._initial_layer(n_in, n_out) for n_in, n_out in self._shapes()]
         self.input_offset = np.zeros(self.layer_sizes[0], dtype=np.uint8)
+        self.keep_offset = False
         self.lr_fixed = self.config.lr_fixed
 
     def _shapes(self) -> list[tuple[int, int]]:
@@ -214,8 +198,10 @@ class BitFlipTrainer:
         layer.adopt(signs)
         return layer
 
-    def adopt(self, model: BitMLP) -> None:
-        """Continue from a (global) model: its weights and its input offset."""
+    def adopt(self, model: BitMLP, *, keep_offset: bool) -> None:
+        """Continue from a (global) model: its weights and its input offset, which the
+        next fits keep if ``keep_offset`` (a federated round keeps a final global offset)
+        and replace by the data's rounded mean if not."""
         if model.layer_sizes != self.layer_sizes or model.encoding != self.config.encoding:
             raise ConfigError(
                 f"model {model.encoding} {model.layer_sizes} does not match the trainer's "
@@ -224,30 +210,17 @@ class BitFlipTrainer:
         for layer, packed in zip(self.layers, model.layers, strict=True):
             layer.adopt(packed.values())
         self.input_offset = model.input_offset.copy()
+        self.keep_offset = keep_offset
 
     def model(self) -> BitMLP:
         """The current 1-/2-bit model (counters stay behind)."""
         packed = [PackedLayer.from_values(layer.weights, layer.encoding) for layer in self.layers]
         return BitMLP(packed, self.input_offset.copy())
 
-    def fit(
-        self,
-        x: NDArray[np.uint8],
-        y: NDArray[np.integer],
-        x_val: NDArray[np.uint8] | None = None,
-        y_val: NDArray[np.integer] | None = None,
-        on_batch: OnBatch | None = None,
-        on_epoch: OnEpoch | None = None,
-        keep_offset: bool = False,
-    ) -> BitMLP:
-        """Train for ``config.epochs``; return the epoch's model that scored best on validation.
-
-        Without a validation split the last epoch's model is returned. The input offset is
-        the data's rounded mean unless ``keep_offset`` (a federated round keeps the global
-        one). ``on_batch(done, total)`` and ``on_epoch(report)`` feed progress displays.
-        """
+    def _loop(self, x: NDArray[np.uint8], y: NDArray[np.integer]) -> Loop[BitMLP]:
+        """Epochs with a learning-rate decay after each; the best epoch's model is kept."""
         self._check_data(x, y)
-        if not keep_offset:
+        if not self.keep_offset:
             self.input_offset = rounded_mean(x)
         cfg = self.config
 
@@ -257,8 +230,7 @@ class BitFlipTrainer:
         def step(xb: NDArray[np.uint8], yb: NDArray[np.integer], _done: int, _total: int) -> int:
             return self.train_batch(xb, yb)
 
-        loop = Loop(cfg.epochs, cfg.batch_size, self.rng, end_epoch=decay)
-        return loop.run(step, self.model, x, y, x_val, y_val, on_batch, on_epoch, keep=_same)
+        return Loop(cfg.epochs, cfg.batch_size, self.rng, step, self.model, decay, keep=_same)
 
     def _check_data(self, x: NDArray[np.uint8], y: NDArray[np.integer]) -> None:
         if x.ndim != 2 or x.shape[1] != self.layer_sizes[0]:

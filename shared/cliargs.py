@@ -172,3 +172,15 @@ def label_column(text: str) -> int | str:
         return int(text)
     except ValueError:
         return text
+
+
+def add_label_column_argument(parser: argparse.ArgumentParser) -> None:
+    """``--label-column``, the same on both commands; the file it names checks it when
+    loaded (:func:`bitfleet.datasets.load_dataset`)."""
+    parser.add_argument(
+        "--label-column",
+        type=label_column,
+        default=-1,
+        metavar="COL",
+        help="label column of a CSV file: index or header name (default: last column)",
+    )

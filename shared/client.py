@@ -43,12 +43,11 @@ from bitfleet.httpclient import (
     StatusError,
     TLSError,
 )
+from bitfleet.jobstatus import TERMINAL
 from bitfleet.protocol import check_id
 from bitfleet.tls import ca_file_from_env, require_secure
 
 __all__ = [
-    "ACTIVE",
-    "TERMINAL",
     "Agent",
     "AuthError",
     "Client",
@@ -70,10 +69,6 @@ __all__ = [
 URL_ENV = "BITFLEET_URL"
 TOKEN_ENV = "BITFLEET_ADMIN_TOKEN"
 DEFAULT_URL = "http://127.0.0.1:8080"
-
-# Job statuses: ``pending`` -> ``running`` -> one of TERMINAL (the server uses them too).
-ACTIVE = ("pending", "running")
-TERMINAL = ("completed", "failed", "cancelled")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 from bitfleet.bitflip import BitFlipConfig, BitFlipTrainer, rounded_mean
 from bitfleet.errors import ConfigError
 from bitfleet.frames import KIND_UPDATE, Frame, Tensor, encode_frame
-from bitfleet.modelfile import bitmlp_from_frame, bitmlp_to_frame
+from bitfleet.modelfile import bitmlp_from_frame, bitmlp_to_frame, bitmlp_weight_tensors
 from bitfleet.models import BitMLP, PackedLayer
 from bitfleet.training import OnBatch
 
@@ -115,11 +115,10 @@ class LocalBitFlip:
         self.trainer.config = config
         self.trainer.lr_fixed = config.lr_fixed
         self.trainer.rng = np.random.default_rng(config.seed)
-        self.trainer.adopt(model)
         keep_offset = bool(global_frame.meta.get(OFFSET_FINAL, True))
-        stop = interrupt_when(should_stop)
-        local = self.trainer.fit(x, y, on_batch=stop, keep_offset=keep_offset)
-        tensors = _weight_tensors(local)
+        self.trainer.adopt(model, keep_offset=keep_offset)
+        local = self.trainer.fit(x, y, on_batch=interrupt_when(should_stop))
+        tensors = bitmlp_weight_tensors(local)
         tensors.append(Tensor(INPUT_MEAN, "uint8", (len(local.input_offset),), rounded_mean(x)))
         return tensors, {"samples": len(y), "round": round_index, "job_id": self.job_id}
 
@@ -129,17 +128,6 @@ def update_frame(
 ) -> bytes:
     """A signed update frame from ``agent_id``."""
     return encode_frame(KIND_UPDATE, {**meta, "agent_id": agent_id}, tensors, secret)
-
-
-def _weight_tensors(model: BitMLP) -> list[Tensor]:
-    return [
-        Tensor(f"dense_{i}", layer.encoding, (layer.outputs, layer.inputs), _planes(layer))
-        for i, layer in enumerate(model.layers)
-    ]
-
-
-def _planes(layer: PackedLayer) -> NDArray[np.uint64]:
-    return np.stack([layer.positive] if layer.nonzero is None else [layer.positive, layer.nonzero])
 
 
 def voted_global_model(

@@ -23,6 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bitfleet import kernels
+from bitfleet.classifier import Classifier, check_inputs
 from bitfleet.errors import ConfigError
 from bitfleet.floatmlp import FloatMLP
 
@@ -36,8 +37,6 @@ MAX_EXP = 40
 # accumulators (|sum| < 2**47), so a larger one overflows the rounding term.
 MAX_SHIFT = 62
 _INT32_LIMIT = 2**31
-# Rows evaluated per call: bounds inference buffers on large test sets.
-_EVAL_CHUNK = 1024
 # Calibration samples for the activation exponents.
 _CALIBRATION = 5000
 
@@ -82,8 +81,11 @@ class FixedLayer:
 
 
 @dataclass
-class FixedMLP:
-    """A fixed-point MLP with ReLU hidden layers, ready for integer-only inference."""
+class FixedMLP(Classifier[np.int32]):
+    """A fixed-point MLP with ReLU hidden layers, ready for integer-only inference (in
+    chunks of ``CHUNK_ROWS`` rows: that bounds the buffers on large test sets)."""
+
+    SCORE_DTYPE = np.int32
 
     layers: list[FixedLayer]
     input_offset: NDArray[np.uint8]
@@ -161,10 +163,7 @@ class FixedMLP:
 
     def input_activations(self, x: NDArray[np.uint8]) -> NDArray[np.int8]:
         """``sat8((x - mu + 1) >> 1)``: centred pixels at exponent 7 (one int16 scratch)."""
-        if x.ndim != 2 or x.shape[1] != self.layers[0].inputs:
-            raise ConfigError(
-                f"inputs have shape {x.shape}, the model expects (batch, {self.layers[0].inputs})"
-            )
+        check_inputs(x, self.layers[0].inputs)
         centred = np.subtract(x, self.input_offset, dtype=np.int16)
         centred += 1
         centred >>= 1
@@ -185,24 +184,8 @@ class FixedMLP:
             a = self.layers[index].run(a, hidden=True).astype(np.int8, copy=False)
         return a
 
-    def scores(self, x: NDArray[np.uint8]) -> NDArray[np.int32]:
-        """Integer class scores for uint8 inputs ``(batch, features)``."""
-        chunks = [
-            self.forward(self.input_activations(x[i : i + _EVAL_CHUNK]))
-            for i in range(0, len(x), _EVAL_CHUNK)
-        ]
-        if not chunks:
-            return np.zeros((0, self.layers[-1].outputs), dtype=np.int32)
-        return np.concatenate(chunks).astype(np.int32, copy=False)
-
-    def predict(self, x: NDArray[np.uint8]) -> NDArray[np.int64]:
-        """Predicted class per row (ties go to the lowest class index)."""
-        return np.argmax(self.scores(x), axis=1).astype(np.int64)
-
-    def accuracy(self, x: NDArray[np.uint8], y: NDArray[np.integer]) -> float:
-        if len(y) == 0:
-            return 0.0
-        return float(np.mean(self.predict(x) == np.asarray(y)))
+    def scores_chunk(self, x: NDArray[np.uint8]) -> NDArray[np.int32]:
+        return self.forward(self.input_activations(x)).astype(np.int32, copy=False)
 
 
 def qmax(weight_bits: int) -> int:

@@ -13,9 +13,9 @@ from itertools import pairwise
 import numpy as np
 from numpy.typing import NDArray
 
+from bitfleet.classifier import Classifier, validate_layer_sizes
 from bitfleet.errors import ConfigError
-from bitfleet.models import validate_layer_sizes
-from bitfleet.training import Loop, OnBatch, OnEpoch
+from bitfleet.training import Loop, Trainer
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,12 @@ class FloatConfig:
 
 
 @dataclass
-class FloatMLP:
+class FloatMLP(Classifier[np.float32]):
+    """ReLU layers over inputs centred on ``input_mean``; the logits are the class scores."""
+
+    CHUNK_ROWS = 4096
+    SCORE_DTYPE = np.float32
+
     weights: list[NDArray[np.float32]]
     biases: list[NDArray[np.float32]]
     input_mean: NDArray[np.float32]
@@ -55,15 +60,9 @@ class FloatMLP:
             activations.append(z if index == len(self.weights) - 1 else np.maximum(z, 0))
         return activations
 
-    def predict(self, x: NDArray[np.uint8]) -> NDArray[np.int64]:
-        chunks = [
-            np.argmax(self.forward(self.prepare(x[i : i + 4096]))[-1], axis=1)
-            for i in range(0, len(x), 4096)
-        ]
-        return np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, np.int64)
-
-    def accuracy(self, x: NDArray[np.uint8], y: NDArray[np.integer]) -> float:
-        return float(np.mean(self.predict(x) == np.asarray(y))) if len(y) else 0.0
+    def scores_chunk(self, x: NDArray[np.uint8]) -> NDArray[np.float32]:
+        """The logits."""
+        return self.forward(self.prepare(x))[-1]
 
     def copy(self) -> FloatMLP:
         return FloatMLP(
@@ -72,8 +71,9 @@ class FloatMLP:
 
 
 @dataclass
-class FloatTrainer:
-    """Backprop training from scratch, or fine-tuning of ``init`` (its input mean is kept)."""
+class FloatTrainer(Trainer[FloatMLP]):
+    """Backprop training from scratch, or fine-tuning of ``init`` (its input mean is kept);
+    ``fit`` returns a copy of the model from the best validation epoch."""
 
     layer_sizes: list[int]
     config: FloatConfig = field(default_factory=FloatConfig)
@@ -109,16 +109,8 @@ class FloatTrainer:
         biases = [np.zeros(n, dtype=np.float32) for n in self.layer_sizes[1:]]
         return FloatMLP(weights, biases, x.mean(axis=0).astype(np.float32))
 
-    def fit(
-        self,
-        x: NDArray[np.uint8],
-        y: NDArray[np.integer],
-        x_val: NDArray[np.uint8] | None = None,
-        y_val: NDArray[np.integer] | None = None,
-        on_batch: OnBatch | None = None,
-        on_epoch: OnEpoch | None = None,
-    ) -> FloatMLP:
-        """SGD epochs; returns a copy of the model from the best validation epoch."""
+    def _loop(self, x: NDArray[np.uint8], y: NDArray[np.integer]) -> Loop[FloatMLP]:
+        """SGD epochs with a learning-rate decay after each; the best epoch's copy is kept."""
         cfg = self.config
         model = self._initial_model(x)
         velocity = [np.zeros_like(p) for p in model.weights + model.biases]
@@ -131,10 +123,7 @@ class FloatTrainer:
             nonlocal lr
             lr *= cfg.lr_decay
 
-        loop = Loop(cfg.epochs, cfg.batch_size, self.rng, end_epoch=decay)
-        return loop.run(
-            step, lambda: model, x, y, x_val, y_val, on_batch, on_epoch, keep=FloatMLP.copy
-        )
+        return Loop(cfg.epochs, cfg.batch_size, self.rng, step, lambda: model, decay, FloatMLP.copy)
 
     def _step(
         self,

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+from numpy.typing import NDArray
 
+from bitfleet.classifier import Classifier
 from bitfleet.errors import ConfigError, ModelFileError
 from bitfleet.fixedpoint import FixedLayer, FixedMLP
 from bitfleet.floatmlp import FloatMLP
@@ -26,18 +29,26 @@ MODEL_TYPE_BITMLP = "bitmlp"
 MODEL_TYPE_FLOATMLP = "floatmlp"
 MODEL_TYPE_FIXEDMLP = "fixedmlp"
 Model = BitMLP | FloatMLP | FixedMLP
+M = TypeVar("M", bound=Classifier[Any])
+
+
+def bitmlp_weight_tensors(model: BitMLP) -> list[Tensor]:
+    """The packed weights as ``dense_<i>`` tensors: what a model frame and an agent's update
+    frame both carry (planes: the sign bits, then the nonzero bits of a ternary layer)."""
+    return [
+        Tensor(f"dense_{index}", layer.encoding, (layer.outputs, layer.inputs), _planes(layer))
+        for index, layer in enumerate(model.layers)
+    ]
+
+
+def _planes(layer: PackedLayer) -> NDArray[np.uint64]:
+    return np.stack([layer.positive] if layer.nonzero is None else [layer.positive, layer.nonzero])
 
 
 def bitmlp_to_frame(model: BitMLP, meta: dict[str, Any] | None = None) -> bytes:
     """Encode a bit network; ``meta`` carries provenance (data set, accuracy, ...)."""
-    tensors = [Tensor("input_offset", "uint8", (model.layer_sizes[0],), model.input_offset)]
-    for index, layer in enumerate(model.layers):
-        planes = [layer.positive] if layer.nonzero is None else [layer.positive, layer.nonzero]
-        tensors.append(
-            Tensor(
-                f"dense_{index}", layer.encoding, (layer.outputs, layer.inputs), np.stack(planes)
-            )
-        )
+    offset = Tensor("input_offset", "uint8", (model.layer_sizes[0],), model.input_offset)
+    tensors = [offset, *bitmlp_weight_tensors(model)]
     header = {**(meta or {}), "model_type": MODEL_TYPE_BITMLP, "layers": model.layer_sizes}
     return encode_frame(KIND_MODEL, header, tensors)
 
@@ -60,12 +71,7 @@ def bitmlp_from_frame(frame: Frame) -> BitMLP:
         layers.append(PackedLayer(inputs, outputs, tensor.data[0], nonzero))
     if len({layer.encoding for layer in layers}) != 1:
         raise ModelFileError("bit network frame needs dense layers of one encoding")
-    try:
-        model = BitMLP(layers, np.asarray(offset.data))
-    except ConfigError as error:
-        raise ModelFileError(f"bit network frame is inconsistent: {error}") from None
-    _check_layer_sizes(frame, model.layer_sizes)
-    return model
+    return _checked_model(frame, "bit network", lambda: BitMLP(layers, np.asarray(offset.data)))
 
 
 def floatmlp_to_frame(model: FloatMLP, meta: dict[str, Any] | None = None) -> bytes:
@@ -101,13 +107,11 @@ def floatmlp_from_frame(frame: Frame) -> FloatMLP:
                 f"but has weights {weight.shape} and bias {bias.shape}"
             )
         sizes.append(weight.shape[1])
-    model = FloatMLP(
-        [np.asarray(frame.tensors[f"weight_{i}"].data) for i in range(count)],
-        [np.asarray(frame.tensors[f"bias_{i}"].data) for i in range(count)],
-        np.asarray(mean.data),
+    weights = [np.asarray(frame.tensors[f"weight_{i}"].data) for i in range(count)]
+    biases = [np.asarray(frame.tensors[f"bias_{i}"].data) for i in range(count)]
+    return _checked_model(
+        frame, "float network", lambda: FloatMLP(weights, biases, np.asarray(mean.data))
     )
-    _check_layer_sizes(frame, model.layer_sizes)
-    return model
 
 
 def fixedmlp_to_frame(model: FixedMLP, meta: dict[str, Any] | None = None) -> bytes:
@@ -166,12 +170,7 @@ def fixedmlp_from_frame(frame: Frame) -> FixedMLP:
                 output_exp,
             )
         )
-    try:
-        model = FixedMLP(layers, np.array(offset.data))
-    except ConfigError as error:
-        raise ModelFileError(f"fixed-point frame is inconsistent: {error}") from None
-    _check_layer_sizes(frame, model.layer_sizes)
-    return model
+    return _checked_model(frame, "fixed-point", lambda: FixedMLP(layers, np.array(offset.data)))
 
 
 def _check_model_type(frame: Frame, model_type: str, kind: str) -> None:
@@ -196,12 +195,20 @@ def _check_tensor_names(
         )
 
 
-def _check_layer_sizes(frame: Frame, sizes: list[int]) -> None:
-    """A ``layers`` entry in ``meta`` (what tools show) must be what the tensors hold."""
-    if "layers" in frame.meta and frame.meta["layers"] != sizes:
+def _checked_model(frame: Frame, kind: str, build: Callable[[], M]) -> M:
+    """The model ``build`` makes of the frame's tensors: its own checks failing make the frame
+    inconsistent, and a ``layers`` entry in ``meta`` (what tools show) must be what the
+    tensors hold."""
+    try:
+        model = build()
+    except ConfigError as error:
+        raise ModelFileError(f"{kind} frame is inconsistent: {error}") from None
+    if "layers" in frame.meta and frame.meta["layers"] != model.layer_sizes:
         raise ModelFileError(
-            f"model frame says layers {excerpt(frame.meta['layers'])} but its tensors hold {sizes}"
+            f"model frame says layers {excerpt(frame.meta['layers'])} but its tensors hold "
+            f"{model.layer_sizes}"
         )
+    return model
 
 
 def model_to_frame(model: Model, meta: dict[str, Any] | None = None) -> bytes:

@@ -23,12 +23,10 @@ from bitfleet.bitpack import (
     unpack_binary,
     unpack_ternary,
 )
+from bitfleet.classifier import Classifier, validate_layer_sizes
 from bitfleet.errors import ConfigError
 
 ENCODINGS = ("binary", "ternary")
-
-# Rows evaluated per kernel call: bounds the bit-plane buffers during inference.
-_EVAL_CHUNK = 1024
 
 
 @dataclass(frozen=True)
@@ -76,8 +74,11 @@ class PackedLayer:
 
 
 @dataclass
-class BitMLP:
-    """A trained (or initial) bit network, ready for packed-bit inference."""
+class BitMLP(Classifier[np.int32]):
+    """A trained (or initial) bit network, ready for packed-bit inference (in chunks of
+    ``CHUNK_ROWS`` rows: that bounds the bit-plane buffers)."""
+
+    SCORE_DTYPE = np.int32
 
     layers: list[PackedLayer]
     input_offset: NDArray[np.uint8]
@@ -115,29 +116,13 @@ class BitMLP:
             self._offset_terms = self.layers[0].dense_uint8(planes)[0]
         return self._offset_terms
 
-    def scores(self, x: NDArray[np.uint8]) -> NDArray[np.int32]:
-        """Integer class scores for uint8 inputs ``(batch, features)``."""
-        x = np.asarray(x, dtype=np.uint8)
-        if x.ndim != 2 or x.shape[1] != self.layers[0].inputs:
-            raise ConfigError(
-                f"inputs have shape {x.shape}, the model expects (batch, {self.layers[0].inputs})"
-            )
-        chunks = [self._scores_chunk(x[i : i + _EVAL_CHUNK]) for i in range(0, len(x), _EVAL_CHUNK)]
-        if not chunks:
-            return np.zeros((0, self.layers[-1].outputs), dtype=np.int32)
-        return np.concatenate(chunks)
-
-    def _scores_chunk(self, x: NDArray[np.uint8]) -> NDArray[np.int32]:
+    def scores_chunk(self, x: NDArray[np.uint8]) -> NDArray[np.int32]:
         pre = self.layers[0].dense_uint8(bit_planes(x)) - self._offsets()[None, :]
         for layer in self.layers[1:]:
             pre = layer.dense_bits(pack_bits(pre >= 0))
         return pre
 
-    def predict(self, x: NDArray[np.uint8]) -> NDArray[np.int64]:
-        """Predicted class per row (ties go to the lowest class index)."""
-        return np.argmax(self.scores(x), axis=1).astype(np.int64)
-
-    def hinge_loss(self, x: NDArray[np.uint8], y: NDArray[np.integer]) -> float:
+    def mean_rival_gap(self, x: NDArray[np.uint8], y: NDArray[np.integer]) -> float:
         """Mean amount by which the strongest rival beats the true class, per unit of the
         last layer's fan-in: 0 when every sample is classified correctly."""
         scores = self.scores(x).astype(np.int64)
@@ -148,17 +133,3 @@ class BitMLP:
         scores[rows, np.asarray(y)] = np.iinfo(np.int64).min
         gap = np.maximum(scores.max(axis=1) - true, 0)
         return float(gap.mean() / self.layers[-1].inputs)
-
-    def accuracy(self, x: NDArray[np.uint8], y: NDArray[np.integer]) -> float:
-        if len(y) == 0:
-            return 0.0
-        return float(np.mean(self.predict(x) == np.asarray(y)))
-
-
-def validate_layer_sizes(sizes: list[int]) -> None:
-    """At least input and output sizes, every size positive."""
-    if len(sizes) < 2 or any(size < 1 for size in sizes):
-        raise ConfigError(
-            f"layer sizes {sizes} are not valid: give at least two positive sizes, "
-            "e.g. --layers 784,512,10"
-        )

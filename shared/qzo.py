@@ -26,18 +26,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bitfleet import kernels
-from bitfleet.bitflip import (
-    MAX_BATCH_SIZE,
-    MAX_EPOCHS,
-    MAX_SEED,
-    require_int,
-    require_type,
-)
 from bitfleet.errors import ConfigError
 from bitfleet.fixedpoint import FixedMLP, qmax
 from bitfleet.memory import peak_bytes
+from bitfleet.options import require_int, require_type
 from bitfleet.prng import splitmix64
-from bitfleet.training import Loop, OnBatch, OnEpoch
+from bitfleet.training import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_SEED, Loop, Trainer
 
 SCHEDULES = ("constant", "linear", "cosine")
 # Fractional bits of the fixed-point update multiplier (lr / m in weight steps).
@@ -162,8 +156,9 @@ def step_keys(seed: int, step: int, count: int) -> NDArray[np.uint64]:
     return splitmix64(counters)
 
 
-def hinge_loss(scores: NDArray[np.integer], y: NDArray[np.integer], margin: int) -> int:
-    """Multi-class hinge (Weston-Watkins) in integers: ``sum_j!=y max(0, s_j - s_y + margin)``."""
+def hinge_sum(scores: NDArray[np.integer], y: NDArray[np.integer], margin: int) -> int:
+    """Multi-class hinge (Weston-Watkins) in integers, summed over the batch:
+    ``sum_rows sum_j!=y max(0, s_j - s_y + margin)``."""
     rows = np.arange(len(y))
     gaps = scores.astype(np.int64) - scores[rows, y].astype(np.int64)[:, None] + margin
     gaps[rows, y] = 0
@@ -171,7 +166,7 @@ def hinge_loss(scores: NDArray[np.integer], y: NDArray[np.integer], margin: int)
 
 
 @dataclass
-class QZOTrainer:
+class QZOTrainer(Trainer[FixedMLP]):
     """Trains a :class:`FixedMLP` in place with sign-m-SPSA (the steps above)."""
 
     model: FixedMLP
@@ -226,7 +221,7 @@ class QZOTrainer:
     def _loss(self, a: NDArray[np.int8], y: NDArray[np.integer]) -> tuple[int, int]:
         """Integer hinge loss of the batch and its correct count at the current weights."""
         scores = self.model.forward(a, self.first)
-        return hinge_loss(scores, y, self.margin), int(np.sum(np.argmax(scores, axis=1) == y))
+        return hinge_sum(scores, y, self.margin), int(np.sum(np.argmax(scores, axis=1) == y))
 
     def train_batch(
         self, x: NDArray[np.uint8], y: NDArray[np.integer], lr_scale: float = 1.0
@@ -274,20 +269,11 @@ class QZOTrainer:
                 t.high,
             )
 
-    def fit(
-        self,
-        x: NDArray[np.uint8],
-        y: NDArray[np.integer],
-        x_val: NDArray[np.uint8] | None = None,
-        y_val: NDArray[np.integer] | None = None,
-        on_batch: OnBatch | None = None,
-        on_epoch: OnEpoch | None = None,
-    ) -> FixedMLP:
-        """Train for ``config.epochs`` under the learning-rate schedule; return the model.
+    def _loop(self, x: NDArray[np.uint8], y: NDArray[np.integer]) -> Loop[FixedMLP]:
+        """Epochs under the learning-rate schedule; the last epoch's model is returned.
 
-        The last epoch's model is returned: keeping the best epoch would cost a second
-        copy of the trained tensors, and under the decaying schedule the last epoch is the
-        best within noise (docs/algorithms.md). ``on_epoch`` reports validation accuracy.
+        Keeping the best epoch would cost a second copy of the trained tensors, and under
+        the decaying schedule the last epoch is the best within noise (docs/algorithms.md).
         """
         self._check_data(x, y)
         cfg = self.config
@@ -295,8 +281,8 @@ class QZOTrainer:
         def step(xb: NDArray[np.uint8], yb: NDArray[np.integer], done: int, total: int) -> int:
             return self.train_batch(xb, yb, cfg.lr_scale(done, total))
 
-        loop = Loop(cfg.epochs, cfg.batch_size, np.random.default_rng(cfg.seed))
-        return loop.run(step, lambda: self.model, x, y, x_val, y_val, on_batch, on_epoch)
+        rng = np.random.default_rng(cfg.seed)
+        return Loop(cfg.epochs, cfg.batch_size, rng, step, lambda: self.model)
 
     def _check_data(self, x: NDArray[np.uint8], y: NDArray[np.integer]) -> None:
         sizes = self.model.layer_sizes

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 
 from bitfleet.protocol import Task, UploadReceipt
 from bitfleet.server.api.app import create_app
-from bitfleet.server.engine import EngineSettings, RoundEngine
+from bitfleet.server.service import Coordinator, CoordinatorSettings
 from bitfleet.server.state import open_store
 from tests.manual import JOB, echo_update
 
@@ -110,12 +110,12 @@ class InProcessAgent:
 class InProcessCoordinator:
     clock: ManualClock
     publisher: FakePublisher
-    engine: RoundEngine
+    coordinator: Coordinator
     client: TestClient
 
     def tick(self) -> None:
-        """One turn of the engine's timer thread."""
-        self.engine.tick()
+        """One turn of the engine's thread."""
+        self.coordinator.scheduler.tick()
 
     def advance(self, seconds: float) -> None:
         """Let ``seconds`` pass, then tick once."""
@@ -156,15 +156,16 @@ class InProcessCoordinator:
 @contextmanager
 def in_process(data_dir: Path, **settings: Any) -> Iterator[InProcessCoordinator]:
     """A coordinator built as ``bitfleet coordinator`` builds one, minus uvicorn and MQTT;
-    ``settings`` are EngineSettings fields."""
+    ``settings`` are CoordinatorSettings fields."""
     clock = ManualClock()
     store = open_store(data_dir, clock=clock)
-    engine = RoundEngine(store, EngineSettings(**settings), clock=clock)
+    coordinator = Coordinator(store, CoordinatorSettings(**settings), clock)
     publisher = FakePublisher()
-    engine.publishers.append(publisher)
-    engine.recover()
+    coordinator.fanout.add(publisher)
+    coordinator.scheduler.recover()
     try:
-        with TestClient(create_app(engine, ADMIN_TOKEN)) as client:
-            yield InProcessCoordinator(clock, publisher, engine, client)
+        app = create_app(coordinator, ADMIN_TOKEN, background=False)
+        with TestClient(app) as client:
+            yield InProcessCoordinator(clock, publisher, coordinator, client)
     finally:
         store.close()

@@ -2,7 +2,7 @@
 never more memory than the route's body limit.
 
 The body-size attack runs against a real coordinator process (its peak RSS is what counts);
-the rest runs in-process on a real engine over a real SQLite store.
+the rest runs in-process on the real handlers over a real SQLite store.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ import json
 import select
 import socket
 import struct
+import time
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +28,18 @@ from bitfleet.federated import INPUT_MEAN, bitflip_config, update_frame
 from bitfleet.federated_forward import qzo_config
 from bitfleet.fixedpoint import INPUT_EXP, FixedLayer, FixedMLP
 from bitfleet.frames import FLAG_SIGNED, KIND_UPDATE, MAGIC, SIGNATURE_BYTES, Tensor, decode_frame
+from bitfleet.jobstatus import JobConflict
 from bitfleet.modelfile import bitmlp_from_frame, fixedmlp_to_frame
 from bitfleet.models import PackedLayer
 from bitfleet.server.algorithms import ALGORITHMS
 from bitfleet.server.api.app import DEFAULT_LIMITS, create_app
 from bitfleet.server.api.limits import DEFAULT_MAX_REQUEST_BYTES, ApiLimits
-from bitfleet.server.engine import EngineSettings, JobConflict, NotFound, RoundEngine
+from bitfleet.server.errors import NotFound
+from bitfleet.server.service import Coordinator, CoordinatorSettings
 from bitfleet.server.state import StoreError, open_store
 from bitfleet.tls import client_context
-from tests.cluster import Coordinator
+from tests.cluster import Coordinator as CoordinatorProcess
+from tests.inprocess import FakePublisher
 
 TOKEN = "admin-token"
 JOB: dict[str, Any] = {
@@ -101,7 +106,7 @@ def _post_unread(
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 @pytest.mark.parametrize("stranger", [True, False], ids=["stranger", "admin"])
 def test_a_300_mb_body_is_refused_before_it_is_read(
-    http_coordinator: Coordinator, chunked: bool, stranger: bool
+    http_coordinator: CoordinatorProcess, chunked: bool, stranger: bool
 ) -> None:
     """A stranger gets 401 before one byte is read, the admin 413 at the limit."""
     assert http_coordinator.process is not None
@@ -125,21 +130,31 @@ def test_a_300_mb_body_is_refused_before_it_is_read(
     assert f'bitfleet_http_refused_total{{reason="{reason}"}} 1' in metrics
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[RoundEngine]:
-    store = open_store(tmp_path / "state")
-    yield RoundEngine(store, EngineSettings(presence_timeout_s=60))
-    store.close()
-
-
-def _client(engine: RoundEngine, limits: ApiLimits = DEFAULT_LIMITS) -> TestClient:
-    app = create_app(engine, TOKEN, limits)
-    return TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"})
+def _coordinator(path: Path, **settings: Any) -> Coordinator:
+    return Coordinator(
+        open_store(path), CoordinatorSettings(presence_timeout_s=60, **settings), time.time
+    )
 
 
 @pytest.fixture
-def client(engine: RoundEngine) -> TestClient:
-    return _client(engine)
+def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
+    built = _coordinator(tmp_path / "state")
+    yield built
+    built.store.close()
+
+
+@contextmanager
+def _client(coordinator: Coordinator, limits: ApiLimits = DEFAULT_LIMITS) -> Iterator[TestClient]:
+    """The app over ``coordinator``, its engine thread not started: tests tick it."""
+    app = create_app(coordinator, TOKEN, limits, background=False)
+    with TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        yield client
+
+
+@pytest.fixture
+def client(coordinator: Coordinator) -> Iterator[TestClient]:
+    with _client(coordinator) as built:
+        yield built
 
 
 def _chunks(size: int) -> Iterator[bytes]:
@@ -148,9 +163,14 @@ def _chunks(size: int) -> Iterator[bytes]:
         yield b"x" * 1000
 
 
-def test_each_route_has_its_body_limit_declared_or_streamed(engine: RoundEngine) -> None:
-    engine.settings.max_frame_bytes = 8000
-    client = _client(engine, ApiLimits(max_request_bytes=4000))
+def test_each_route_has_its_body_limit_declared_or_streamed(tmp_path: Path) -> None:
+    coordinator = _coordinator(tmp_path / "state", max_frame_bytes=8000)
+    with _client(coordinator, ApiLimits(max_request_bytes=4000)) as client:
+        _check_body_limits(client)
+    coordinator.store.close()
+
+
+def _check_body_limits(client: TestClient) -> None:
     agent_id, secret = _enroll(client, "pi-1")
     upload = "/api/v1/fleet/jobs/job-x/rounds/0/updates"
     for body in (b"x" * 5000, _chunks(5000)):
@@ -167,11 +187,11 @@ def test_each_route_has_its_body_limit_declared_or_streamed(engine: RoundEngine)
 
 
 def test_the_largest_allowed_model_fits_the_default_request_limit(
-    engine: RoundEngine, client: TestClient
+    coordinator: Coordinator, client: TestClient
 ) -> None:
     """A forward job carries its int16 model as base64 JSON: at the weight limit it must
     still be under the body limit, or such a job could never be submitted."""
-    hidden = engine.settings.max_model_weights // (64 + 10)
+    hidden = coordinator.settings.max_model_weights // (64 + 10)
     model = FixedMLP(
         [
             FixedLayer(
@@ -256,7 +276,7 @@ def test_a_model_over_the_weight_limit_is_refused_before_it_is_built(
     ],
 )
 def test_every_typed_error_is_a_typed_response(
-    engine: RoundEngine,
+    coordinator: Coordinator,
     client: TestClient,
     monkeypatch: pytest.MonkeyPatch,
     error: Exception,
@@ -265,7 +285,7 @@ def test_every_typed_error_is_a_typed_response(
     def fail(*_: object) -> None:
         raise error
 
-    monkeypatch.setattr(engine, "cancel_job", fail)
+    monkeypatch.setattr(coordinator.scheduler, "cancel", fail)
     answer = client.post("/api/v1/jobs/job-x/cancel")
     assert (answer.status_code, answer.json()) == (status, {"detail": str(error)})
 
@@ -302,21 +322,23 @@ class Agent:
         return self.client.post(path, content=frame, headers=self.headers)
 
 
-def _open_round(engine: RoundEngine, client: TestClient, count: int) -> tuple[str, list[Agent]]:
+def _open_round(
+    coordinator: Coordinator, client: TestClient, count: int
+) -> tuple[str, list[Agent]]:
     """A job's round 0 opened with one of ``count`` online agents selected (first in the list)."""
     agents = [Agent(client, f"pi-{index}") for index in range(count)]
     for agent in agents:
         assert agent.task() is None  # a heartbeat: online over HTTP
     job_id = client.post("/api/v1/jobs", json=JOB).json()["id"]
-    engine.tick()
+    coordinator.scheduler.tick()
     agents.sort(key=lambda agent: agent.task() is None)
     return job_id, agents
 
 
 def test_an_agent_downloads_only_the_models_of_rounds_it_was_selected_for(
-    engine: RoundEngine, client: TestClient
+    coordinator: Coordinator, client: TestClient
 ) -> None:
-    job_id, (selected, other) = _open_round(engine, client, 2)
+    job_id, (selected, other) = _open_round(coordinator, client, 2)
     assert selected.model(job_id, 0).status_code == 200
     refused = other.model(job_id, 0)
     assert refused.status_code == 404 and "not selected" in refused.json()["detail"]
@@ -349,9 +371,9 @@ def _frame_with_header(header: bytes) -> bytes:
 
 
 def test_hostile_uploads_are_refused_with_a_receipt(
-    engine: RoundEngine, client: TestClient
+    coordinator: Coordinator, client: TestClient
 ) -> None:
-    job_id, (agent,) = _open_round(engine, client, 1)
+    job_id, (agent,) = _open_round(coordinator, client, 1)
     model = agent.model(job_id, 0).content
     bomb = b'{"meta": ' + b"[" * 100_000 + b"]" * 100_000 + b', "tensors": []}'
     huge_number = b'{"meta": {"samples": ' + b"9" * 5000 + b'}, "tensors": []}'
@@ -366,23 +388,37 @@ def test_hostile_uploads_are_refused_with_a_receipt(
     assert accepted.status_code == 200 and accepted.json()["accepted"] is True
 
 
-def test_healthz_reports_each_link(engine: RoundEngine, client: TestClient) -> None:
+class Link(FakePublisher):
+    """A pushing transport whose link is up or down as the test says."""
+
+    up = True
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def is_up(self) -> bool:
+        return self.up
+
+
+def test_healthz_reports_each_link(coordinator: Coordinator, client: TestClient) -> None:
     healthy = client.get("/healthz")
     assert healthy.status_code == 200
     assert healthy.json() == {"status": "ok", "version": healthy.json()["version"], "links": {}}
-    broker = {"up": True}
-    engine.links["mqtt"] = lambda: broker["up"]
+    broker = Link()
+    coordinator.add_transport("mqtt", broker)
     connected = client.get("/healthz")
     assert connected.status_code == 200 and connected.json()["links"] == {"mqtt": "connected"}
-    broker["up"] = False
+    broker.up = False
     degraded = client.get("/healthz")
     assert degraded.status_code == 503
     assert degraded.json()["status"] == "degraded"
     assert degraded.json()["links"] == {"mqtt": "disconnected"}
 
 
-def test_refusals_are_counted_by_reason(engine: RoundEngine) -> None:
-    client = _client(engine)
+def test_refusals_are_counted_by_reason(client: TestClient) -> None:
     anonymous = TestClient(client.app)
     assert anonymous.get("/api/v1/jobs").status_code == 401
     wrong = {"Authorization": "Bearer not-the-token"}

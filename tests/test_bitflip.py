@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from bitfleet.bitflip import BitFlipConfig, BitFlipTrainer
+from bitfleet.bitflip import BitFlipConfig, BitFlipTrainer, rounded_mean
 from bitfleet.datasets import load_dataset
 from bitfleet.errors import ConfigError
 from bitfleet.modelfile import model_to_frame
@@ -72,6 +72,18 @@ def test_packed_inference_equals_the_integer_training_forward() -> None:
         pre = activation @ layer.weights.T.astype(np.int64)
         activation = np.where(pre >= 0, 1, -1) if index < len(trainer.layers) - 1 else pre
     np.testing.assert_array_equal(model.scores(x), activation)
+
+
+@pytest.mark.parametrize("keep_offset", [True, False])
+def test_an_adopted_offset_is_kept_only_when_asked(keep_offset: bool) -> None:
+    x, y = _toy()
+    trainer = BitFlipTrainer([50, 20, 3], BitFlipConfig(epochs=1))
+    start = trainer.model()
+    start.input_offset[:] = 7
+    trainer.adopt(start, keep_offset=keep_offset)
+    model = trainer.fit(x, y)
+    expected = np.full(50, 7, np.uint8) if keep_offset else rounded_mean(x)
+    np.testing.assert_array_equal(model.input_offset, expected)
 
 
 def test_learns_a_separable_toy_task() -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from bitfleet import kernels
+from bitfleet.bitflip import BitFlipConfig, BitFlipTrainer
 from bitfleet.datasets import Dataset, load_dataset
 from bitfleet.errors import ConfigError, ModelFileError
 from bitfleet.fixedpoint import FixedLayer, FixedMLP, dequantize, qmax, quantize
@@ -48,6 +49,37 @@ def digits_float() -> tuple[FloatMLP, Dataset]:
         data.x_train, data.y_train
     )
     return model, data
+
+
+def test_every_model_scores_in_chunks_as_it_scores_row_by_row(
+    digits_float: tuple[FloatMLP, Dataset],
+) -> None:
+    """Scoring is written once for all model types: chunk edges must not change a score.
+
+    Integer scores are exact whatever the batch; float logits move in their last bits with
+    the batch size (BLAS), so the float baseline is pinned to 4,096-row passes.
+    """
+    float_model, data = digits_float
+    bit_model = BitFlipTrainer([64, 16, 10], BitFlipConfig(epochs=1)).fit(
+        data.x_train, data.y_train
+    )
+    x = np.concatenate([data.x_test] * 12)[: 2 * FloatMLP.CHUNK_ROWS + 3]
+    y = np.concatenate([data.y_test] * 12)[: len(x)]
+    passes = [x[i : i + 4096] for i in range(0, len(x), 4096)]
+    logits = [float_model.forward(float_model.prepare(rows))[-1] for rows in passes]
+    np.testing.assert_array_equal(float_model.scores(x), np.concatenate(logits))
+    for model in (float_model, quantize(float_model, data.x_train), bit_model):
+        scores = model.scores(x)
+        if model is not float_model:
+            rows = [model.scores(x[i : i + 1]) for i in range(0, len(x), 97)]
+            np.testing.assert_array_equal(scores[::97], np.concatenate(rows))
+        np.testing.assert_array_equal(model.predict(x), np.argmax(scores, axis=1))
+        assert model.accuracy(x, y) == np.mean(np.argmax(scores, axis=1) == y)
+        empty = model.scores(x[:0])
+        assert empty.shape == (0, 10) and empty.dtype == scores.dtype
+        assert model.predict(x[:0]).shape == (0,) and model.accuracy(x[:0], y[:0]) == 0.0
+        with pytest.raises(ConfigError, match=r"the model expects \(batch, 64\)"):
+            model.scores(x[:, :63])
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -67,6 +67,8 @@ def test_the_quorum_closes_a_round_early(coordinator: InProcessCoordinator) -> N
     assert first.upload(job_id, 0, first.update(model, job_id, 0)).json()["accepted"]
     assert coordinator.job(job_id)["round"] == 0
     assert second.upload(job_id, 0, second.update(model, job_id, 0)).json()["accepted"]
+    assert coordinator.job(job_id)["round"] == 0  # the engine's thread closes it, not the upload
+    coordinator.tick()
     job = coordinator.job(job_id)
     assert (job["round"], job["metrics"][0]["uploads"]) == (1, 2)
     assert ["a2"] in coordinator.publisher.withdrawn  # the third is told the round is over
@@ -94,6 +96,7 @@ def test_a_rounds_seconds_are_measured_on_the_injected_clock(
     job_id, (agent,), model = _open_round(coordinator, 1, agents_per_round=1, min_agents=1)
     coordinator.clock.advance(45)
     assert agent.upload(job_id, 0, agent.update(model, job_id, 0)).json()["accepted"]
+    coordinator.tick()
     assert coordinator.job(job_id)["metrics"][0]["seconds"] == 45.0
 
 
@@ -116,7 +119,7 @@ def test_a_round_short_of_min_agents_fails_at_its_deadline(
         "round 0 received 1 uploads by its deadline, fewer than min_agents=2, after 1 attempts"
     )
     assert ["a0", "a1"] in coordinator.publisher.withdrawn
-    assert coordinator.engine.metrics.jobs_failed.value() == 1
+    assert coordinator.coordinator.metrics.jobs_failed.value() == 1
 
 
 def test_a_short_round_is_retried_max_retries_times_then_fails(
@@ -135,7 +138,7 @@ def test_a_short_round_is_retried_max_retries_times_then_fails(
         task = second.task()
         assert task is not None and task["attempt"] == attempt
         assert list(coordinator.publisher.rounds[-1].tasks) == ["a1"]
-    assert coordinator.engine.metrics.rounds_retried.value() == 2
+    assert coordinator.coordinator.metrics.rounds_retried.value() == 2
     coordinator.advance(30)
     job = coordinator.job(job_id)
     assert job["status"] == "failed" and job["reason"].endswith("after 3 attempts")
@@ -159,7 +162,7 @@ def test_a_retry_with_too_few_agents_online_waits_for_them(
 
 def test_a_silent_http_agent_stops_counting_as_online(coordinator: InProcessCoordinator) -> None:
     first, second = coordinator.online(2)
-    coordinator.clock.advance(coordinator.engine.settings.presence_timeout_s - 1)
+    coordinator.clock.advance(coordinator.coordinator.settings.presence_timeout_s - 1)
     first.declare()
     coordinator.clock.advance(2)  # a1 has been silent for longer than the timeout
     listed = {a["agent_id"]: a["online"] for a in coordinator.admin("GET", "/agents").json()}
@@ -222,6 +225,7 @@ def test_uploads_are_refused_with_the_right_reason(coordinator: InProcessCoordin
     )
     assert coordinator.job(job_id)["round_uploads"] == 1
     assert second.upload(job_id, 0, second.update(model, job_id, 0)).json()["accepted"]
+    coordinator.tick()  # the quorum is in: the round closes
     assert first.upload(job_id, 0, good).json()["reason"] == RESENT  # counted before the close
     assert outsider.upload(job_id, 0, outsider.update(model, job_id, 0)).json()["reason"] == "late"
     refused = [r.reason for r in coordinator.publisher.receipts if not r.accepted]
@@ -255,7 +259,7 @@ def test_an_oversized_upload_is_refused(tmp_path: Path) -> None:
         # Over HTTP the body limit refuses it unread; over MQTT the engine sees the bytes.
         reply = first.upload(job_id, 0, frame)
         assert reply.status_code == 413 and "2048 bytes" in reply.json()["detail"]
-        receipt = coordinator.engine.handle_upload(job_id, 0, "a0", frame, "mqtt")
+        receipt = coordinator.coordinator.uploads.handle(job_id, 0, "a0", frame, "mqtt")
         assert (receipt.accepted, receipt.reason) == (False, "oversized")
         assert coordinator.job(job_id)["round_uploads"] == 0
 

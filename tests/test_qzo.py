@@ -18,7 +18,7 @@ from bitfleet.fixedpoint import FixedLayer, FixedMLP, quantize
 from bitfleet.floatmlp import FloatConfig, FloatTrainer
 from bitfleet.kernels import reference
 from bitfleet.modelfile import model_to_frame
-from bitfleet.qzo import QZOConfig, QZOTrainer, hinge_loss, measure_memory, step_keys
+from bitfleet.qzo import QZOConfig, QZOTrainer, hinge_sum, measure_memory, step_keys
 from bitfleet.shifts import rotate_images
 from bitfleet.training import EpochReport
 
@@ -112,10 +112,10 @@ def test_sign_m_spsa_reduces_the_integer_loss(pretrained: FixedMLP, rotated: tup
     x, y = rotated
     model = pretrained.copy()
     margin = round(2.0**model.score_exp)
-    before = hinge_loss(model.scores(x), y, margin)
+    before = hinge_sum(model.scores(x), y, margin)
     trainer, adapted = _train(model, x, y, perturbations=8, lr=512, epochs=10)
     assert adapted is trainer.model
-    assert hinge_loss(adapted.scores(x), y, margin) < 0.8 * before
+    assert hinge_sum(adapted.scores(x), y, margin) < 0.8 * before
     assert adapted.accuracy(x, y) > model.accuracy(x, y) + 0.1
     assert trainer.forward_passes == 2 * 8 * len(y) * 10
 

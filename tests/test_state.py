@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from bitfleet.jobstatus import RUNNING
 from bitfleet.server.state import SqliteStore, StateVersionError, StoreError
 from bitfleet.server.state.base import RoundMetrics
 from bitfleet.server.state.sqlite import SCHEMA_VERSION
@@ -23,7 +24,7 @@ def store(tmp_path: Path) -> SqliteStore:
     created = SqliteStore(tmp_path / "state" / "bitfleet.db")
     created.create_agent("a1", "s1")
     created.create_job("job-1", {"name": "x", "rounds": 2}, b"model-0")
-    created.open_round("job-1", 0, 0, 1e12, ["a1"])
+    created.open_round("job-1", 0, 0, 1e12, ["a1"], RUNNING)
     return created
 
 
@@ -42,7 +43,7 @@ def test_a_constraint_failing_at_the_last_step_of_a_close_writes_nothing(
     )
     before = _dump(store.path)
     with pytest.raises(StoreError, match="injected refusal"):
-        store.close_round("job-1", 0, b"model-1", RoundMetrics(0, 0.5, 1.0, 1, 7, 9, 0.1), False)
+        store.close_round("job-1", 0, b"model-1", RoundMetrics(0, 0.5, 1.0, 1, 7, 9, 0.1), RUNNING)
     assert _dump(store.path) == before
 
 
@@ -133,7 +134,7 @@ def test_a_database_from_before_schema_versions_is_upgraded_and_keeps_its_rows(
     assert [u.payload for u in upgraded.iter_uploads("job-1", 0)] == [b"payload"]
     round_ = upgraded.get_open_round("job-1")
     assert round_ is not None and (round_.selected, round_.vote_caps) == (["a1"], {})
-    upgraded.open_round("job-1", 0, 1, 1e12, ["a1"], {"a1": 3})
+    upgraded.open_round("job-1", 0, 1, 1e12, ["a1"], RUNNING, {"a1": 3})
     assert upgraded.get_open_round("job-1").vote_caps == {"a1": 3}  # type: ignore[union-attr]
     upgraded.close()
 

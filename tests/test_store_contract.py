@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from bitfleet.jobstatus import COMPLETED, RUNNING
 from bitfleet.server.state import SqliteStore
-from bitfleet.server.state.base import AlreadyExists, NotFound, RoundMetrics, StateStore
+from bitfleet.server.state.base import AlreadyExists, RoundMetrics, StateStore, UnknownRecord
 from tests.inprocess import EPOCH, ManualClock
 
 Backend = Callable[[Path, ManualClock], StateStore]
@@ -46,7 +47,7 @@ def running(store: StateStore) -> StateStore:
     store.create_agent("a1", "s1")
     store.create_agent("a2", "s2")
     store.create_job("job-1", {"name": "x", "rounds": 2}, b"model-0")
-    store.open_round("job-1", 0, 0, EPOCH + 60, ["a1", "a2"])
+    store.open_round("job-1", 0, 0, EPOCH + 60, ["a1", "a2"], RUNNING)
     return store
 
 
@@ -146,7 +147,7 @@ def test_a_status_change_is_stamped_and_fails_on_an_unknown_job(
         EPOCH,
         EPOCH + 3,
     )
-    with pytest.raises(NotFound):
+    with pytest.raises(UnknownRecord):
         store.set_job_status("job-nope", "failed")
     assert store.get_job("job-nope") is None
 
@@ -158,7 +159,7 @@ def test_a_round_opens_on_the_clock_and_runs_the_job(store: StateStore, clock: M
     store.create_job("job-1", {}, b"m")
     store.set_job_status("job-1", "running", "waiting for agents")
     clock.advance(2)
-    record = store.open_round("job-1", 0, 0, EPOCH + 60, ["a1"], {"a1": 3})
+    record = store.open_round("job-1", 0, 0, EPOCH + 60, ["a1"], RUNNING, {"a1": 3})
     assert (record.opened_at, record.deadline, record.selected, record.vote_caps) == (
         EPOCH + 2,
         EPOCH + 60,
@@ -176,7 +177,7 @@ def test_a_round_opens_on_the_clock_and_runs_the_job(store: StateStore, clock: M
 
 def test_a_new_attempt_replaces_the_round_and_keeps_its_uploads(running: StateStore) -> None:
     assert running.add_upload("job-1", 0, "a1", 5, b"vote-a1")
-    retry = running.open_round("job-1", 0, 1, EPOCH + 120, ["a1", "a2", "a3"])
+    retry = running.open_round("job-1", 0, 1, EPOCH + 120, ["a1", "a2", "a3"], RUNNING)
     assert running.get_open_round("job-1") == retry
     assert [upload.payload for upload in running.iter_uploads("job-1", 0)] == [b"vote-a1"]
 
@@ -194,12 +195,12 @@ def test_uploads_are_idempotent_per_agent_and_kept_in_arrival_order(
 
 
 def test_an_upload_fails_without_an_open_round(running: StateStore) -> None:
-    with pytest.raises(NotFound):
+    with pytest.raises(UnknownRecord):
         running.add_upload("job-nope", 0, "a1", 5, b"x")
-    with pytest.raises(NotFound):
+    with pytest.raises(UnknownRecord):
         running.add_upload("job-1", 1, "a1", 5, b"x")
-    running.close_round("job-1", 0, b"model-1", METRICS, final=False)
-    with pytest.raises(NotFound):
+    running.close_round("job-1", 0, b"model-1", METRICS, RUNNING)
+    with pytest.raises(UnknownRecord):
         running.add_upload("job-1", 0, "a1", 5, b"late")
     assert running.upload_agents("job-1", 0) == [] and running.upload_agents("job-1", 1) == []
 
@@ -210,7 +211,7 @@ def test_declines_keep_the_latest_per_agent_in_id_order(running: StateStore) -> 
     running.add_decline("job-1", 1, "a2", "still no memory")
     declines = [(d.agent_id, d.round, d.reason) for d in running.list_declines("job-1")]
     assert declines == [("a1", 0, "no data"), ("a2", 1, "still no memory")]
-    with pytest.raises(NotFound):
+    with pytest.raises(UnknownRecord):
         running.add_decline("job-nope", 0, "a1", "x")
     assert running.list_declines("job-nope") == []
 
@@ -220,7 +221,7 @@ def test_closing_a_round_advances_the_job_and_counts_its_uploads(
 ) -> None:
     running.add_upload("job-1", 0, "a1", 5, b"vote-a1")
     clock.advance(4)
-    running.close_round("job-1", 0, b"model-1", METRICS, final=False)
+    running.close_round("job-1", 0, b"model-1", METRICS, RUNNING)
     job = running.get_job("job-1")
     assert job is not None and (job.round, job.status, job.updated_at) == (1, "running", EPOCH + 4)
     assert running.get_model("job-1") == b"model-1" and running.get_model("job-1", 0) == b"model-0"
@@ -230,18 +231,18 @@ def test_closing_a_round_advances_the_job_and_counts_its_uploads(
     assert running.counted("job-1", 0, "a1") is True and running.counted("job-1", 0, "a2") is False
     assert [a.rounds_contributed for a in running.list_agents()] == [1, 0]
     assert running.get_open_round("job-1") is None
-    with pytest.raises(NotFound):
-        running.close_round("job-1", 0, b"again", METRICS, final=False)
+    with pytest.raises(UnknownRecord):
+        running.close_round("job-1", 0, b"again", METRICS, RUNNING)
     assert running.get_model("job-1") == b"model-1"
 
 
 def test_the_final_round_completes_the_job_and_metrics_come_in_round_order(
     running: StateStore,
 ) -> None:
-    running.close_round("job-1", 0, b"model-1", METRICS, final=False)
-    running.open_round("job-1", 1, 0, EPOCH + 60, ["a1"])
+    running.close_round("job-1", 0, b"model-1", METRICS, RUNNING)
+    running.open_round("job-1", 1, 0, EPOCH + 60, ["a1"], RUNNING)
     second = RoundMetrics(1, 0.75, 0.5, 1, 3, 4, 0.2)
-    running.close_round("job-1", 1, b"model-2", second, final=True)
+    running.close_round("job-1", 1, b"model-2", second, COMPLETED)
     job = running.get_job("job-1")
     assert job is not None and (job.round, job.status) == (2, "completed")
     assert running.list_metrics("job-1") == [METRICS, second]
@@ -253,7 +254,7 @@ def test_a_failed_close_writes_nothing(running: StateStore) -> None:
     before = (running.get_job("job-1"), running.get_open_round("job-1"), running.list_agents())
     unwritable = RoundMetrics(0, 0.5, 1.0, 1, 7, 9, 0.1, extra={"not json": object()})
     with pytest.raises(TypeError):  # after the counts, uploads and model are written
-        running.close_round("job-1", 0, b"model-1", unwritable, final=False)
+        running.close_round("job-1", 0, b"model-1", unwritable, RUNNING)
     assert (
         running.get_job("job-1"),
         running.get_open_round("job-1"),
@@ -262,15 +263,15 @@ def test_a_failed_close_writes_nothing(running: StateStore) -> None:
     assert [upload.payload for upload in running.iter_uploads("job-1", 0)] == [b"vote-a1"]
     assert running.get_model("job-1") == b"model-0" and running.get_model("job-1", 1) is None
     assert running.list_metrics("job-1") == [] and running.counted("job-1", 0, "a1") is False
-    running.close_round("job-1", 0, b"model-1", METRICS, final=False)  # the store still works
+    running.close_round("job-1", 0, b"model-1", METRICS, RUNNING)  # the store still works
     assert running.counted("job-1", 0, "a1") is True
 
 
 def test_changes_to_unknown_jobs_fail_and_reads_of_them_are_empty(store: StateStore) -> None:
-    with pytest.raises(NotFound):
-        store.open_round("job-nope", 0, 0, EPOCH, [])
-    with pytest.raises(NotFound):
-        store.close_round("job-nope", 0, b"m", METRICS, final=False)
+    with pytest.raises(UnknownRecord):
+        store.open_round("job-nope", 0, 0, EPOCH, [], RUNNING)
+    with pytest.raises(UnknownRecord):
+        store.close_round("job-nope", 0, b"m", METRICS, RUNNING)
     assert store.get_job("job-nope") is None and store.get_open_round("job-nope") is None
     assert store.get_model("job-nope") is None and store.list_metrics("job-nope") == []
     assert (

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from bitfleet.training import EpochReport, Loop
+from bitfleet.training import EpochReport, Loop, Step, Trainer
 
 
 @dataclass
@@ -24,6 +24,26 @@ class Scripted:
         return Scripted(self.scores, self.epoch)
 
 
+@dataclass
+class ScriptedTrainer(Trainer[Scripted]):
+    """A trainer whose step is given and whose epochs advance the scripted model."""
+
+    model: Scripted
+    step: Step
+    batch_size: int
+    seed: int
+    keep: bool = True
+
+    def _loop(self, x: NDArray[np.uint8], y: NDArray[np.integer]) -> Loop[Scripted]:
+        def end_epoch() -> None:
+            self.model.epoch += 1
+
+        keep = Scripted.copy if self.keep else None
+        rng = np.random.default_rng(self.seed)
+        epochs = len(self.model.scores)
+        return Loop(epochs, self.batch_size, rng, self.step, lambda: self.model, end_epoch, keep)
+
+
 def _data(n: int) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
     return np.arange(n, dtype=np.uint8)[:, None], np.arange(n, dtype=np.int64)
 
@@ -33,23 +53,14 @@ def test_each_epoch_is_one_shuffle_of_every_sample_in_batches_with_progress() ->
     steps: list[tuple[list[int], int, int]] = []
     progress: list[tuple[int, int]] = []
     reports: list[EpochReport] = []
-    model = Scripted([0.0] * 3)
 
     def step(xb: NDArray[np.uint8], yb: NDArray[np.integer], done: int, total: int) -> int:
         steps.append((yb.tolist(), done, total))
         return int(np.sum(yb % 2 == 0))
 
-    def end_epoch() -> None:
-        model.epoch += 1
-
-    loop = Loop(epochs=3, batch_size=4, rng=np.random.default_rng(5), end_epoch=end_epoch)
-    loop.run(
-        step,
-        lambda: model,
-        x,
-        y,
-        on_batch=lambda done, total: progress.append((done, total)),
-        on_epoch=reports.append,
+    trainer = ScriptedTrainer(Scripted([0.0] * 3), step, batch_size=4, seed=5)
+    trainer.fit(
+        x, y, on_batch=lambda done, total: progress.append((done, total)), on_epoch=reports.append
     )
     expected = np.random.default_rng(5)
     for epoch in range(3):
@@ -66,22 +77,11 @@ def test_each_epoch_is_one_shuffle_of_every_sample_in_batches_with_progress() ->
 
 
 def _fit(scores: list[float], with_validation: bool, keep: bool) -> Scripted:
-    model = Scripted(scores)
     x, y = _data(4)
-
-    def end_epoch() -> None:
-        model.epoch += 1
-
-    loop = Loop(len(scores), 2, np.random.default_rng(0), end_epoch)
-    return loop.run(
-        lambda xb, yb, done, total: 0,
-        lambda: model,
-        x,
-        y,
-        x if with_validation else None,
-        y if with_validation else None,
-        keep=Scripted.copy if keep else None,
-    )
+    trainer = ScriptedTrainer(Scripted(scores), lambda xb, yb, done, total: 0, 2, 0, keep)
+    if with_validation:
+        return trainer.fit(x, y, x, y)
+    return trainer.fit(x, y)
 
 
 def test_keep_returns_the_first_best_epoch_on_validation_else_the_last() -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
@@ -13,6 +14,7 @@ from starlette.exceptions import HTTPException
 
 from bitfleet import __version__
 from bitfleet.errors import BitfleetError
+from bitfleet.jobstatus import JobConflict
 from bitfleet.protocol import FLEET_PREFIX, FLEET_UPDATES, ProtocolError
 from bitfleet.server.api import control, fleet
 from bitfleet.server.api.auth import admin_guard, agent_of, is_admin
@@ -23,8 +25,9 @@ from bitfleet.server.api.limits import (
     CredentialsBeforeBody,
 )
 from bitfleet.server.api.schemas import Health
-from bitfleet.server.engine import JobConflict, NotFound, RoundEngine
+from bitfleet.server.errors import NotFound
 from bitfleet.server.metrics import CONTENT_TYPE
+from bitfleet.server.service import Coordinator
 from bitfleet.server.state.base import AlreadyExists, StoreError
 
 # Our typed errors and the HTTP status each one means; anything else is a 500 (a bug).
@@ -40,10 +43,28 @@ DEFAULT_LIMITS = ApiLimits()
 
 
 def create_app(
-    engine: RoundEngine, admin_token: str | None, limits: ApiLimits = DEFAULT_LIMITS
+    coordinator: Coordinator,
+    admin_token: str | None,
+    limits: ApiLimits = DEFAULT_LIMITS,
+    background: bool = True,
 ) -> FastAPI:
-    """The coordinator app; ``admin_token=None`` means --no-admin-token (no admin auth)."""
+    """The coordinator app; ``admin_token=None`` means --no-admin-token (no admin auth).
+
+    ``background``: the app's lifespan starts the coordinator's engine thread and transports
+    (and stops them); the in-process tests pass False and tick the scheduler themselves."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Coordinator]]:
+        if background:
+            coordinator.start()
+        try:
+            yield {"coordinator": coordinator}
+        finally:
+            if background:
+                coordinator.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="bitfleet coordinator",
         version=__version__,
         description=(
@@ -52,11 +73,10 @@ def create_app(
             "`Authorization: Bearer AGENT_ID:SECRET`."
         ),
     )
-    app.state.engine = engine
     admin = [Depends(admin_guard(admin_token))]
     app.include_router(control.router, dependencies=admin)
     app.include_router(fleet.router)
-    uploads = {FLEET_PREFIX + FLEET_UPDATES: engine.settings.max_frame_bytes}
+    uploads = {FLEET_PREFIX + FLEET_UPDATES: coordinator.uploads.max_frame_bytes}
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_request_bytes, routes=uploads)
 
     def admitted(path: str, authorization: str | None) -> bool:
@@ -67,11 +87,11 @@ def create_app(
         if scheme.lower() != "bearer" or not token:
             return False
         if fleet_route:
-            return agent_of(token, engine.store.agent_secret) is not None
+            return agent_of(token, coordinator.registry.secret) is not None
         return is_admin(token, admin_token)
 
     app.add_middleware(CredentialsBeforeBody, admitted=admitted)
-    app.add_middleware(CountRefusals, counter=engine.metrics.http_refused)  # sees the 413s
+    app.add_middleware(CountRefusals, counter=coordinator.metrics.http_refused)  # sees the 413s
 
     @app.exception_handler(BitfleetError)
     async def bitfleet_error(request: Request, error: BitfleetError) -> JSONResponse:
@@ -107,7 +127,7 @@ def create_app(
         responses={503: {"model": Health, "description": "a transport link is down"}},
     )
     def healthz() -> JSONResponse:
-        links = engine.link_states()
+        links = coordinator.link_states()
         health = Health(
             status="ok" if all(links.values()) else "degraded",
             version=__version__,
@@ -122,7 +142,7 @@ def create_app(
         summary="Prometheus metrics (text format 0.0.4), without a token",
     )
     def metrics() -> Response:
-        exposition = engine.metrics.render(lambda: len(engine.online_agents()))
+        exposition = coordinator.metrics.render(lambda: len(coordinator.registry.online()))
         return Response(exposition, media_type=CONTENT_TYPE)
 
     return app

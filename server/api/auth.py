@@ -10,8 +10,10 @@ import hmac
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from bitfleet.server.api.deps import Registry
 
 bearer = HTTPBearer(auto_error=False)
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
@@ -51,9 +53,9 @@ def admin_guard(admin_token: str | None) -> Callable[..., None]:
     return check
 
 
-def agent_identity(request: Request, credentials: Credentials) -> str:
+def agent_identity(credentials: Credentials, registry: Registry) -> str:
     """The authenticated agent id, or 401/403."""
-    agent_id = agent_of(_token(credentials), request.app.state.engine.store.agent_secret)
+    agent_id = agent_of(_token(credentials), registry.secret)
     if agent_id is None:
         raise HTTPException(
             403,

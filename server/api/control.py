@@ -5,9 +5,10 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query, Request, Response
+from fastapi import APIRouter, Body, Query, Response
 
 from bitfleet.protocol import check_id
+from bitfleet.server.api.deps import Jobs, Registry, Rounds, Scheduler
 from bitfleet.server.api.schemas import (
     AUTH_ERRORS,
     INVALID,
@@ -20,27 +21,23 @@ from bitfleet.server.api.schemas import (
     JobCreated,
     JobView,
 )
-from bitfleet.server.engine import NotFound, RoundEngine
+from bitfleet.server.jobs import JobBook
 from bitfleet.server.jobspec import EXAMPLE_JOB, MAX_ROUNDS, JobSpec
+from bitfleet.server.rounds import OpenRounds
+from bitfleet.server.scheduler import RoundScheduler
 
 FRAME_MEDIA_TYPE = "application/vnd.bitfleet.frame"
 
 router = APIRouter(prefix="/api/v1", responses=AUTH_ERRORS)
 
 
-def _engine(request: Request) -> RoundEngine:
-    engine: RoundEngine = request.app.state.engine
-    return engine
-
-
-def _view(engine: RoundEngine, job_id: str) -> JobView:
-    job = engine.job(job_id)
+def _view(job_id: str, jobs: JobBook, scheduler: RoundScheduler, rounds: OpenRounds) -> JobView:
     return JobView.of(
-        job,
-        engine.store.list_metrics(job_id),
-        engine.store.list_declines(job_id),
-        engine.round_progress(job_id),
-        engine.waiting_reason(job_id),
+        jobs.record(job_id),
+        jobs.metrics(job_id),
+        jobs.declines(job_id),
+        rounds.progress(job_id),
+        scheduler.waiting_reason(job_id),
     )
 
 
@@ -52,17 +49,14 @@ def _view(engine: RoundEngine, job_id: str) -> JobView:
     summary="Submit a training job",
     responses=JSON_BODY_ERRORS,
 )
-def create_job(
-    request: Request, spec: Annotated[JobSpec, Body(examples=[EXAMPLE_JOB])]
-) -> JobCreated:
-    job = _engine(request).create_job(spec)
+def create_job(jobs: Jobs, spec: Annotated[JobSpec, Body(examples=[EXAMPLE_JOB])]) -> JobCreated:
+    job = jobs.create(spec)
     return JobCreated(id=job.job_id, status=job.status)
 
 
 @router.get("/jobs", response_model=list[JobView], tags=["jobs"], summary="List jobs")
-def list_jobs(request: Request) -> list[JobView]:
-    engine = _engine(request)
-    return [_view(engine, job.job_id) for job in engine.store.list_jobs()]
+def list_jobs(jobs: Jobs, scheduler: Scheduler, rounds: Rounds) -> list[JobView]:
+    return [_view(job.job_id, jobs, scheduler, rounds) for job in jobs.records()]
 
 
 @router.get(
@@ -72,8 +66,8 @@ def list_jobs(request: Request) -> list[JobView]:
     summary="A job's status, current round and per-round metrics",
     responses={**NOT_FOUND, **INVALID},
 )
-def get_job(request: Request, job_id: str) -> JobView:
-    return _view(_engine(request), job_id)
+def get_job(job_id: str, jobs: Jobs, scheduler: Scheduler, rounds: Rounds) -> JobView:
+    return _view(job_id, jobs, scheduler, rounds)
 
 
 @router.post(
@@ -87,10 +81,9 @@ def get_job(request: Request, job_id: str) -> JobView:
         **INVALID,
     },
 )
-def cancel_job(request: Request, job_id: str) -> JobView:
-    engine = _engine(request)
-    engine.cancel_job(job_id)
-    return _view(engine, job_id)
+def cancel_job(job_id: str, jobs: Jobs, scheduler: Scheduler, rounds: Rounds) -> JobView:
+    scheduler.cancel(job_id)
+    return _view(job_id, jobs, scheduler, rounds)
 
 
 @router.get(
@@ -101,13 +94,13 @@ def cancel_job(request: Request, job_id: str) -> JobView:
     responses={200: {"content": {FRAME_MEDIA_TYPE: {}}}, **NOT_FOUND, **INVALID},
 )
 def download_model(
-    request: Request,
+    jobs: Jobs,
     job_id: str,
     round: Annotated[
         int | None, Query(ge=0, le=MAX_ROUNDS, description="the model that opened this round")
     ] = None,
 ) -> Response:
-    frame = _engine(request).model(job_id, round)
+    frame = jobs.model(job_id, round)
     return Response(
         frame,
         media_type=FRAME_MEDIA_TYPE,
@@ -123,22 +116,20 @@ def download_model(
     summary="Enroll an agent: returns its id and secret (shown once)",
     responses={409: {"model": Error, "description": "the id is taken"}, **JSON_BODY_ERRORS},
 )
-def enroll_agent(request: Request, body: EnrollRequest | None = None) -> Enrollment:
+def enroll_agent(registry: Registry, body: EnrollRequest | None = None) -> Enrollment:
     agent_id = check_id(
         (body.agent_id if body and body.agent_id else None) or "agent-" + secrets.token_hex(4),
         "agent id",
     )
     # Hex, never "-...": a secret must not read as an option on a command line.
     secret = secrets.token_hex(24)
-    _engine(request).enroll(agent_id, secret)
+    registry.enroll(agent_id, secret)
     return Enrollment(agent_id=agent_id, secret=secret)
 
 
 @router.get("/agents", response_model=list[AgentView], tags=["agents"], summary="List agents")
-def list_agents(request: Request) -> list[AgentView]:
-    engine = _engine(request)
-    online = set(engine.online_agents())
-    return [AgentView.of(a, a.agent_id in online) for a in engine.store.list_agents()]
+def list_agents(registry: Registry) -> list[AgentView]:
+    return [AgentView.of(agent, online) for agent, online in registry.all()]
 
 
 @router.post(
@@ -148,9 +139,5 @@ def list_agents(request: Request) -> list[AgentView]:
     summary="Revoke an agent: its uploads and logins are refused from now on",
     responses={**NOT_FOUND, **INVALID},
 )
-def revoke_agent(request: Request, agent_id: str) -> AgentView:
-    engine = _engine(request)
-    agent = engine.revoke(agent_id)
-    if agent is None:
-        raise NotFound(f"agent {agent_id!r} does not exist")
-    return AgentView.of(agent, False)
+def revoke_agent(registry: Registry, agent_id: str) -> AgentView:
+    return AgentView.of(registry.revoke(agent_id), False)

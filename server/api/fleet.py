@@ -1,6 +1,6 @@
 """Fleet API for agents that cannot reach the broker: the MQTT protocol over HTTP.
 
-Same frames, same JSON messages, same engine: an agent polls for its task, downloads the
+Same frames, same JSON messages, same handlers: an agent polls for its task, downloads the
 round's model, and posts its signed update; the receipt is the response.
 """
 
@@ -30,8 +30,8 @@ from bitfleet.protocol import (
 )
 from bitfleet.server.api.auth import agent_identity
 from bitfleet.server.api.control import FRAME_MEDIA_TYPE
+from bitfleet.server.api.deps import Registry, Tasks, Uploads
 from bitfleet.server.api.schemas import AUTH_ERRORS, INVALID, NOT_FOUND, TOO_LARGE, Error, Receipt
-from bitfleet.server.engine import RoundEngine
 from bitfleet.server.jobspec import MAX_ROUNDS
 
 router = APIRouter(prefix=FLEET_PREFIX, tags=["fleet"], responses=AUTH_ERRORS)
@@ -64,11 +64,6 @@ REFUSAL_STATUS = {
 }
 
 
-def _engine(request: Request) -> RoundEngine:
-    engine: RoundEngine = request.app.state.engine
-    return engine
-
-
 @router.get(FLEET_WHOAMI, summary="Check agent credentials")
 def whoami(agent_id: Agent) -> dict[str, str]:
     return {"agent_id": agent_id}
@@ -80,7 +75,7 @@ def whoami(agent_id: Agent) -> dict[str, str]:
     responses={**TOO_LARGE, **INVALID},
     openapi_extra=_json_body(AgentStatus),
 )
-async def post_status(request: Request, agent_id: Agent) -> dict[str, str]:
+async def post_status(request: Request, agent_id: Agent, registry: Registry) -> dict[str, str]:
     try:
         status = parse_message(AgentStatus, await request.body())
     except ProtocolError as error:
@@ -88,7 +83,7 @@ async def post_status(request: Request, agent_id: Agent) -> dict[str, str]:
     if status.agent_id != agent_id:
         raise ProtocolError("status agent_id differs from the authenticated agent")
     online = status.state != "offline"
-    _engine(request).agent_presence(agent_id, online, "http", status.capabilities)
+    registry.presence(agent_id, online, "http", status.capabilities)
     return {"state": status.state}
 
 
@@ -100,13 +95,12 @@ async def post_status(request: Request, agent_id: Agent) -> dict[str, str]:
         204: {"description": "no task"},
     },
 )
-def get_task(request: Request, agent_id: Agent) -> Response:
-    engine = _engine(request)
-    engine.store.record_presence(agent_id, True, "http", None)
-    found = engine.task_for(agent_id)
-    if found is None:
+def get_task(agent_id: Agent, registry: Registry, tasks: Tasks) -> Response:
+    registry.presence(agent_id, True, "http", None)
+    task = tasks.task_for(agent_id)
+    if task is None:
         return Response(status_code=204)
-    return Response(encode_message(found[0]), media_type="application/json")
+    return Response(encode_message(task), media_type="application/json")
 
 
 @router.get(
@@ -115,9 +109,9 @@ def get_task(request: Request, agent_id: Agent) -> Response:
     response_class=Response,
     responses={200: {"content": {FRAME_MEDIA_TYPE: {}}}, **NOT_FOUND, **INVALID},
 )
-def get_model(request: Request, job_id: str, round_index: RoundIndex, agent_id: Agent) -> Response:
+def get_model(job_id: str, round_index: RoundIndex, agent_id: Agent, tasks: Tasks) -> Response:
     # Counted once per selected agent when the round opens, whichever transport serves it.
-    model = _engine(request).agent_model(job_id, round_index, agent_id)
+    model = tasks.model(job_id, round_index, agent_id)
     return Response(model, media_type=FRAME_MEDIA_TYPE)
 
 
@@ -128,12 +122,12 @@ def get_model(request: Request, job_id: str, round_index: RoundIndex, agent_id: 
     openapi_extra=_json_body(Decline),
 )
 async def post_decline(
-    request: Request, job_id: str, round_index: RoundIndex, agent_id: Agent
+    request: Request, job_id: str, round_index: RoundIndex, agent_id: Agent, tasks: Tasks
 ) -> dict[str, bool]:
     decline = parse_message(Decline, await request.body())
     if (decline.job_id, decline.round, decline.agent_id) != (job_id, round_index, agent_id):
         raise ProtocolError("decline names another job, round or agent than its URL")
-    return {"recorded": _engine(request).decline(job_id, round_index, agent_id, decline.reason)}
+    return {"recorded": tasks.decline(job_id, round_index, agent_id, decline.reason)}
 
 
 @router.post(
@@ -157,14 +151,12 @@ async def post_decline(
     },
 )
 async def post_update(
-    request: Request, job_id: str, round_index: RoundIndex, agent_id: Agent
+    request: Request, job_id: str, round_index: RoundIndex, agent_id: Agent, uploads: Uploads
 ) -> JSONResponse:
-    # Bodies over the engine's max_frame_bytes never get here (bitfleet.server.api.limits).
+    # Bodies over the desk's max_frame_bytes never get here (bitfleet.server.api.limits).
     body = await request.body()
     # Verifying and tallying is CPU work: off the event loop, so one upload never stalls
     # every other request.
-    receipt = await run_in_threadpool(
-        _engine(request).handle_upload, job_id, round_index, agent_id, body, "http"
-    )
+    receipt = await run_in_threadpool(uploads.handle, job_id, round_index, agent_id, body, "http")
     status = 200 if receipt.accepted else REFUSAL_STATUS.get(receipt.reason, 400)
     return JSONResponse(Receipt(**receipt.__dict__).model_dump(), status)

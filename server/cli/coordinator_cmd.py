@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import json
 import logging
@@ -13,9 +12,8 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bitfleet.chunks import DEFAULT_CHUNK_BYTES
 from bitfleet.cliargs import int_range, positive_float, positive_int, tcp_port
@@ -24,6 +22,9 @@ from bitfleet.errors import ConfigError
 from bitfleet.frames import DEFAULT_MAX_FRAME_BYTES
 from bitfleet.protocol import check_id, parse_mqtt_url
 from bitfleet.tls import CA_FILE_ENV, require_secure
+
+if TYPE_CHECKING:
+    from bitfleet.server.registry import AgentRegistry
 
 MQTT_URL_ENV = "BITFLEET_MQTT_URL"
 
@@ -177,8 +178,8 @@ def run(args: argparse.Namespace) -> int:
             check_group_directory,
             write_broker_files,
         )
-        from bitfleet.server.engine import EngineSettings, RoundEngine
         from bitfleet.server.mqtt_bridge import MqttBridge
+        from bitfleet.server.service import Coordinator, CoordinatorSettings
         from bitfleet.server.state import open_store
     except ImportError as error:
         raise ConfigError(
@@ -213,19 +214,20 @@ def run(args: argparse.Namespace) -> int:
         )
     clock = time.time  # one clock for the store's stamps and the engine's deadlines
     store = open_store(args.data_dir, clock)
-    engine = RoundEngine(
+    coordinator = Coordinator(
         store,
-        EngineSettings(
+        CoordinatorSettings(
             presence_timeout_s=args.presence_timeout,
             max_frame_bytes=args.max_frame_bytes,
             **_given(max_model_weights=args.max_model_weights),
         ),
-        clock=clock,
+        clock,
     )
+    registry = coordinator.registry
     if broker is not None and broker.username:
-        engine.reserved_agent_ids.add(broker.username)
+        registry.reserved_agent_ids.add(broker.username)
     if args.provision_agents is not None:
-        provision_agents(engine, args.provision_agents)
+        provision_agents(registry, args.provision_agents)
     passwords = args.broker_passwd_file
     if args.broker_config_dir is not None or passwords is not None:
         if broker is None or not broker.username or broker.password is None:
@@ -261,16 +263,16 @@ def run(args: argparse.Namespace) -> int:
             reload_command,
             mode,
         )
-        engine.credential_listeners.append(credentials.sync)
+        registry.credential_listeners.append(credentials.sync)
         credentials.sync()
     elif args.broker_pid_file or args.broker_reload_command or args.broker_group:
         raise ConfigError(
             "--broker-pid-file, --broker-reload-command and --broker-group concern the files "
             "of --broker-passwd-file or --broker-config-dir: give one of those"
         )
-    bridge = (
-        MqttBridge(
-            engine,
+    if args.mqtt_url:
+        bridge = MqttBridge(
+            coordinator.fleet,
             args.mqtt_url,
             max_message_bytes=args.max_message_bytes,
             shared_group=args.shared_subscription,
@@ -278,35 +280,23 @@ def run(args: argparse.Namespace) -> int:
             client_cert=args.mqtt_client_cert,
             client_key=args.mqtt_client_key,
         )
-        if args.mqtt_url
-        else None
-    )
+        coordinator.add_transport("mqtt", bridge)
     app = create_app(
-        engine,
+        coordinator,
         None if args.no_admin_token else args.admin_token,
         ApiLimits(**_given(max_request_bytes=args.max_request_bytes)),
     )
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: Any) -> AsyncIterator[None]:
-        engine.start()
-        if bridge is not None:
-            bridge.start()
-        yield
-        if bridge is not None:
-            bridge.stop()
-        engine.stop()
+    try:
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            ssl_certfile=args.tls_cert,
+            ssl_keyfile=args.tls_key,
+        )
+    finally:
         store.close()
-
-    app.router.lifespan_context = lifespan
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        ssl_certfile=args.tls_cert,
-        ssl_keyfile=args.tls_key,
-    )
     return 0
 
 
@@ -378,7 +368,7 @@ def check_listen_address(host: str, port: int) -> None:
             ) from None
 
 
-def provision_agents(engine: Any, path: Path) -> None:
+def provision_agents(registry: AgentRegistry, path: Path) -> None:
     """Enroll the agents listed in ``path`` that do not exist yet (idempotent)."""
     try:
         entries = json.loads(path.read_text())
@@ -389,5 +379,5 @@ def provision_agents(engine: Any, path: Path) -> None:
             f'{{"agent_id": ..., "secret": ...}} ({error})'
         ) from None
     for agent_id, secret in pairs:
-        if engine.store.get_agent(check_id(agent_id, "agent id")) is None:
-            engine.enroll(agent_id, secret)
+        if not registry.exists(check_id(agent_id, "agent id")):
+            registry.enroll(agent_id, secret)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from bitfleet.cliargs import label_column
+from bitfleet.cliargs import add_label_column_argument
 from bitfleet.datasets import DATA_DIR_ENV, FASHION_MNIST_DIR, Dataset, load_dataset
 
 DATASET_HELP = (
@@ -23,13 +23,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         help="directory holding Fashion-MNIST's IDX files "
         f"(default: ${DATA_DIR_ENV}, else {FASHION_MNIST_DIR})",
     )
-    parser.add_argument(
-        "--label-column",
-        type=label_column,
-        default=-1,
-        metavar="COL",
-        help="label column of a CSV file: index or header name (default: last column)",
-    )
+    add_label_column_argument(parser)
 
 
 def load_data(args: argparse.Namespace, *, whole_file: bool = False) -> Dataset:

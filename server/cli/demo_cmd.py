@@ -19,12 +19,12 @@ from typing import Any
 from bitfleet.datasets import load_dataset
 from bitfleet.errors import BitfleetError, ConfigError
 from bitfleet.floatmlp import FloatConfig
+from bitfleet.jobstatus import TERMINAL
 from bitfleet.modelfile import fixedmlp_to_frame, save_model
 from bitfleet.partition import SCHEMES, label_histogram, partition, write_partitions
 from bitfleet.pretraining import pretrain
 from bitfleet.server.cli.output import print_json
 from bitfleet.server.cli.tls_cmd import load_tlsca
-from bitfleet.server.jobstatus import TERMINAL
 from bitfleet.server.localcluster import AgentProcess, Broker, Coordinator
 
 # Federated rounds average away part of each agent's progress; a longer counter memory

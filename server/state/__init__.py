@@ -8,10 +8,10 @@ from pathlib import Path
 
 from bitfleet.server.state.base import (
     AlreadyExists,
-    NotFound,
     StateStore,
     StateVersionError,
     StoreError,
+    UnknownRecord,
 )
 from bitfleet.server.state.sqlite import SqliteStore
 
@@ -24,10 +24,10 @@ def open_store(data_dir: str | Path, clock: Callable[[], float] = time.time) -> 
 
 __all__ = [
     "AlreadyExists",
-    "NotFound",
     "SqliteStore",
     "StateStore",
     "StateVersionError",
     "StoreError",
+    "UnknownRecord",
     "open_store",
 ]

@@ -22,8 +22,9 @@ class AlreadyExists(StoreError):
     """The record to create exists already."""
 
 
-class NotFound(StoreError):
-    """The job (or its open round) to change does not exist."""
+class UnknownRecord(StoreError):
+    """The job (or its open round) to change does not exist: the caller's bug, since the
+    engine checks first."""
 
 
 class StateVersionError(StoreError):
@@ -110,7 +111,7 @@ class StateStore(ABC):
     from the clock the store was built with, never from the wall clock behind its back; a
     change that fails (a refused write is a :class:`StoreError`) leaves nothing of itself
     written; reads of an unknown id return None or an empty list, changes to an unknown job
-    raise :class:`NotFound`.
+    raise :class:`UnknownRecord`.
     """
 
     # agents
@@ -164,7 +165,7 @@ class StateStore(ABC):
     @abstractmethod
     def set_job_status(self, job_id: str, status: str, reason: str | None = None) -> None:
         """Set a job's status and reason, stamping ``updated_at``. MUST fail with
-        :class:`NotFound` if the job is unknown."""
+        :class:`UnknownRecord` if the job is unknown."""
 
     # rounds and uploads
     @abstractmethod
@@ -175,12 +176,14 @@ class StateStore(ABC):
         attempt: int,
         deadline: float,
         selected: list[str],
+        status: str,
         vote_caps: dict[str, int] | None = None,
     ) -> RoundRecord:
         """Open (or re-open, as a new attempt replacing the last) a round, stamping
-        ``opened_at``, and mark the job ``running`` with no reason. Uploads an earlier attempt
+        ``opened_at``, and set the job's ``status`` (what :func:`bitfleet.jobstatus.transition`
+        gave) with no reason. Uploads an earlier attempt
         of the same round stored MUST be kept: they are votes on the same global model. MUST
-        fail with :class:`NotFound` if the job is unknown."""
+        fail with :class:`UnknownRecord` if the job is unknown."""
 
     @abstractmethod
     def get_open_round(self, job_id: str) -> RoundRecord | None:
@@ -193,7 +196,7 @@ class StateStore(ABC):
     ) -> bool:
         """Store an accepted upload. MUST be idempotent on (job, round, agent): False, and
         the first payload kept, if this agent already uploaded. MUST fail with
-        :class:`NotFound` if the job has no open round ``round_index``."""
+        :class:`UnknownRecord` if the job has no open round ``round_index``."""
 
     @abstractmethod
     def upload_agents(self, job_id: str, round_index: int) -> list[str]:
@@ -210,7 +213,7 @@ class StateStore(ABC):
     def add_decline(self, job_id: str, round_index: int, agent_id: str, reason: str) -> None:
         """Record that an agent cannot take this job (it is not selected for it again). MUST
         be idempotent on (job, agent): one decline each, the latest round and reason kept.
-        MUST fail with :class:`NotFound` if the job is unknown."""
+        MUST fail with :class:`UnknownRecord` if the job is unknown."""
 
     @abstractmethod
     def list_declines(self, job_id: str) -> list[DeclineRecord]:
@@ -223,14 +226,15 @@ class StateStore(ABC):
 
     @abstractmethod
     def close_round(
-        self, job_id: str, round_index: int, next_model: bytes, metrics: RoundMetrics, final: bool
+        self, job_id: str, round_index: int, next_model: bytes, metrics: RoundMetrics, status: str
     ) -> None:
         """In one transaction: store ``next_model`` as the model of round ``round_index + 1``
-        and the round's metrics, advance the job to that round (``completed`` if ``final``,
-        else ``running``), count a round for each agent that uploaded, drop the uploads'
-        payloads and remember whose were counted (:meth:`counted`). MUST fail with
-        :class:`NotFound` if the job has no open round ``round_index``; a failure at any
-        point (e.g. metrics that are not JSON values) MUST leave all of it unwritten."""
+        and the round's metrics, advance the job to that round with ``status`` (what
+        :func:`bitfleet.jobstatus.transition` gave), count a round for each agent that
+        uploaded, drop the uploads' payloads and remember whose were counted
+        (:meth:`counted`). MUST fail with :class:`UnknownRecord` if the job has no open round
+        ``round_index``; a failure at any point (e.g. metrics that are not JSON values) MUST
+        leave all of it unwritten."""
 
     # models and metrics
     @abstractmethod

@@ -18,17 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from bitfleet import __version__
+from bitfleet.jobstatus import PENDING
 from bitfleet.server.state.base import (
     AgentRecord,
     AlreadyExists,
     DeclineRecord,
     JobRecord,
-    NotFound,
     RoundMetrics,
     RoundRecord,
     StateStore,
     StateVersionError,
     StoreError,
+    UnknownRecord,
     UploadRecord,
 )
 
@@ -203,8 +204,8 @@ class SqliteStore(StateStore):
             try:
                 db.execute(
                     "INSERT INTO jobs (job_id, spec, status, round, created_at, updated_at) "
-                    "VALUES (?, ?, 'pending', 0, ?, ?)",
-                    (job_id, json.dumps(spec), now, now),
+                    "VALUES (?, ?, ?, 0, ?, ?)",
+                    (job_id, json.dumps(spec), PENDING, now, now),
                 )
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"job {job_id!r} already exists") from None
@@ -238,7 +239,7 @@ class SqliteStore(StateStore):
                 (status, reason, self._clock(), job_id),
             )
             if cursor.rowcount != 1:
-                raise NotFound(f"no job {job_id!r}")
+                raise UnknownRecord(f"no job {job_id!r}")
 
     # rounds and uploads
     def open_round(
@@ -248,6 +249,7 @@ class SqliteStore(StateStore):
         attempt: int,
         deadline: float,
         selected: list[str],
+        status: str,
         vote_caps: dict[str, int] | None = None,
     ) -> RoundRecord:
         now = self._clock()
@@ -269,9 +271,8 @@ class SqliteStore(StateStore):
                 ),
             )
             db.execute(
-                "UPDATE jobs SET status = 'running', reason = NULL, updated_at = ? "
-                "WHERE job_id = ?",
-                (now, job_id),
+                "UPDATE jobs SET status = ?, reason = NULL, updated_at = ? WHERE job_id = ?",
+                (status, now, job_id),
             )
         return RoundRecord(job_id, round_index, attempt, now, deadline, selected, caps)
 
@@ -346,7 +347,7 @@ class SqliteStore(StateStore):
                 yield UploadRecord(agent_id, rows[0]["samples"], bytes(rows[0]["payload"]))
 
     def close_round(
-        self, job_id: str, round_index: int, next_model: bytes, metrics: RoundMetrics, final: bool
+        self, job_id: str, round_index: int, next_model: bytes, metrics: RoundMetrics, status: str
     ) -> None:
         now = self._clock()
         with self._transaction() as db:
@@ -376,7 +377,7 @@ class SqliteStore(StateStore):
             )
             db.execute(
                 "UPDATE jobs SET round = ?, status = ?, updated_at = ? WHERE job_id = ?",
-                (round_index + 1, "completed" if final else "running", now, job_id),
+                (round_index + 1, status, now, job_id),
             )
 
     # models and metrics
@@ -407,7 +408,7 @@ class SqliteStore(StateStore):
 
 def _require_job(db: sqlite3.Connection, job_id: str) -> None:
     if db.execute("SELECT 1 FROM jobs WHERE job_id = ?", (job_id,)).fetchone() is None:
-        raise NotFound(f"no job {job_id!r}")
+        raise UnknownRecord(f"no job {job_id!r}")
 
 
 def _require_open_round(db: sqlite3.Connection, job_id: str, round_index: int) -> None:
@@ -417,7 +418,7 @@ def _require_open_round(db: sqlite3.Connection, job_id: str, round_index: int) -
         (job_id, round_index),
     ).fetchone()
     if found is None:
-        raise NotFound(f"job {job_id!r} has no open round {round_index}")
+        raise UnknownRecord(f"job {job_id!r} has no open round {round_index}")
 
 
 def _agent(row: sqlite3.Row) -> AgentRecord:
