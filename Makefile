@@ -13,10 +13,10 @@ FLOOR_BIN := $(FLOOR_VENV)/bin
 FLOOR_STAMP := $(FLOOR_VENV)/.installed
 NUMPY_FLOOR = $(shell sed -n 's/.*"numpy>=\([0-9][0-9.]*\)".*/\1/p' pyproject.toml)
 # The tests that need numpy alone (no broker, coordinator or server extra): kernels, bit-flip
-# and QZO training, tallies, frames and model files, data sets, partitions, fixed point, the
+# and forward-gradient training, tallies, frames and model files, data sets, partitions, fixed point, the
 # local CLI. --noconftest: tests/conftest.py makes a TLS CA for the cluster tests, which
 # would need the server extra.
-FLOOR_TESTS := tests/test_kernels.py tests/test_bitflip.py tests/test_qzo.py \
+FLOOR_TESTS := tests/test_kernels.py tests/test_bitflip.py tests/test_forwardgrad.py \
 	tests/test_fixedpoint.py tests/test_tally.py tests/test_wire.py tests/test_frames.py \
 	tests/test_fuzz_codecs.py tests/test_datasets.py tests/test_partition.py \
 	tests/test_shifts.py tests/test_cli.py tests/test_eval.py tests/test_lastmile_cli.py

@@ -447,14 +447,15 @@ def run_selftest(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from bitfleet.federated import bitflip_config, initial_global_model, new_local_state
+    from bitfleet.algorithms.bitflip import BitFlip, initial_global_model
 
     data = load_dataset(args.data)
     x, y = data.x_train[: args.samples], data.y_train[: args.samples]
     layers = [data.num_features, args.hidden, data.num_classes]
-    config = bitflip_config({}, "binary", 1, seed=0)
+    algorithm = BitFlip()
+    config = algorithm.config({}, "binary", 1, seed=0)
     frame = decode_frame(initial_global_model(layers, config))
-    state = new_local_state("selftest", layers, config)
+    state = algorithm.local("selftest", frame, config)
     started = time.monotonic()
     tensors, meta = state.train_round(frame, 0, config, x, y)
     seconds = time.monotonic() - started

@@ -25,23 +25,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bitfleet import kernels
+from bitfleet.algorithms import ALGORITHMS, LocalTraining
 from bitfleet.edge_agent.backoff import Backoff, Outage
 from bitfleet.edge_agent.journal import Journal, TaskKey
 from bitfleet.edge_agent.outbox import Outbox, Pending
 from bitfleet.edge_agent.transports import Transport, is_outage
 from bitfleet.errors import BitfleetError
-from bitfleet.federated import (
-    LocalBitFlip,
-    TrainingInterrupted,
-    agent_seed,
-    bitflip_config,
-    new_local_state,
-    training_bytes,
-    update_frame,
-)
-from bitfleet.federated_forward import LocalForward, qzo_config
-from bitfleet.frames import Frame, Tensor, decode_frame
-from bitfleet.modelfile import bitmlp_from_frame
+from bitfleet.federated import TrainingInterrupted, agent_seed, update_frame
+from bitfleet.frames import Tensor, decode_frame
 from bitfleet.protocol import TRANSIENT_REASONS, AgentStatus, Decline, Task, UploadReceipt
 
 log = logging.getLogger("bitfleet.agent")
@@ -92,7 +83,7 @@ class AgentRuntime:
     outage: Outage = field(default_factory=Outage)
     done: set[TaskKey] = field(default_factory=set)
     stop: threading.Event = field(default_factory=threading.Event)
-    _jobs: dict[str, LocalBitFlip] = field(default_factory=dict)
+    _jobs: dict[str, LocalTraining[Any]] = field(default_factory=dict)
     _state: dict[str, Any] = field(default_factory=dict)
     _coordinator_returns: int = 0
     _poll_error: str | None = None
@@ -166,34 +157,18 @@ class AgentRuntime:
     def _train_and_upload(self, task: Task) -> UploadReceipt | None:
         started = time.monotonic()
         global_frame = decode_frame(self.transport.fetch_model(task, self.upload_timeout_s))
-        seed = agent_seed(task.seed, task.round, self.agent_id)
-        if task.algorithm == "forward":
-            return self._forward(task, global_frame, seed, started)
-        if task.algorithm != "bitflip":
+        algorithm = ALGORITHMS.get(task.algorithm)
+        if algorithm is None:
             raise BitfleetError(f"algorithm {task.algorithm!r} is not supported by this agent")
-        model = bitmlp_from_frame(global_frame)
-        config = bitflip_config(task.hyperparameters, model.encoding, task.local_epochs, seed)
-        if self._declined(task, training_bytes(model.layer_sizes, config.batch_size)):
+        seed = agent_seed(task.seed, task.round, self.agent_id)
+        weights = algorithm.model_weights(global_frame)
+        config = algorithm.config(task.hyperparameters, weights, task.local_epochs, seed)
+        if self._declined(task, algorithm.memory_needed(global_frame, config)):
             return None
-        state = self._jobs.get(task.job_id)
-        if state is None:
-            state = self._jobs[task.job_id] = new_local_state(
-                task.job_id, model.layer_sizes, config
-            )
-        tensors, meta = state.train_round(
-            global_frame, task.round, config, self.x, self.y, should_stop=self.stop.is_set
-        )
-        return self._upload(task, tensors, meta, started)
-
-    def _forward(
-        self, task: Task, global_frame: Frame, seed: int, started: float
-    ) -> UploadReceipt | None:
-        """QZO-FF on a copy of the global fixed-point model; memory: about two models."""
-        config = qzo_config(task.hyperparameters, task.local_epochs, seed)
-        model_bytes = sum(t.data.nbytes for t in global_frame.tensors.values())
-        if self._declined(task, 2 * model_bytes):
-            return None
-        tensors, meta = LocalForward(task.job_id).train_round(
+        local = self._jobs.get(task.job_id)
+        if local is None:
+            local = self._jobs[task.job_id] = algorithm.local(task.job_id, global_frame, config)
+        tensors, meta = local.train_round(
             global_frame, task.round, config, self.x, self.y, should_stop=self.stop.is_set
         )
         return self._upload(task, tensors, meta, started)

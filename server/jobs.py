@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from bitfleet.errors import ConfigError
 from bitfleet.frames import decode_frame
 from bitfleet.jobstatus import ACTIVE, FAILED, transition
-from bitfleet.server.algorithms import ALGORITHMS, JobAlgorithm
+from bitfleet.server.algorithms import JOB_ALGORITHMS, JobAlgorithm
 from bitfleet.server.datasets import DatasetCache
 from bitfleet.server.errors import NotFound
 from bitfleet.server.jobspec import JobSpec
@@ -50,7 +50,7 @@ class Job:
 
     @property
     def algorithm(self) -> JobAlgorithm:
-        return ALGORITHMS[self.spec.algorithm]
+        return JOB_ALGORITHMS[self.spec.algorithm]
 
 
 class StoredSpecInvalid(ConfigError):
@@ -75,7 +75,7 @@ class JobBook:
                 f"than this coordinator's limit of {self._max_model_weights}: use smaller "
                 "layers, or restart the coordinator with a larger --max-model-weights"
             )
-        algorithm = ALGORITHMS.get(spec.algorithm)
+        algorithm = JOB_ALGORITHMS.get(spec.algorithm)
         if algorithm is None:
             raise ConfigError(f"algorithm {spec.algorithm!r} is not available on this coordinator")
         dataset = self._datasets.get(spec.dataset)

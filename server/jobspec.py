@@ -5,12 +5,12 @@ from __future__ import annotations
 from itertools import pairwise
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
+from bitfleet.algorithms import ALGORITHMS, algorithm_named
 from bitfleet.errors import ConfigError
-from bitfleet.federated import bitflip_config
-from bitfleet.federated_forward import qzo_config
 
+ALGORITHM_NAMES: list[JsonValue] = [*sorted(ALGORITHMS)]
 EXAMPLE_JOB: dict[str, Any] = {
     "name": "fmnist-binary",
     "algorithm": "bitflip",
@@ -54,7 +54,12 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_JOB]})
 
     name: str = Field(min_length=1, max_length=200)
-    algorithm: Literal["bitflip", "forward"] = "bitflip"
+    algorithm: str = Field(
+        "bitflip",
+        description="the training algorithm: bitflip trains binary/ternary weights from "
+        "scratch, forward adapts a pretrained int16/int8 model",
+        json_schema_extra={"enum": ALGORITHM_NAMES},
+    )
     model: ModelSpec
     dataset: str = Field(
         "fashion-mnist", description="held-out test split the coordinator evaluates on"
@@ -87,6 +92,14 @@ class JobSpec(BaseModel):
         None, description="base64 of a .bfm model frame to start from (forward jobs)"
     )
 
+    @field_validator("algorithm")
+    @classmethod
+    def _known_algorithm(cls, name: str) -> str:
+        try:
+            return algorithm_named(name).name
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
+
     @model_validator(mode="after")
     def _counts(self) -> JobSpec:
         if self.min_agents > self.agents_per_round:
@@ -96,11 +109,14 @@ class JobSpec(BaseModel):
             )
         if self.quorum is not None and not self.min_agents <= self.quorum <= self.agents_per_round:
             raise ValueError("quorum must lie between min_agents and agents_per_round")
-        bit_weights = self.model.weights in ("binary", "ternary")
-        if (self.algorithm == "bitflip") != bit_weights:
+        trains = ALGORITHMS[self.algorithm].weights
+        if self.model.weights not in trains:
+            everyone = ", ".join(
+                f"{a.name} trains {'/'.join(a.weights)}" for a in ALGORITHMS.values()
+            )
             raise ValueError(
                 f"algorithm {self.algorithm!r} does not train {self.model.weights!r} weights: "
-                "bitflip trains binary/ternary, forward trains int16/int8"
+                + everyone
             )
         return self
 
@@ -108,12 +124,9 @@ class JobSpec(BaseModel):
     def _hyperparameters(self) -> JobSpec:
         """The agents' own check, run at submission: a job every agent would refuse (or
         crash on) is refused here instead."""
+        algorithm = ALGORITHMS[self.algorithm]
         try:
-            if self.algorithm == "bitflip":
-                weights = self.model.weights
-                bitflip_config(self.hyperparameters, weights, self.local_epochs, self.seed)
-            else:
-                qzo_config(self.hyperparameters, self.local_epochs, self.seed)
+            algorithm.config(self.hyperparameters, self.model.weights, self.local_epochs, self.seed)
         except ConfigError as error:
             raise ValueError(str(error)) from None
         return self

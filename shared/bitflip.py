@@ -28,10 +28,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bitfleet import kernels
+from bitfleet.bitmlp import ENCODINGS, BitMLP, PackedLayer
 from bitfleet.classifier import validate_layer_sizes
 from bitfleet.errors import ConfigError
 from bitfleet.intmath import int_matmul
-from bitfleet.models import ENCODINGS, BitMLP, PackedLayer
 from bitfleet.options import require_int, require_type
 from bitfleet.training import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_SEED, Loop, Trainer
 

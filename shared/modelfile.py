@@ -18,12 +18,12 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from bitfleet.bitmlp import BitMLP, PackedLayer
 from bitfleet.classifier import Classifier
 from bitfleet.errors import ConfigError, ModelFileError
 from bitfleet.fixedpoint import FixedLayer, FixedMLP
 from bitfleet.floatmlp import FloatMLP
 from bitfleet.frames import KIND_MODEL, Frame, Tensor, decode_frame, encode_frame, excerpt
-from bitfleet.models import BitMLP, PackedLayer
 
 MODEL_TYPE_BITMLP = "bitmlp"
 MODEL_TYPE_FLOATMLP = "floatmlp"

@@ -51,6 +51,7 @@ from bitfleet.bitpack import (
 )
 from bitfleet.errors import BitfleetError
 from bitfleet.frames import MAX_DIM, MAX_ELEMENTS, PACKED_PLANES, Tensor
+from bitfleet.options import is_whole
 
 # Counts are decoded to int64: the total weight (the largest possible count) stays below.
 MAX_TOTAL_WEIGHT = (1 << 62) - 1
@@ -78,7 +79,6 @@ _ONES.flags.writeable = False
 Result = TypeVar("Result")
 
 # Fixed-point weight dtypes a voted step applies to (int64 arithmetic cannot overflow).
-_STEP_DTYPES = (np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.int32))
 
 
 class TallyError(BitfleetError):
@@ -182,7 +182,8 @@ class LayerTally:
     def step_vote(self) -> NDArray[np.int8]:
         """The voted sign of change (+1, -1, 0) of a forward-gradient job's ternary planes.
 
-        A tie makes no step (0), which is what :func:`apply_voted_step` expects.
+        A tie makes no step (0), which is what
+        :func:`bitfleet.algorithms.forward.apply_voted_step` expects.
         """
         if self.encoding != "ternary":
             raise TallyError("step votes count ternary sign-of-change planes, not binary ones")
@@ -441,44 +442,6 @@ class ModelTally:
         return voted
 
 
-def apply_voted_step(
-    weights: NDArray[np.signedinteger[Any]],
-    vote: NDArray[np.integer],
-    step: int,
-    low: int,
-    high: int,
-) -> NDArray[np.signedinteger[Any]]:
-    """``clip(weights + step * vote, low, high)``, in the weights' own integer dtype.
-
-    A forward-gradient round votes on the sign of each weight's change (+1 increase, -1
-    decrease, 0 unchanged); the coordinator moves its fixed-point weights ``step`` units
-    that way, saturating at ``[low, high]`` like the agents' own updates, so a weight never
-    wraps around. Returns a new array.
-    """
-    if not isinstance(weights, np.ndarray) or weights.dtype not in _STEP_DTYPES:
-        raise TallyError("weights must be an int8, int16 or int32 (fixed-point) array")
-    if not isinstance(vote, np.ndarray) or not np.issubdtype(vote.dtype, np.integer):
-        raise TallyError("the vote must be an integer array of -1/0/+1")
-    if vote.shape != weights.shape:
-        raise TallyError(f"the vote has shape {vote.shape}, the weights {weights.shape}")
-    if not np.all(np.abs(vote) <= 1):
-        raise TallyError("a step vote may only hold -1, 0 and +1")
-    info = np.iinfo(weights.dtype)
-    if not all(_is_int(bound) for bound in (low, high)) or not info.min <= low <= high <= info.max:
-        raise TallyError(
-            f"need integer bounds {info.min} <= low <= high <= {info.max} for {weights.dtype}, "
-            f"got low={low!r} high={high!r}"
-        )
-    if not _is_int(step) or not 0 < step <= info.max - info.min:
-        raise TallyError(f"step must be a positive integer up to {info.max - info.min}")
-    moved = weights.astype(np.int64) + np.int64(step) * vote.astype(np.int64)
-    return np.clip(moved, low, high).astype(weights.dtype)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
 def _check_spec(encoding: str, rows: int, columns: int) -> None:
     if encoding not in PACKED_PLANES:
         raise TallyError(
@@ -486,14 +449,14 @@ def _check_spec(encoding: str, rows: int, columns: int) -> None:
             f"{', '.join(PACKED_PLANES)}, got {encoding!r}"
         )
     for dim in (rows, columns):
-        if not _is_int(dim) or not 0 < dim <= MAX_DIM:
+        if not is_whole(dim) or not 0 < dim <= MAX_DIM:
             raise TallyError(f"rows and columns must be integers in 1..{MAX_DIM}, got {dim!r}")
     if rows * columns > MAX_ELEMENTS:
         raise TallyError(f"a {rows}x{columns} tensor exceeds {MAX_ELEMENTS} weights")
 
 
 def _checked_weight(weight: int, total: int) -> int:
-    if not _is_int(weight) or weight < 1:
+    if not is_whole(weight) or weight < 1:
         raise TallyError(
             f"a vote weight must be a positive integer (e.g. the agent's sample count, "
             f"or 1 for unweighted votes), got {weight!r}"

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
+from bitfleet.algorithms.bitflip import INPUT_MEAN
+from bitfleet.bitmlp import PackedLayer
 from bitfleet.datasets import load_dataset
 from bitfleet.edge_agent.runtime import AgentRuntime
-from bitfleet.federated import INPUT_MEAN, update_frame
+from bitfleet.federated import update_frame
 from bitfleet.frames import Tensor, decode_frame
 from bitfleet.httpclient import ApiClient, ApiError
 from bitfleet.modelfile import bitmlp_from_frame
-from bitfleet.models import PackedLayer
 from bitfleet.partition import partition
 from bitfleet.server.cli import main as bitfleet_main
 from tests.cluster import Coordinator

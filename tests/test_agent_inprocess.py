@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bitfleet.algorithms.bitflip import bitflip_config, initial_global_model
 from bitfleet.edge_agent.backoff import Backoff
 from bitfleet.edge_agent.journal import Journal
 from bitfleet.edge_agent.outbox import Outbox
@@ -32,10 +33,9 @@ from bitfleet.edge_agent.transports.mock import (
     Request,
     Upload,
 )
-from bitfleet.federated import bitflip_config, initial_global_model
 from bitfleet.frames import KIND_UPDATE, decode_frame
 from bitfleet.protocol import RESENT, Task, UploadReceipt
-from bitfleet.server.algorithms import ALGORITHMS
+from bitfleet.server.algorithms import JOB_ALGORITHMS
 from tests.manual import shards
 
 AGENT, SECRET = "pi-1", "pi-1-secret"
@@ -151,7 +151,7 @@ def test_a_task_is_downloaded_trained_and_uploaded_signed(
     frame = decode_frame(upload.frame, secret_for=lambda meta: SECRET.encode())
     assert frame.kind == KIND_UPDATE and frame.signed
     assert frame.meta == {"agent_id": AGENT, "job_id": "job-1", "round": 0, "samples": len(data[1])}
-    ALGORITHMS["bitflip"].check_update(decode_frame(model), frame)  # fits the global model
+    JOB_ALGORITHMS["bitflip"].check_update(decode_frame(model), frame)  # fits the global model
     assert _events(tmp_path) == ["started", "uploaded"]
     assert Journal(tmp_path).entries()[-1]["outcome"] == "accepted"
     states = [r.status.state for r in transport.sent(Announce)]

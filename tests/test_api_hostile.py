@@ -23,15 +23,16 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from bitfleet.algorithms.bitflip import INPUT_MEAN, bitflip_config
+from bitfleet.algorithms.forward import forward_config
+from bitfleet.bitmlp import PackedLayer
 from bitfleet.errors import ConfigError, DataError, ModelFileError
-from bitfleet.federated import INPUT_MEAN, bitflip_config, update_frame
-from bitfleet.federated_forward import qzo_config
+from bitfleet.federated import update_frame
 from bitfleet.fixedpoint import INPUT_EXP, FixedLayer, FixedMLP
 from bitfleet.frames import FLAG_SIGNED, KIND_UPDATE, MAGIC, SIGNATURE_BYTES, Tensor, decode_frame
 from bitfleet.jobstatus import JobConflict
 from bitfleet.modelfile import bitmlp_from_frame, fixedmlp_to_frame
-from bitfleet.models import PackedLayer
-from bitfleet.server.algorithms import ALGORITHMS
+from bitfleet.server.algorithms import JOB_ALGORITHMS
 from bitfleet.server.api.app import DEFAULT_LIMITS, create_app
 from bitfleet.server.api.limits import DEFAULT_MAX_REQUEST_BYTES, ApiLimits
 from bitfleet.server.errors import NotFound
@@ -245,7 +246,7 @@ def test_agents_refuse_the_same_hyperparameters_with_the_same_check() -> None:
     with pytest.raises(ConfigError, match="batch_size must be a whole number"):
         bitflip_config({"batch_size": 2.5}, "binary", 1, 0)
     with pytest.raises(ConfigError, match="perturbations must be at least 1"):
-        qzo_config({"perturbations": 0}, 1, 0)
+        forward_config({"perturbations": 0}, 1, 0)
     assert bitflip_config({"state_bits": 8, "lr": 4}, "ternary", 2, 1).state_bits == 8
 
 
@@ -255,7 +256,7 @@ def test_a_model_over_the_weight_limit_is_refused_before_it_is_built(
     def never(*_: object) -> bytes:
         raise AssertionError("the initial model was built")
 
-    monkeypatch.setattr(ALGORITHMS["bitflip"], "initial_model", never)
+    monkeypatch.setattr(JOB_ALGORITHMS["bitflip"], "initial_model", never)
     huge = {**JOB, "model": {"layers": [784, 65536, 65536, 10], "weights": "binary"}}
     refused = client.post("/api/v1/jobs", json=huge)
     assert refused.status_code == 422

@@ -24,7 +24,6 @@ from bitfleet.tally import (
     ModelTally,
     TallyError,
     _feed_schedule,
-    apply_voted_step,
 )
 
 TWINS = [reference] + ([kernels.fast] if kernels.fast is not None else [])
@@ -235,43 +234,15 @@ def test_result_planes_are_the_packed_result_with_zero_padding(twin: object, enc
     assert planes.dtype == np.uint64 and planes.shape == (len(planes), 4, words_for(70))
 
 
-def test_step_vote_and_apply_voted_step(twin: object) -> None:
+def test_step_vote(twin: object) -> None:
     increase, decrease = np.ones((1, 4), dtype=np.int8), -np.ones((1, 4), dtype=np.int8)
     tally = _filled("ternary", (1, 4), [increase, increase, decrease, decrease], [1, 2, 1, 1])
     vote = tally.step_vote()
     np.testing.assert_array_equal(vote, increase)
     tally.add(_packed(decrease, "ternary"))
     np.testing.assert_array_equal(tally.step_vote(), np.zeros((1, 4)))  # a tie: no step
-    weights = np.array([[100, -100, 32767, -32768]], dtype=np.int16)
-    moved = apply_voted_step(weights, np.array([[1, -1, 1, -1]], np.int8), 16, -32768, 32767)
-    assert moved.dtype == np.int16
-    np.testing.assert_array_equal(moved, [[116, -116, 32767, -32768]])
-    small = np.array([[120, -120, 5]], dtype=np.int8)
-    np.testing.assert_array_equal(
-        apply_voted_step(small, np.array([[1, -1, 0]], np.int8), 10, -127, 127),
-        [[127, -127, 5]],
-    )
     with pytest.raises(TallyError, match="binary"):
         LayerTally("binary", 1, 4).step_vote()
-
-
-@pytest.mark.parametrize(
-    ("weights", "vote", "step", "low", "high"),
-    [
-        (np.zeros(3, np.float32), np.zeros(3, np.int8), 1, -8, 7),
-        (np.zeros(3, np.int64), np.zeros(3, np.int8), 1, -8, 7),
-        (np.zeros(3, np.int16), np.zeros(4, np.int8), 1, -8, 7),
-        (np.zeros(3, np.int16), np.array([0, 2, 0], np.int8), 1, -8, 7),
-        (np.zeros(3, np.int16), np.zeros(3, np.int8), 0, -8, 7),
-        (np.zeros(3, np.int16), np.zeros(3, np.int8), 1, 7, -8),
-        (np.zeros(3, np.int8), np.zeros(3, np.int8), 1, -8, 300),
-    ],
-)
-def test_apply_voted_step_refuses_bad_arguments(
-    weights: np.ndarray, vote: np.ndarray, step: int, low: int, high: int
-) -> None:
-    with pytest.raises(TallyError):
-        apply_voted_step(weights, vote, step, low, high)
 
 
 # --- merge ---------------------------------------------------------------------------

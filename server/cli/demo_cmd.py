@@ -13,6 +13,7 @@ import base64
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,65 @@ from bitfleet.server.cli.output import print_json
 from bitfleet.server.cli.tls_cmd import load_tlsca
 from bitfleet.server.localcluster import AgentProcess, Broker, Coordinator
 
-# Federated rounds average away part of each agent's progress; a longer counter memory
-# (8 bits) keeps the global model moving: 84.6 % after 20 rounds where 5 bits gave 81.2 %.
-DEMO_HYPERPARAMETERS = {"state_bits": 8}
+
+@dataclass(frozen=True)
+class Scenario:
+    """What the demo trains with one algorithm, unless the command line says otherwise."""
+
+    weights: str
+    hidden: int
+    local_epochs: int
+    hyperparameters: dict[str, Any]
+    # The last mile: pretrain on clean data here, adapt on the agents' shifted data.
+    pretrained: bool
+
+
+SCENARIOS = {
+    # Federated rounds average away part of each agent's progress; a longer counter memory
+    # (8 bits) keeps the global model moving: 84.6 % after 20 rounds where 5 bits gave 81.2 %.
+    "bitflip": Scenario("binary", 512, 1, {"state_bits": 8}, pretrained=False),
+    "forward": Scenario("int16", 128, 5, {}, pretrained=True),
+}
+
+
+@dataclass
+class Plan:
+    """One demo run: the command line resolved against its algorithm's scenario, and what
+    the run learns before its job starts (the pretrained model's accuracies)."""
+
+    algorithm: str
+    scenario: Scenario
+    agents: int
+    rounds: int
+    hidden: int
+    local_epochs: int
+    dataset: str
+    partition: str
+    alpha: float
+    seed: int
+    pretraining: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Plan:
+        if args.agents < 1 or args.rounds < 1:
+            raise ConfigError("--agents and --rounds must be at least 1")
+        scenario = SCENARIOS[args.algorithm]
+        return cls(
+            algorithm=args.algorithm,
+            scenario=scenario,
+            agents=args.agents,
+            rounds=args.rounds,
+            hidden=args.hidden or scenario.hidden,
+            local_epochs=args.local_epochs or scenario.local_epochs,
+            dataset=f"fashion-mnist:{args.shift}" if scenario.pretrained else "fashion-mnist",
+            partition=args.partition,
+            alpha=args.alpha,
+            seed=args.seed,
+        )
+
+    @property
+    def scheme(self) -> str:
+        return f"dirichlet alpha={self.alpha}" if self.partition == "dirichlet" else self.partition
 
 
 def register(subparsers: Any) -> None:
@@ -46,7 +103,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--rounds", type=int, default=20, help="training rounds (default 20)")
     parser.add_argument(
         "--algorithm",
-        choices=("bitflip", "forward"),
+        choices=sorted(SCENARIOS),
         default="bitflip",
         help="bitflip: binary network from scratch; forward: pretrain a fixed-point "
         "784-HIDDEN-10 on clean data, then adapt it with QZO-FF on the agents' shifted data",
@@ -131,26 +188,21 @@ class Display:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.agents < 1 or args.rounds < 1:
-        raise ConfigError("--agents and --rounds must be at least 1")
+    plan = Plan.from_args(args)
     display = Display(quiet=args.json)
     started = time.monotonic()
     workdir = _fresh(args.workdir)
-    forward = args.algorithm == "forward"
-    args.hidden = args.hidden or (128 if forward else 512)
-    args.local_epochs = args.local_epochs or (5 if forward else 1)
-    args.dataset = f"fashion-mnist:{args.shift}" if forward else "fashion-mnist"
-    dataset = load_dataset(args.dataset)
+    dataset = load_dataset(plan.dataset)
     parts = partition(
-        dataset.y_train, args.agents, args.partition, alpha=args.alpha, seed=args.seed
+        dataset.y_train, plan.agents, plan.partition, alpha=plan.alpha, seed=plan.seed
     )
     paths = write_partitions(dataset, parts, workdir / "partitions")
     display.say(
-        f"bitfleet demo: {args.agents} agents, {args.dataset} ({_scheme(args)}), "
-        f"{'int16' if forward else 'binary'} 784-{args.hidden}-10, {args.rounds} rounds; "
+        f"bitfleet demo: {plan.agents} agents, {plan.dataset} ({plan.scheme}), "
+        f"{plan.scenario.weights} 784-{plan.hidden}-10, {plan.rounds} rounds; "
         f"logs in {workdir}"
     )
-    initial = _pretrained(args, display) if forward else None
+    initial = _pretrained(plan, display) if plan.scenario.pretrained else None
     for index, part in enumerate(parts):
         histogram = label_histogram(dataset.y_train[part], dataset.num_classes)
         display.say(f"  agent-{index}: {len(part):6d} samples, classes {histogram.tolist()}")
@@ -165,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
         display.say(f"broker {broker.agent_url}, coordinator {coordinator.url} (TLS, CA {ca.ca})")
         agents = _start_agents(coordinator, broker, paths, workdir)
         coordinator.wait_online(len(agents), agents=agents)
-        spec = _job_spec(args, initial)
+        spec = _job_spec(plan, initial)
         job_id = coordinator.api.request("POST", "/api/v1/jobs", json_body=spec).json()["id"]
         display.say(f"job {job_id} submitted; every agent trains on its own data each round")
         job = _follow(coordinator, job_id, display, started)
@@ -174,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
         model_path = workdir / "model.bfm"
         frame = coordinator.api.request("GET", f"/api/v1/jobs/{job_id}/model").body
         save_model(model_path, frame)
-        summary = _summary(job, args, model_path, time.monotonic() - started)
+        summary = _summary(job, plan, model_path, time.monotonic() - started)
         if args.json:
             print_json(summary)
         else:
@@ -200,10 +252,6 @@ def _fresh(workdir: Path) -> Path:
     return workdir.resolve()
 
 
-def _scheme(args: argparse.Namespace) -> str:
-    return f"dirichlet alpha={args.alpha}" if args.partition == "dirichlet" else args.partition
-
-
 def _start_agents(
     coordinator: Coordinator, broker: Broker, paths: list[Path], workdir: Path
 ) -> list[AgentProcess]:
@@ -219,35 +267,36 @@ def _start_agents(
     ]
 
 
-def _pretrained(args: argparse.Namespace, display: Display) -> bytes:
+def _pretrained(plan: Plan, display: Display) -> bytes:
     """The cloud side of the last mile: backprop on clean data, quantized to int16."""
-    clean, shifted = load_dataset("fashion-mnist"), load_dataset(args.dataset)
+    clean, shifted = load_dataset("fashion-mnist"), load_dataset(plan.dataset)
     _, model = pretrain(
-        clean.x_train, clean.y_train, [784, args.hidden, 10], 16, FloatConfig(seed=args.seed)
+        clean.x_train, clean.y_train, [784, plan.hidden, 10], 16, FloatConfig(seed=plan.seed)
     )
-    args.clean_accuracy = model.accuracy(clean.x_test, clean.y_test)
-    args.zero_shot_accuracy = model.accuracy(shifted.x_test, shifted.y_test)
+    plan.pretraining = {
+        "clean_accuracy": model.accuracy(clean.x_test, clean.y_test),
+        "zero_shot_accuracy": model.accuracy(shifted.x_test, shifted.y_test),
+    }
     display.say(
-        f"pretrained on clean data: {args.clean_accuracy:.4f} clean, "
-        f"{args.zero_shot_accuracy:.4f} zero-shot on {args.dataset}"
+        f"pretrained on clean data: {plan.pretraining['clean_accuracy']:.4f} clean, "
+        f"{plan.pretraining['zero_shot_accuracy']:.4f} zero-shot on {plan.dataset}"
     )
     return fixedmlp_to_frame(model)
 
 
-def _job_spec(args: argparse.Namespace, initial: bytes | None) -> dict[str, Any]:
-    forward = initial is not None
+def _job_spec(plan: Plan, initial: bytes | None) -> dict[str, Any]:
     spec: dict[str, Any] = {
-        "name": f"demo-{args.algorithm}",
-        "algorithm": args.algorithm,
-        "model": {"layers": [784, args.hidden, 10], "weights": "int16" if forward else "binary"},
-        "dataset": args.dataset,
-        "rounds": args.rounds,
-        "agents_per_round": args.agents,
-        "min_agents": max(1, args.agents - 1),
+        "name": f"demo-{plan.algorithm}",
+        "algorithm": plan.algorithm,
+        "model": {"layers": [784, plan.hidden, 10], "weights": plan.scenario.weights},
+        "dataset": plan.dataset,
+        "rounds": plan.rounds,
+        "agents_per_round": plan.agents,
+        "min_agents": max(1, plan.agents - 1),
         "round_deadline_s": 600,
-        "local_epochs": args.local_epochs,
-        "seed": args.seed,
-        "hyperparameters": {} if forward else DEMO_HYPERPARAMETERS,
+        "local_epochs": plan.local_epochs,
+        "seed": plan.seed,
+        "hyperparameters": dict(plan.scenario.hyperparameters),
     }
     if initial is not None:
         spec["initial_model"] = base64.b64encode(initial).decode()
@@ -265,24 +314,18 @@ def _follow(
         time.sleep(0.5)
 
 
-def _summary(
-    job: dict[str, Any], args: argparse.Namespace, model_path: Path, seconds: float
-) -> dict[str, Any]:
+def _summary(job: dict[str, Any], plan: Plan, model_path: Path, seconds: float) -> dict[str, Any]:
     metrics = job["metrics"]
     return {
         "job_id": job["id"],
         "final_test_accuracy": metrics[-1]["test_accuracy"],
         "accuracy_per_round": [m["test_accuracy"] for m in metrics],
         "rounds": len(metrics),
-        "agents": args.agents,
-        "partition": _scheme(args),
-        "algorithm": args.algorithm,
-        "dataset": args.dataset,
-        **{
-            key: getattr(args, key)
-            for key in ("clean_accuracy", "zero_shot_accuracy")
-            if hasattr(args, key)
-        },
+        "agents": plan.agents,
+        "partition": plan.scheme,
+        "algorithm": plan.algorithm,
+        "dataset": plan.dataset,
+        **plan.pretraining,
         "bytes_up": sum(m["bytes_up"] for m in metrics),
         "bytes_down": sum(m["bytes_down"] for m in metrics),
         "model_path": str(model_path),

@@ -25,16 +25,16 @@ from bitfleet.datasets import BUILTIN_DATASETS, Dataset, load_dataset
 from bitfleet.errors import ConfigError
 from bitfleet.fixedpoint import WEIGHT_BITS, FixedMLP, dequantize
 from bitfleet.floatmlp import FloatConfig, FloatMLP, FloatTrainer
+from bitfleet.forwardgrad import ForwardConfig, ForwardTrainer
 from bitfleet.pretraining import pretrain
-from bitfleet.qzo import QZOConfig, QZOTrainer
-from bitfleet.server.cli.output import ProgressBar, print_json
-from bitfleet.server.cli.pretrain_cmd import DEFAULT_HIDDEN
-from bitfleet.server.cli.qzo_options import (
-    add_qzo_arguments,
+from bitfleet.server.cli.forward_options import (
+    add_forward_arguments,
+    config_from_args,
     load_fixed_model,
     memory_fields,
-    qzo_config,
 )
+from bitfleet.server.cli.output import ProgressBar, print_json
+from bitfleet.server.cli.pretrain_cmd import DEFAULT_HIDDEN
 from bitfleet.shifts import SHIFT_NAMES, parse_shift
 
 DEFAULT_SAMPLES = 8000
@@ -95,7 +95,7 @@ def register(subparsers: Any) -> None:
         help="weight bits of the model pretrained here (default %(default)s)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    add_qzo_arguments(parser, with_common=True)
+    add_forward_arguments(parser, with_common=True)
     parser.set_defaults(func=run)
 
 
@@ -118,10 +118,10 @@ def run(args: argparse.Namespace) -> int:
     clock = time.monotonic()
     initial = _pretrained(args, base, pool)
     timings["pretrain_seconds"] = time.monotonic() - clock
-    config = qzo_config(args, args.epochs, args.lr)
+    config = config_from_args(args, args.epochs, args.lr)
 
     clock = time.monotonic()
-    trainer = QZOTrainer(initial.copy(), config)
+    trainer = ForwardTrainer(initial.copy(), config)
     adapted = trainer.fit(x_adapt, y_adapt, on_batch=_progress("QZO-FF adaptation"))
     timings["forward_seconds"] = time.monotonic() - clock
 
@@ -218,7 +218,7 @@ def _progress(label: str) -> Callable[[int, int], None]:
     return on_batch
 
 
-def _config_fields(config: QZOConfig) -> dict[str, Any]:
+def _config_fields(config: ForwardConfig) -> dict[str, Any]:
     names = ("perturbations", "train_layers", "density", "eps", "lr", "schedule", "epochs")
     return {
         **{name: getattr(config, name) for name in names},

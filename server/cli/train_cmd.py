@@ -12,16 +12,16 @@ from bitfleet.cliargs import non_negative_int, output_file, positive_float, posi
 from bitfleet.datasets import MAX_VALIDATION, Dataset, carve_validation
 from bitfleet.errors import ConfigError
 from bitfleet.floatmlp import FloatConfig, FloatTrainer
+from bitfleet.forwardgrad import ForwardConfig, ForwardTrainer
 from bitfleet.modelfile import Model, model_to_frame, save_model
-from bitfleet.qzo import QZOConfig, QZOTrainer
 from bitfleet.server.cli.data_options import add_data_arguments, load_data
-from bitfleet.server.cli.output import ProgressBar, print_json
-from bitfleet.server.cli.qzo_options import (
-    add_qzo_arguments,
+from bitfleet.server.cli.forward_options import (
+    add_forward_arguments,
+    config_from_args,
     load_fixed_model,
     memory_fields,
-    qzo_config,
 )
+from bitfleet.server.cli.output import ProgressBar, print_json
 from bitfleet.training import EpochReport
 
 DEFAULT_HIDDEN = 512
@@ -53,7 +53,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--epochs",
         type=positive_int,
-        help=f"epochs (default 20 bitflip, 8 float, {QZOConfig.epochs} forward)",
+        help=f"epochs (default 20 bitflip, 8 float, {ForwardConfig.epochs} forward)",
     )
     parser.add_argument(
         "--state-bits",
@@ -64,7 +64,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--lr",
         type=positive_float,
-        help=f"learning rate (default 2.0 bitflip, 0.05 float, {QZOConfig.lr} forward)",
+        help=f"learning rate (default 2.0 bitflip, 0.05 float, {ForwardConfig.lr} forward)",
     )
     parser.add_argument("--batch-size", type=positive_int, default=100)
     parser.add_argument(
@@ -76,7 +76,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--out", type=output_file, help="write the trained model to this .bfm file")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    add_qzo_arguments(parser, with_common=False)
+    add_forward_arguments(parser, with_common=False)
     parser.set_defaults(func=run)
 
 
@@ -96,15 +96,17 @@ def run(args: argparse.Namespace) -> int:
     if (args.algo == "forward") != (args.init is not None):
         raise ConfigError("--init FILE goes with --algo forward, and --algo forward needs it")
 
-    trainer: BitFlipTrainer | FloatTrainer | QZOTrainer
+    trainer: BitFlipTrainer | FloatTrainer | ForwardTrainer
     extra: dict[str, Any] = {}
     if args.algo == "forward":
         initial = load_fixed_model(args.init)
         layers = initial.layer_sizes
         if args.layers is not None and parse_layers(args.layers, dataset) != layers:
             raise ConfigError(f"--layers {args.layers} does not match {args.init} ({layers})")
-        config = qzo_config(args, args.epochs or QZOConfig.epochs, args.lr or QZOConfig.lr)
-        trainer = QZOTrainer(initial.copy(), config)
+        config = config_from_args(
+            args, args.epochs or ForwardConfig.epochs, args.lr or ForwardConfig.lr
+        )
+        trainer = ForwardTrainer(initial.copy(), config)
         epochs, state_bits = config.epochs, initial.weight_bits
         extra = {
             "init": args.init,
@@ -164,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
 
     summary = _summary(args, dataset, model, layers, history, train_seconds, len(y_fit))
     summary.update(extra)
-    if isinstance(trainer, QZOTrainer):
+    if isinstance(trainer, ForwardTrainer):
         summary["forward_passes"] = trainer.forward_passes
     summary["train_accuracy"] = model.accuracy(x_fit, y_fit)
     summary["epochs"], summary["state_bits"] = epochs, state_bits
@@ -193,7 +195,7 @@ def _summary(
     scored = [r for r in history if r.val_accuracy is not None]
     best = max(scored, key=lambda r: r.val_accuracy or 0.0) if scored else history[-1]
     if args.algo == "forward":
-        best = history[-1]  # forward training returns its last epoch (see shared/qzo.py)
+        best = history[-1]  # forward training returns its last epoch (see shared/forwardgrad.py)
     return {
         "algo": args.algo,
         "weights": args.weights if args.algo == "bitflip" else "float32",

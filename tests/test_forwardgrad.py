@@ -16,9 +16,9 @@ from bitfleet.datasets import Dataset, load_dataset
 from bitfleet.errors import ConfigError
 from bitfleet.fixedpoint import FixedLayer, FixedMLP, quantize
 from bitfleet.floatmlp import FloatConfig, FloatTrainer
+from bitfleet.forwardgrad import ForwardConfig, ForwardTrainer, hinge_sum, measure_memory, step_keys
 from bitfleet.kernels import reference
 from bitfleet.modelfile import model_to_frame
-from bitfleet.qzo import QZOConfig, QZOTrainer, hinge_sum, measure_memory, step_keys
 from bitfleet.shifts import rotate_images
 from bitfleet.training import EpochReport
 
@@ -44,8 +44,8 @@ def rotated(digits: Dataset) -> tuple[np.ndarray, np.ndarray]:
 
 def _train(
     model: FixedMLP, x: np.ndarray, y: np.ndarray, **options: object
-) -> tuple[QZOTrainer, FixedMLP]:
-    trainer = QZOTrainer(model.copy(), QZOConfig(**options))  # type: ignore[arg-type]
+) -> tuple[ForwardTrainer, FixedMLP]:
+    trainer = ForwardTrainer(model.copy(), ForwardConfig(**options))  # type: ignore[arg-type]
     return trainer, trainer.fit(x, y)
 
 
@@ -100,7 +100,7 @@ def test_perturbations_regenerate_from_the_seed_and_undo_exactly() -> None:
 def test_the_trainer_stores_no_perturbation(pretrained: FixedMLP, rotated: tuple) -> None:
     """Every array the trainer holds is one of the model's own tensors."""
     x, y = rotated
-    trainer = QZOTrainer(pretrained.copy(), QZOConfig(train_layers=0, perturbations=8))
+    trainer = ForwardTrainer(pretrained.copy(), ForwardConfig(train_layers=0, perturbations=8))
     trainer.train_batch(x[:100], y[:100])
     own = [t for layer in trainer.model.layers for t in (layer.weights, layer.bias)]
     held = [v for v in vars(trainer).values() if isinstance(v, np.ndarray)]
@@ -139,8 +139,8 @@ def _changed(before: FixedMLP, after: FixedMLP) -> list[tuple[float, float]]:
 def test_options_have_their_effect(pretrained: FixedMLP, rotated: tuple) -> None:
     x, y = rotated[0][:100], rotated[1][:100]
 
-    def one_step(**options: object) -> tuple[QZOTrainer, list[tuple[float, float]]]:
-        trainer = QZOTrainer(pretrained.copy(), QZOConfig(**options))  # type: ignore[arg-type]
+    def one_step(**options: object) -> tuple[ForwardTrainer, list[tuple[float, float]]]:
+        trainer = ForwardTrainer(pretrained.copy(), ForwardConfig(**options))  # type: ignore[arg-type]
         trainer.train_batch(x, y)
         return trainer, _changed(pretrained, trainer.model)
 
@@ -163,9 +163,14 @@ def test_options_have_their_effect(pretrained: FixedMLP, rotated: tuple) -> None
 
 
 def test_schedules() -> None:
-    assert [QZOConfig(schedule="constant").lr_scale(s, 4) for s in range(4)] == [1.0] * 4
-    assert [QZOConfig(schedule="linear").lr_scale(s, 4) for s in range(4)] == [1, 0.75, 0.5, 0.25]
-    cosine = [QZOConfig(schedule="cosine").lr_scale(s, 4) for s in range(5)]
+    assert [ForwardConfig(schedule="constant").lr_scale(s, 4) for s in range(4)] == [1.0] * 4
+    assert [ForwardConfig(schedule="linear").lr_scale(s, 4) for s in range(4)] == [
+        1,
+        0.75,
+        0.5,
+        0.25,
+    ]
+    cosine = [ForwardConfig(schedule="cosine").lr_scale(s, 4) for s in range(5)]
     assert cosine[0] == 1.0 and cosine[2] == pytest.approx(0.5) and cosine[4] == 0.0
 
 
@@ -193,7 +198,7 @@ def test_bad_options_are_clear_errors(
     pretrained: FixedMLP, options: dict[str, object], message: str
 ) -> None:
     with pytest.raises(ConfigError, match=message):
-        QZOTrainer(pretrained.copy(), QZOConfig(**options))  # type: ignore[arg-type]
+        ForwardTrainer(pretrained.copy(), ForwardConfig(**options))  # type: ignore[arg-type]
 
 
 def test_int8_models_train_with_sub_unit_steps(digits: Dataset, rotated: tuple) -> None:
@@ -201,13 +206,13 @@ def test_int8_models_train_with_sub_unit_steps(digits: Dataset, rotated: tuple) 
     model = quantize(trainer.fit(digits.x_train, digits.y_train), digits.x_train, 8)
     x, y = rotated
     with pytest.raises(ConfigError, match="steps of an int8 weight"):
-        QZOTrainer(model.copy(), QZOConfig(eps=64))
+        ForwardTrainer(model.copy(), ForwardConfig(eps=64))
     _, adapted = _train(model, x, y, perturbations=8, lr=512, epochs=5)
     assert adapted.weight_bits == 8 and adapted.accuracy(x, y) > model.accuracy(x, y) + 0.05
 
 
 def test_wrong_data_shape_is_a_clear_error(pretrained: FixedMLP) -> None:
-    trainer = QZOTrainer(pretrained.copy())
+    trainer = ForwardTrainer(pretrained.copy())
     with pytest.raises(ConfigError, match="features"):
         trainer.fit(np.zeros((5, 63), np.uint8), np.zeros(5, np.int64))
     with pytest.raises(ConfigError, match="classes"):
@@ -222,7 +227,7 @@ def test_training_memory_stays_within_a_quarter_of_inference(train_layers: int) 
     y = rng.integers(0, 10, size=300)
     float_model = FloatTrainer([784, 128, 10], FloatConfig(epochs=1)).fit(x, y)
     model = quantize(float_model, x)
-    config = QZOConfig(train_layers=train_layers, perturbations=16)
+    config = ForwardConfig(train_layers=train_layers, perturbations=16)
     report = measure_memory(model, config, x[:100], y[:100])
     assert report.inference_bytes > model.nbytes
     assert report.training_bytes <= 1.25 * report.inference_bytes
@@ -239,16 +244,16 @@ def test_forward_training_runs_without_numba_and_matches_it(
         "from bitfleet import kernels\n"
         "from bitfleet.modelfile import model_from_frame, model_to_frame\n"
         "from bitfleet.frames import decode_frame\n"
-        "from bitfleet.qzo import QZOConfig, QZOTrainer\n"
+        "from bitfleet.forwardgrad import ForwardConfig, ForwardTrainer\n"
         "assert not kernels.HAVE_NUMBA and kernels.fixed_dense is kernels.reference.fixed_dense\n"
         "data = np.load(sys.argv[1])\n"
         "model = model_from_frame(decode_frame(data['model'].tobytes()))\n"
-        "config = QZOConfig(train_layers=0, perturbations=3, density=0.5, epochs=2)\n"
-        "trained = QZOTrainer(model, config).fit(data['x'], data['y'])\n"
+        "config = ForwardConfig(train_layers=0, perturbations=3, density=0.5, epochs=2)\n"
+        "trained = ForwardTrainer(model, config).fit(data['x'], data['y'])\n"
         "print(hashlib.sha256(model_to_frame(trained)).hexdigest())\n"
     )
-    config = QZOConfig(train_layers=0, perturbations=3, density=0.5, epochs=2)
-    trained = QZOTrainer(pretrained.copy(), config).fit(x, y)
+    config = ForwardConfig(train_layers=0, perturbations=3, density=0.5, epochs=2)
+    trained = ForwardTrainer(pretrained.copy(), config).fit(x, y)
     expected = hashlib.sha256(model_to_frame(trained)).hexdigest()
     path = tmp_path / "case.npz"
     np.savez(path, model=np.frombuffer(model_to_frame(pretrained), np.uint8), x=x, y=y)
@@ -302,8 +307,8 @@ def test_fixed_seed_training_is_pinned_and_returns_the_last_epoch(
     x, y = digits.x_train[:1000], digits.y_train[:1000]
     x_val, y_val = digits.x_train[1000:], digits.y_train[1000:]
     reports: list[EpochReport] = []
-    config = QZOConfig(epochs=4, perturbations=8, seed=seed, schedule=schedule)
-    model = QZOTrainer(_integer_model(seed), config).fit(
+    config = ForwardConfig(epochs=4, perturbations=8, seed=seed, schedule=schedule)
+    model = ForwardTrainer(_integer_model(seed), config).fit(
         x, y, x_val, y_val, on_epoch=reports.append
     )
     digest, counts = PINNED[schedule, seed]

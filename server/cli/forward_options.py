@@ -11,13 +11,13 @@ from numpy.typing import NDArray
 from bitfleet.cliargs import positive_float, positive_int
 from bitfleet.errors import ConfigError
 from bitfleet.fixedpoint import FixedMLP
+from bitfleet.forwardgrad import SCHEDULES, ForwardConfig, measure_memory
 from bitfleet.modelfile import load_model
-from bitfleet.qzo import SCHEDULES, QZOConfig, measure_memory
 
-DEFAULTS = QZOConfig()
+DEFAULTS = ForwardConfig()
 
 
-def add_qzo_arguments(parser: argparse.ArgumentParser, with_common: bool) -> None:
+def add_forward_arguments(parser: argparse.ArgumentParser, with_common: bool) -> None:
     """The QZO-FF flags; ``with_common`` adds --epochs/--lr/--batch-size too (train has its own)."""
     group = parser.add_argument_group("forward-gradient training (QZO-FF)")
     if with_common:
@@ -78,8 +78,8 @@ def add_qzo_arguments(parser: argparse.ArgumentParser, with_common: bool) -> Non
     )
 
 
-def qzo_config(args: argparse.Namespace, epochs: int, lr: float) -> QZOConfig:
-    return QZOConfig(
+def config_from_args(args: argparse.Namespace, epochs: int, lr: float) -> ForwardConfig:
+    return ForwardConfig(
         perturbations=args.perturbations,
         train_layers=args.train_layers,
         density=args.density,
@@ -106,7 +106,7 @@ def load_fixed_model(path: str) -> FixedMLP:
 
 
 def memory_fields(
-    model: FixedMLP, config: QZOConfig, x: NDArray[np.uint8], y: NDArray[np.integer]
+    model: FixedMLP, config: ForwardConfig, x: NDArray[np.uint8], y: NDArray[np.integer]
 ) -> dict[str, Any]:
     """Peak training vs inference bytes, measured on one batch of ``x``."""
     report = measure_memory(model, config, x[: config.batch_size], y[: config.batch_size])

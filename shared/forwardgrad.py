@@ -47,7 +47,7 @@ MAX_MARGIN = 1000.0
 
 
 @dataclass(frozen=True)
-class QZOConfig:
+class ForwardConfig:
     """Hyperparameters; defaults are the validated best (docs/algorithms.md)."""
 
     perturbations: int = 64
@@ -166,11 +166,11 @@ def hinge_sum(scores: NDArray[np.integer], y: NDArray[np.integer], margin: int) 
 
 
 @dataclass
-class QZOTrainer(Trainer[FixedMLP]):
+class ForwardTrainer(Trainer[FixedMLP]):
     """Trains a :class:`FixedMLP` in place with sign-m-SPSA (the steps above)."""
 
     model: FixedMLP
-    config: QZOConfig = field(default_factory=QZOConfig)
+    config: ForwardConfig = field(default_factory=ForwardConfig)
 
     def __post_init__(self) -> None:
         self.config.validate(self.model)
@@ -308,7 +308,7 @@ class MemoryReport:
 
 
 def measure_memory(
-    model: FixedMLP, config: QZOConfig, x: NDArray[np.uint8], y: NDArray[np.integer]
+    model: FixedMLP, config: ForwardConfig, x: NDArray[np.uint8], y: NDArray[np.integer]
 ) -> MemoryReport:
     """Peak bytes of one training step vs inference on the same model and batch.
 
@@ -318,7 +318,7 @@ def measure_memory(
     """
     warm = model.copy()
     warm.scores(x)
-    QZOTrainer(warm, config).train_batch(x, y)
+    ForwardTrainer(warm, config).train_batch(x, y)
     inference = peak_bytes(lambda: model.copy().scores(x))
-    training = peak_bytes(lambda: QZOTrainer(model.copy(), config).train_batch(x, y))
+    training = peak_bytes(lambda: ForwardTrainer(model.copy(), config).train_batch(x, y))
     return MemoryReport(training, inference)

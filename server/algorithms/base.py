@@ -1,0 +1,77 @@
+"""What the coordinator needs to know about each training algorithm.
+
+A :class:`JobAlgorithm` builds round 0's model, checks that an update fits the model,
+accumulates updates one at a time (additive tallies: nothing holds every payload), turns the
+tally into the next global model, and evaluates a model on held-out data. Round scheduling
+and upload checking are the same for every algorithm. The agents' side of each algorithm is
+its :class:`bitfleet.algorithms.Algorithm`, which the job checks here use too.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+from bitfleet.algorithms import Algorithm
+from bitfleet.datasets import Dataset
+from bitfleet.frames import Frame, FrameError
+from bitfleet.protocol import MAX_SAMPLES
+from bitfleet.server.jobspec import JobSpec
+
+# What an update must hold: name -> (encoding, shape) of each tensor.
+Expected = dict[str, tuple[str, tuple[int, ...]]]
+
+
+class Accumulator(ABC):
+    """The running aggregate of one round's accepted updates."""
+
+    @abstractmethod
+    def add(self, update: Frame, weight: int, samples: int) -> None:
+        """Add a checked update: its vote counts ``weight`` times; ``samples`` is its
+        bounded sample count (for sample-weighted means)."""
+
+
+class JobAlgorithm(ABC):
+    agent: Algorithm[Any]  # the same algorithm on the agents' side
+
+    @abstractmethod
+    def initial_model(self, spec: JobSpec) -> bytes: ...
+
+    @abstractmethod
+    def check_initial(self, model: Frame, spec: JobSpec) -> None:
+        """Raise ConfigError unless a user-supplied initial model fits the job."""
+
+    @abstractmethod
+    def check_update(self, model: Frame, update: Frame) -> None:
+        """Raise FrameError('shape', ...) unless ``update`` fits ``model``."""
+
+    @abstractmethod
+    def accumulator(self, model: Frame) -> Accumulator: ...
+
+    @abstractmethod
+    def next_model(self, model: Frame, accumulator: Accumulator, round_index: int) -> bytes: ...
+
+    @abstractmethod
+    def evaluate(self, model: Frame, dataset: Dataset) -> tuple[float, float]:
+        """(accuracy, loss) on the data set's test split."""
+
+    def round_hyperparameters(self, spec: JobSpec, round_index: int) -> dict[str, Any]:
+        """The hyperparameters agents get for ``round_index`` (default: the job's own)."""
+        return dict(spec.hyperparameters)
+
+
+def check_update_tensors(update: Frame, expected: Expected) -> None:
+    """The update holds exactly the expected tensors and a positive sample count."""
+    got = {name: (t.encoding, t.shape) for name, t in update.tensors.items()}
+    if got != expected:
+        raise FrameError("shape", f"update tensors {got} do not match the model's {expected}")
+    samples = update.meta.get("samples")
+    if not isinstance(samples, int) or isinstance(samples, bool) or not 1 <= samples <= MAX_SAMPLES:
+        raise FrameError(
+            "samples", f"update meta needs an integer 'samples' between 1 and {MAX_SAMPLES}"
+        )
+
+
+def tally_specs(voted: Expected) -> dict[str, tuple[str, int, int]]:
+    """The tally's (encoding, rows, columns) of each voted 2-D tensor."""
+    return {name: (encoding, shape[0], shape[1]) for name, (encoding, shape) in voted.items()}
