@@ -16,7 +16,15 @@ from collections.abc import Callable
 from bitfleet.errors import BitfleetError
 from bitfleet.frames import FrameError, decode_frame
 from bitfleet.jobstatus import ACTIVE
-from bitfleet.protocol import RESENT, UploadReceipt
+from bitfleet.protocol import (
+    JOB_NOT_RUNNING,
+    LATE,
+    NOT_SELECTED,
+    RESENT,
+    UNKNOWN_JOB,
+    WRONG_ROUND,
+    UploadReceipt,
+)
 from bitfleet.server.conditions import ConditionLog
 from bitfleet.server.errors import NotFound
 from bitfleet.server.fanout import Fanout
@@ -104,19 +112,19 @@ class UploadDesk:
             try:
                 job = self._jobs.record(job_id)
             except NotFound:
-                return "unknown_job"
+                return UNKNOWN_JOB
             state = self._rounds.by_job.get(job_id)
             open_round = state.record.round if state is not None else None
             if round_index != open_round and self._store.counted(job_id, round_index, agent_id):
                 return RESENT  # counted before its round closed; the receipt was lost
             if job.status not in ACTIVE:
-                return "job_not_running"
+                return JOB_NOT_RUNNING
             if round_index < job.round or (state is None and round_index == job.round):
-                return "late"
+                return LATE
             if state is None or round_index > job.round:
-                return "wrong_round"
+                return WRONG_ROUND
             if agent_id not in state.record.selected:
-                return "not_selected"
+                return NOT_SELECTED
             if agent_id in state.accepted:
                 return RESENT
             state.algorithm.check_update(state.model, frame)

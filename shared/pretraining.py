@@ -15,6 +15,9 @@ from bitfleet.datasets import carve_validation
 from bitfleet.fixedpoint import FixedMLP, quantize
 from bitfleet.floatmlp import FloatConfig, FloatMLP, FloatTrainer
 
+# Hidden units of a pretrained model, unless told: small enough for a board to adapt.
+DEFAULT_HIDDEN = 128
+
 
 def pretrain(
     x: NDArray[np.uint8],

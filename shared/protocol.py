@@ -200,6 +200,27 @@ TRANSIENT_REASONS = ("storage", "busy", "internal")
 # The reason of an accepted receipt for an upload the coordinator already held: sent again
 # (after a lost receipt, a restart), answered, never counted twice.
 RESENT = "resent"
+# Why the coordinator refused an upload it could read (a frame it could not read is refused
+# with its FrameError's reason: forged, unsigned, mismatch, unknown_agent, oversized, ...).
+LATE = "late"  # its round has closed
+WRONG_ROUND = "wrong_round"  # a round that has not opened
+NOT_SELECTED = "not_selected"
+JOB_NOT_RUNNING = "job_not_running"
+UNKNOWN_JOB = "unknown_job"
+# Every refusal reason and the HTTP status that carries it on the fleet API.
+REFUSAL_STATUS = {
+    LATE: 409,
+    WRONG_ROUND: 409,
+    NOT_SELECTED: 409,
+    JOB_NOT_RUNNING: 409,
+    UNKNOWN_JOB: 404,
+    "forged": 403,
+    "unsigned": 403,
+    "mismatch": 403,
+    "unknown_agent": 403,
+    "oversized": 413,
+    **dict.fromkeys(TRANSIENT_REASONS, 503),
+}
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bitfleet.edge_agent.journal import Journal
-from bitfleet.server.localcluster import AgentProcess as _AgentProcess
+from bitfleet.server.cli.demo.cluster import AgentProcess as _AgentProcess
 
 
 @dataclass

@@ -31,8 +31,9 @@ import yaml
 
 from bitfleet.edge_agent import cli as agent_cli
 from bitfleet.server import cli as server_cli
+from bitfleet.server.cli.demo.cluster import free_port, mosquitto_binary, stop_process
 from bitfleet.server.jobspec import JobSpec
-from bitfleet.server.localcluster import free_port, mosquitto_binary, stop_process
+from bitfleet.tls import ca_file_from_env
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -51,12 +52,6 @@ AS_SERVICE_USER = [
     "--pdeathsig=TERM",
     "--",
 ]
-
-
-def _source_text() -> str:
-    return "\n".join(
-        p.read_text() for d in ("server", "edge_agent", "shared") for p in (ROOT / d).rglob("*.py")
-    )
 
 
 # --- the images, as far as a container sees them --------------------------------------------
@@ -217,11 +212,31 @@ def test_every_command_is_the_real_cli_and_parses(monkeypatch: pytest.MonkeyPatc
             monkeypatch.delenv(key)
 
 
-def test_environment_variables_are_the_ones_the_code_reads() -> None:
-    source = _source_text()
+def test_each_environment_variable_sets_an_option_of_its_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Parsed with the service's environment, each variable's value lands in an option that
+    differs without it: the variable is read, not merely named somewhere."""
     for name, service in SERVICES.items():
-        for key in service.get("environment") or {}:
-            assert f'"{key}"' in source, f"{name}: {key} is not read by bitfleet"
+        environment = {key: str(value) for key, value in (service.get("environment") or {}).items()}
+        if "build" not in service or not environment:
+            continue
+        agent = BUILT[name].entrypoint == ["bitfleet-agent"]
+        cli = agent_cli if agent else server_cli
+        for key in environment:
+            monkeypatch.delenv(key, raising=False)
+        bare = vars(cli.build_parser().parse_args(service["command"]))
+        for key, value in environment.items():
+            monkeypatch.setenv(key, value)
+        given = vars(cli.build_parser().parse_args(service["command"]))
+        # The agent resolves its CA when it connects (--ca-file, else the variable).
+        if "ca_file" in given:
+            given["ca_file"] = ca_file_from_env(given["ca_file"])
+        for key, value in environment.items():
+            options = [o for o, v in given.items() if v == value and bare.get(o) != value]
+            assert options, f"{name}: {key}={value!r} sets no option of {service['command']}"
+        for key in environment:
+            monkeypatch.delenv(key)
 
 
 def test_mounted_files_exist_and_are_valid() -> None:

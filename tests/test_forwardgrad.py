@@ -1,4 +1,5 @@
-"""QZO-FF trainer: regenerated perturbations, learning, every option, memory, numpy fallback."""
+"""The forward-gradient (QZO-FF) trainer: regenerated perturbations, learning, every option,
+memory, numpy fallback."""
 
 from __future__ import annotations
 

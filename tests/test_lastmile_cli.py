@@ -115,14 +115,15 @@ def test_lastmile_table_for_people(capsys: pytest.CaptureFixture[str], pretraine
     argv = ["lastmile", "--shift", "invert", *TINY_LASTMILE, "--init", str(pretrained)]
     assert main(argv) == 0
     table = capsys.readouterr().out
-    for row in ("zero-shot, invert test", "QZO-FF adaptation", "backprop fine-tuning", "memory"):
+    rows = ("zero-shot, invert test", "forward-gradient adaptation", "backprop fine-tuning")
+    for row in (*rows, "memory"):
         assert row in table
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["train", "--algo", "forward", "--dataset", "digits"], "needs it"),
+        (["train", "--algo", "forward", "--dataset", "digits"], "pass --init FILE"),
         (["lastmile", "--shift", "blur", "--dataset", "digits"], "unknown shift 'blur'"),
         (["train", "--algo", "float", "--init", "x.bfm", "--dataset", "digits"], "goes with"),
         (["lastmile", "--shift", "invert", "--dataset", "digits", "--samples", "5000"], "leave"),

@@ -32,7 +32,7 @@ import pytest
 
 from bitfleet.httpclient import ApiError
 from bitfleet.server import cli as server_cli
-from bitfleet.server.localcluster import (
+from bitfleet.server.cli.demo.cluster import (
     Coordinator,
     free_port,
     mosquitto_binary,

@@ -93,6 +93,14 @@ def create_app(
     app.add_middleware(CredentialsBeforeBody, admitted=admitted)
     app.add_middleware(CountRefusals, counter=coordinator.metrics.http_refused)  # sees the 413s
 
+    _map_errors(app)
+    _health_routes(app, coordinator)
+    return app
+
+
+def _map_errors(app: FastAPI) -> None:
+    """Typed errors to their status, and every 4xx body says what to change."""
+
     @app.exception_handler(BitfleetError)
     async def bitfleet_error(request: Request, error: BitfleetError) -> JSONResponse:
         status = next(code for kind, code in ERROR_STATUS if isinstance(error, kind))
@@ -119,6 +127,10 @@ def create_app(
             status_code=422,
         )
 
+
+def _health_routes(app: FastAPI, coordinator: Coordinator) -> None:
+    """/healthz (each transport link) and /metrics, served without a token."""
+
     @app.get(
         "/healthz",
         tags=["health"],
@@ -144,8 +156,6 @@ def create_app(
     def metrics() -> Response:
         exposition = coordinator.metrics.render(lambda: len(coordinator.registry.online()))
         return Response(exposition, media_type=CONTENT_TYPE)
-
-    return app
 
 
 def _message(error: Mapping[str, Any]) -> str:

@@ -21,6 +21,7 @@ from bitfleet.protocol import (
     FLEET_TASK,
     FLEET_UPDATES,
     FLEET_WHOAMI,
+    REFUSAL_STATUS,
     AgentStatus,
     Decline,
     ProtocolError,
@@ -43,25 +44,6 @@ def _json_body(message: type[Any]) -> dict[str, Any]:
     """The OpenAPI request body of a route that parses a protocol message itself."""
     schema = TypeAdapter(message).json_schema()
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
-# Refusal reasons and the HTTP status that carries them.
-REFUSAL_STATUS = {
-    "late": 409,
-    "wrong_round": 409,
-    "not_selected": 409,
-    "job_not_running": 409,
-    "unknown_job": 404,
-    "forged": 403,
-    "unsigned": 403,
-    "mismatch": 403,
-    "unknown_agent": 403,
-    "oversized": 413,
-    # "Later": the agent keeps the upload and resends it (bitfleet.protocol.TRANSIENT_REASONS).
-    "storage": 503,
-    "busy": 503,
-    "internal": 503,
-}
 
 
 @router.get(FLEET_WHOAMI, summary="Check agent credentials")

@@ -69,12 +69,6 @@ class RoundMetric(BaseModel):
     seconds: float
 
 
-class DeclineView(BaseModel):
-    agent_id: str
-    round: int
-    reason: str
-
-
 class JobView(BaseModel):
     id: str
     name: str
@@ -93,7 +87,7 @@ class JobView(BaseModel):
     created_at: float
     updated_at: float
     metrics: list[RoundMetric] = Field(default_factory=list)
-    declines: list[DeclineView] = Field(
+    declines: list[DeclineRecord] = Field(
         default_factory=list, description="agents that could not take the job, and why"
     )
     spec: dict[str, Any]
@@ -121,7 +115,7 @@ class JobView(BaseModel):
             created_at=job.created_at,
             updated_at=job.updated_at,
             metrics=[RoundMetric(**m.as_dict()) for m in metrics],
-            declines=[DeclineView(**d.__dict__) for d in declines],
+            declines=declines,
             spec=job.spec,
         )
 
@@ -140,6 +134,8 @@ class Enrollment(BaseModel):
 
 
 class AgentView(BaseModel):
+    """An agent as the API shows it: its record, and whether it counts as online now."""
+
     agent_id: str
     online: bool
     revoked: bool
@@ -150,15 +146,7 @@ class AgentView(BaseModel):
 
     @classmethod
     def of(cls, agent: AgentRecord, online: bool) -> AgentView:
-        return cls(
-            agent_id=agent.agent_id,
-            online=online,
-            revoked=agent.revoked,
-            last_seen=agent.last_seen,
-            transport=agent.transport,
-            rounds_contributed=agent.rounds_contributed,
-            capabilities=agent.capabilities,
-        )
+        return cls.model_validate({**vars(agent), "online": online})
 
 
 class Receipt(BaseModel):

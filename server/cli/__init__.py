@@ -1,6 +1,8 @@
 """The ``bitfleet`` command line.
 
-Each subcommand lives in its own module exposing ``register(subparsers)``; the module's
+Subcommands are grouped by what they serve: ``service/`` the coordinator and its clients,
+``local/`` single-machine tools, ``demo/`` the harness that starts a whole cluster. Each
+lives in its own module exposing ``register(subparsers)``; the module's
 parser sets ``func`` to a ``run(args) -> int`` callable. Exit codes: 0 success, 1 a run
 that failed (e.g. a benchmark target missed is *not* a failure), 2 a user error (bad
 option, missing or malformed input: one line on stderr, and with ``--json`` one JSON error
@@ -18,19 +20,16 @@ from bitfleet.cliargs import CliParser, run_cli
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser tree; subcommand modules are imported here, once."""
-    from bitfleet.server.cli import (
-        agents_cmd,
+    from bitfleet.server.cli.demo import demo_cmd
+    from bitfleet.server.cli.local import (
         bench_cmd,
-        coordinator_cmd,
         data_cmd,
-        demo_cmd,
         eval_cmd,
-        jobs_cmd,
         lastmile_cmd,
         pretrain_cmd,
-        tls_cmd,
         train_cmd,
     )
+    from bitfleet.server.cli.service import agents_cmd, coordinator_cmd, jobs_cmd, tls_cmd
 
     parser = CliParser(
         prog="bitfleet",

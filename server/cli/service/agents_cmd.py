@@ -8,8 +8,8 @@ import time
 from typing import Any
 
 from bitfleet.cliargs import identifier
-from bitfleet.server.cli.client_options import add_client_options, client
 from bitfleet.server.cli.output import print_json
+from bitfleet.server.cli.service.client_options import add_client_options, client
 
 agent_id = identifier("agent id")
 

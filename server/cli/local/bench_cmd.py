@@ -15,7 +15,7 @@ from bitfleet.bitflip import BitFlipConfig, BitFlipTrainer
 from bitfleet.bitpack import bit_planes, pack_binary
 from bitfleet.cliargs import positive_int
 from bitfleet.floatmlp import FloatConfig, FloatTrainer
-from bitfleet.server.cli import bench_aggregate
+from bitfleet.server.cli.local import bench_aggregate
 from bitfleet.server.cli.output import print_json
 
 

@@ -20,11 +20,12 @@ from bitfleet.cliargs import int_range, positive_float, positive_int, tcp_port
 from bitfleet.client import TOKEN_ENV
 from bitfleet.errors import ConfigError
 from bitfleet.frames import DEFAULT_MAX_FRAME_BYTES
-from bitfleet.protocol import check_id, parse_mqtt_url
+from bitfleet.protocol import BrokerAddress, check_id, parse_mqtt_url
 from bitfleet.tls import CA_FILE_ENV, require_secure
 
 if TYPE_CHECKING:
     from bitfleet.server.registry import AgentRegistry
+    from bitfleet.server.state import StateStore
 
 MQTT_URL_ENV = "BITFLEET_MQTT_URL"
 
@@ -38,124 +39,16 @@ def register(subparsers: Any) -> None:
             "bridge to an MQTT broker when --mqtt-url is given (HTTP transport only otherwise)."
         ),
     )
-    parser.add_argument("--data-dir", required=True, help="state directory (SQLite database)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=tcp_port, default=8080, help="port to listen on")
-    parser.add_argument(
-        "--mqtt-url",
-        default=os.environ.get(MQTT_URL_ENV),
-        help=f"mqtt://[user:pass@]host:port of the broker (env {MQTT_URL_ENV})",
-    )
-    parser.add_argument(
-        "--admin-token",
-        default=os.environ.get(TOKEN_ENV),
-        help=f"bearer token for the control API (env {TOKEN_ENV})",
-    )
-    parser.add_argument(
-        "--no-admin-token",
-        action="store_true",
-        help="serve the control API without a token (local experiments only; unsafe)",
-    )
-    # Files are checked when the coordinator starts, not when its command line is parsed:
-    # in a container they appear on a volume another service fills.
-    parser.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate (chain)")
-    parser.add_argument("--tls-key", help="the private key of --tls-cert")
-    parser.add_argument(
-        "--ca-file",
-        default=os.environ.get(CA_FILE_ENV),
-        help=f"CA to verify an mqtts:// broker against (env {CA_FILE_ENV}; default: system CAs)",
-    )
-    parser.add_argument(
-        "--mqtt-client-cert", help="client certificate for a broker that requires one (mTLS)"
-    )
-    parser.add_argument("--mqtt-client-key", help="the key of --mqtt-client-cert")
-    parser.add_argument(
-        "--insecure",
-        action="store_true",
-        help="allow plaintext HTTP or mqtt:// off loopback (agent secrets and the admin token "
-        "then cross the network in clear)",
-    )
-    parser.add_argument(
-        "--broker-passwd-file",
-        type=Path,
-        help="mosquitto password file to keep in step with enrolled agents",
-    )
-    parser.add_argument(
-        "--broker-pid-file",
-        type=Path,
-        help="SIGHUP this broker to reload its password file (a broker running as our user)",
-    )
-    parser.add_argument(
-        "--broker-reload-command",
-        help="run this after every password change to make the broker reload (no shell; e.g. "
-        "'sudo -n systemctl reload mosquitto' for the packaged broker, which runs as its own "
-        "user: docs/system-broker.md)",
-    )
-    parser.add_argument(
-        "--broker-config-dir",
-        type=Path,
-        help="write the broker configuration here, listening at the --mqtt-url port: "
-        "passwords, acl, bitfleet.conf (the listener, for a packaged broker's include_dir, "
-        "e.g. /etc/mosquitto/conf.d) and mosquitto.conf (all of it, for a broker of its own, "
-        "e.g. in another container)",
-    )
-    parser.add_argument(
-        "--broker-group",
-        help="make the broker files readable by this group (0640; e.g. mosquitto, the packaged "
-        "broker's user); their directory must be of this group with the setgid bit",
-    )
-    parser.add_argument(
-        "--broker-listen-host",
-        default="0.0.0.0",
-        help="interface the broker of --broker-config-dir listens on (default %(default)s)",
-    )
-    parser.add_argument(
-        "--broker-tls-cert",
-        type=Path,
-        help="the broker's certificate, as the broker sees the path: with --broker-config-dir "
-        "and an mqtts:// --mqtt-url, the broker gets a TLS listener",
-    )
-    parser.add_argument("--broker-tls-key", type=Path, help="the key of --broker-tls-cert")
-    parser.add_argument(
-        "--broker-client-ca",
-        type=Path,
-        help="require agents to present a client certificate signed by this CA (mutual TLS)",
-    )
+    _serving_arguments(parser.add_argument_group("serving"))
+    _mqtt_arguments(parser.add_argument_group("the MQTT link"))
+    _broker_arguments(parser.add_argument_group("the broker's files (passwords, ACL, config)"))
+    _limit_arguments(parser.add_argument_group("limits"))
     parser.add_argument(
         "--provision-agents",
         type=Path,
         help='JSON list of {"agent_id": ..., "secret": ...} to enroll at start if missing '
         "(fleets provisioned by configuration management; the compose demo)",
     )
-    parser.add_argument(
-        "--max-message-bytes",
-        type=int_range(1024),
-        default=DEFAULT_CHUNK_BYTES,
-        help="largest MQTT message; bigger frames travel in chunks (default %(default)s)",
-    )
-    parser.add_argument(
-        "--max-frame-bytes",
-        type=int_range(1024),
-        default=DEFAULT_MAX_FRAME_BYTES,
-        help="largest update frame accepted (default %(default)s)",
-    )
-    parser.add_argument(
-        "--max-request-bytes",
-        type=int_range(1024),
-        help="largest request body of the control API, refused before it is read (default 16 MiB)",
-    )
-    parser.add_argument(
-        "--max-model-weights",
-        type=positive_int,
-        help="largest model a job may ask for, in weights (default 4,000,000)",
-    )
-    parser.add_argument(
-        "--presence-timeout",
-        type=positive_float,
-        default=30.0,
-        help="seconds after which a silent HTTP agent counts as offline",
-    )
-    parser.add_argument("--shared-subscription", help="MQTT 5 shared-subscription group")
     parser.add_argument(
         "--log-level",
         default="info",
@@ -165,19 +58,136 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
+def _serving_arguments(group: Any) -> None:
+    group.add_argument("--data-dir", required=True, help="state directory (SQLite database)")
+    group.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    group.add_argument("--port", type=tcp_port, default=8080, help="port to listen on")
+    group.add_argument(
+        "--admin-token",
+        default=os.environ.get(TOKEN_ENV),
+        help=f"bearer token for the control API (env {TOKEN_ENV})",
+    )
+    group.add_argument(
+        "--no-admin-token",
+        action="store_true",
+        help="serve the control API without a token (local experiments only; unsafe)",
+    )
+    # Files are checked when the coordinator starts, not when its command line is parsed:
+    # in a container they appear on a volume another service fills.
+    group.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate (chain)")
+    group.add_argument("--tls-key", help="the private key of --tls-cert")
+    group.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plaintext HTTP or mqtt:// off loopback (agent secrets and the admin token "
+        "then cross the network in clear)",
+    )
+
+
+def _mqtt_arguments(group: Any) -> None:
+    group.add_argument(
+        "--mqtt-url",
+        default=os.environ.get(MQTT_URL_ENV),
+        help=f"mqtt://[user:pass@]host:port of the broker (env {MQTT_URL_ENV})",
+    )
+    group.add_argument(
+        "--ca-file",
+        default=os.environ.get(CA_FILE_ENV),
+        help=f"CA to verify an mqtts:// broker against (env {CA_FILE_ENV}; default: system CAs)",
+    )
+    group.add_argument(
+        "--mqtt-client-cert", help="client certificate for a broker that requires one (mTLS)"
+    )
+    group.add_argument("--mqtt-client-key", help="the key of --mqtt-client-cert")
+    group.add_argument(
+        "--max-message-bytes",
+        type=int_range(1024),
+        default=DEFAULT_CHUNK_BYTES,
+        help="largest MQTT message; bigger frames travel in chunks (default %(default)s)",
+    )
+    group.add_argument("--shared-subscription", help="MQTT 5 shared-subscription group")
+
+
+def _broker_arguments(group: Any) -> None:
+    group.add_argument(
+        "--broker-passwd-file",
+        type=Path,
+        help="mosquitto password file to keep in step with enrolled agents",
+    )
+    group.add_argument(
+        "--broker-pid-file",
+        type=Path,
+        help="SIGHUP this broker to reload its password file (a broker running as our user)",
+    )
+    group.add_argument(
+        "--broker-reload-command",
+        help="run this after every password change to make the broker reload (no shell; e.g. "
+        "'sudo -n systemctl reload mosquitto' for the packaged broker, which runs as its own "
+        "user: docs/system-broker.md)",
+    )
+    group.add_argument(
+        "--broker-config-dir",
+        type=Path,
+        help="write the broker configuration here, listening at the --mqtt-url port: "
+        "passwords, acl, bitfleet.conf (the listener, for a packaged broker's include_dir, "
+        "e.g. /etc/mosquitto/conf.d) and mosquitto.conf (all of it, for a broker of its own, "
+        "e.g. in another container)",
+    )
+    group.add_argument(
+        "--broker-group",
+        help="make the broker files readable by this group (0640; e.g. mosquitto, the packaged "
+        "broker's user); their directory must be of this group with the setgid bit",
+    )
+    group.add_argument(
+        "--broker-listen-host",
+        default="0.0.0.0",
+        help="interface the broker of --broker-config-dir listens on (default %(default)s)",
+    )
+    group.add_argument(
+        "--broker-tls-cert",
+        type=Path,
+        help="the broker's certificate, as the broker sees the path: with --broker-config-dir "
+        "and an mqtts:// --mqtt-url, the broker gets a TLS listener",
+    )
+    group.add_argument("--broker-tls-key", type=Path, help="the key of --broker-tls-cert")
+    group.add_argument(
+        "--broker-client-ca",
+        type=Path,
+        help="require agents to present a client certificate signed by this CA (mutual TLS)",
+    )
+
+
+def _limit_arguments(group: Any) -> None:
+    group.add_argument(
+        "--max-frame-bytes",
+        type=int_range(1024),
+        default=DEFAULT_MAX_FRAME_BYTES,
+        help="largest update frame accepted (default %(default)s)",
+    )
+    group.add_argument(
+        "--max-request-bytes",
+        type=int_range(1024),
+        help="largest request body of the control API, refused before it is read (default 16 MiB)",
+    )
+    group.add_argument(
+        "--max-model-weights",
+        type=positive_int,
+        help="largest model a job may ask for, in weights (default 4,000,000)",
+    )
+    group.add_argument(
+        "--presence-timeout",
+        type=positive_float,
+        default=30.0,
+        help="seconds after which a silent HTTP agent counts as offline",
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
         from bitfleet.server.api.app import create_app
         from bitfleet.server.api.limits import ApiLimits
-        from bitfleet.server.broker import (
-            GROUP_READABLE,
-            PRIVATE,
-            BrokerCredentials,
-            check_group_directory,
-            write_broker_files,
-        )
         from bitfleet.server.mqtt_bridge import MqttBridge
         from bitfleet.server.service import Coordinator, CoordinatorSettings
         from bitfleet.server.state import open_store
@@ -192,26 +202,7 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
-    if not args.admin_token and not args.no_admin_token:
-        raise ConfigError(
-            f"no admin token: pass --admin-token or set {TOKEN_ENV} (or --no-admin-token to "
-            "run without one, for local experiments only)"
-        )
-    if (args.tls_cert is None) != (args.tls_key is None):
-        raise ConfigError("HTTPS needs both --tls-cert and --tls-key")
-    for flag in ("tls_cert", "tls_key", "ca_file", "mqtt_client_cert", "mqtt_client_key"):
-        if getattr(args, flag) is not None and not Path(getattr(args, flag)).is_file():
-            option = "--" + flag.replace("_", "-")
-            raise ConfigError(f"{option} {getattr(args, flag)}: no such file")
-    require_secure(args.host, args.tls_cert is not None, args.insecure, "the REST API on --host")
-    broker = parse_mqtt_url(args.mqtt_url) if args.mqtt_url else None
-    if broker is not None:
-        require_secure(broker.host, broker.tls, args.insecure, "the broker link (--mqtt-url)")
-    check_listen_address(args.host, args.port)
-    if args.no_admin_token:
-        logging.getLogger("bitfleet").warning(
-            "INSECURE: the control API accepts requests without a token"
-        )
+    broker = _checked_links(args)
     clock = time.time  # one clock for the store's stamps and the engine's deadlines
     store = open_store(args.data_dir, clock)
     coordinator = Coordinator(
@@ -228,49 +219,8 @@ def run(args: argparse.Namespace) -> int:
         registry.reserved_agent_ids.add(broker.username)
     if args.provision_agents is not None:
         provision_agents(registry, args.provision_agents)
-    passwords = args.broker_passwd_file
-    if args.broker_config_dir is not None or passwords is not None:
-        if broker is None or not broker.username or broker.password is None:
-            raise ConfigError(
-                "--broker-passwd-file and --broker-config-dir need --mqtt-url with the "
-                "coordinator's user:pass"
-            )
-        reload_command = _reload_command(args)
-        mode = PRIVATE
-        if args.broker_group is not None:
-            check_group_directory(args.broker_config_dir or passwords.parent, args.broker_group)
-            mode = GROUP_READABLE
-        if args.broker_config_dir is not None:
-            require_secure(
-                args.broker_listen_host, broker.tls, args.insecure, "the broker we configure"
-            )
-            files = write_broker_files(
-                args.broker_config_dir,
-                broker.port,
-                broker.username,
-                broker.password,
-                args.broker_listen_host,
-                tls=_broker_tls(args, broker.tls),
-                mode=mode,
-            )
-            passwords = files.passwords
-        credentials = BrokerCredentials(
-            store,
-            passwords,
-            broker.username,
-            broker.password,
-            args.broker_pid_file,
-            reload_command,
-            mode,
-        )
-        registry.credential_listeners.append(credentials.sync)
-        credentials.sync()
-    elif args.broker_pid_file or args.broker_reload_command or args.broker_group:
-        raise ConfigError(
-            "--broker-pid-file, --broker-reload-command and --broker-group concern the files "
-            "of --broker-passwd-file or --broker-config-dir: give one of those"
-        )
-    if args.mqtt_url:
+    _keep_broker_files(args, broker, store, registry)
+    if broker is not None:
         bridge = MqttBridge(
             coordinator.fleet,
             args.mqtt_url,
@@ -298,6 +248,93 @@ def run(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
+
+
+def _checked_links(args: argparse.Namespace) -> BrokerAddress | None:
+    """Check the token, the TLS files and that every link is secure before anything starts;
+    the broker's URL, if there is one."""
+    if not args.admin_token and not args.no_admin_token:
+        raise ConfigError(
+            f"no admin token: pass --admin-token or set {TOKEN_ENV} (or --no-admin-token to "
+            "run without one, for local experiments only)"
+        )
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ConfigError("HTTPS needs both --tls-cert and --tls-key")
+    for flag in ("tls_cert", "tls_key", "ca_file", "mqtt_client_cert", "mqtt_client_key"):
+        if getattr(args, flag) is not None and not Path(getattr(args, flag)).is_file():
+            option = "--" + flag.replace("_", "-")
+            raise ConfigError(f"{option} {getattr(args, flag)}: no such file")
+    require_secure(args.host, args.tls_cert is not None, args.insecure, "the REST API on --host")
+    broker = parse_mqtt_url(args.mqtt_url) if args.mqtt_url else None
+    if broker is not None:
+        require_secure(broker.host, broker.tls, args.insecure, "the broker link (--mqtt-url)")
+    check_listen_address(args.host, args.port)
+    if args.no_admin_token:
+        logging.getLogger("bitfleet").warning(
+            "INSECURE: the control API accepts requests without a token"
+        )
+    return broker
+
+
+def _keep_broker_files(
+    args: argparse.Namespace,
+    broker: BrokerAddress | None,
+    store: StateStore,
+    registry: AgentRegistry,
+) -> None:
+    """Write the broker's files if asked, and keep its password file in step with the
+    enrolled agents from now on."""
+    from bitfleet.server.broker import (
+        GROUP_READABLE,
+        PRIVATE,
+        BrokerCredentials,
+        check_group_directory,
+        write_broker_files,
+    )
+
+    passwords = args.broker_passwd_file
+    if args.broker_config_dir is None and passwords is None:
+        if args.broker_pid_file or args.broker_reload_command or args.broker_group:
+            raise ConfigError(
+                "--broker-pid-file, --broker-reload-command and --broker-group concern the "
+                "files of --broker-passwd-file or --broker-config-dir: give one of those"
+            )
+        return
+    if broker is None or not broker.username or broker.password is None:
+        raise ConfigError(
+            "--broker-passwd-file and --broker-config-dir need --mqtt-url with the "
+            "coordinator's user:pass"
+        )
+    reload_command = _reload_command(args)
+    mode = PRIVATE
+    if args.broker_group is not None:
+        check_group_directory(args.broker_config_dir or passwords.parent, args.broker_group)
+        mode = GROUP_READABLE
+    if args.broker_config_dir is not None:
+        require_secure(
+            args.broker_listen_host, broker.tls, args.insecure, "the broker we configure"
+        )
+        files = write_broker_files(
+            args.broker_config_dir,
+            broker.port,
+            broker.username,
+            broker.password,
+            args.broker_listen_host,
+            tls=_broker_tls(args, broker.tls),
+            mode=mode,
+        )
+        passwords = files.passwords
+    credentials = BrokerCredentials(
+        store,
+        passwords,
+        broker.username,
+        broker.password,
+        args.broker_pid_file,
+        reload_command,
+        mode,
+    )
+    registry.credential_listeners.append(credentials.sync)
+    credentials.sync()
 
 
 def _given(**options: Any) -> dict[str, Any]:

@@ -1,13 +1,11 @@
 """``bitfleet lastmile``: the last-mile story side by side, in one command.
 
 Pretrained on clean data (float backprop, quantized to fixed point) -> zero-shot on a
-shifted test set -> after QZO-FF adaptation (integer forward passes only) on N shifted
-samples -> after float backprop fine-tuning on the same N samples.
+shifted test set -> after forward-gradient adaptation (QZO-FF: integer forward passes only)
+on N shifted samples -> after float backprop fine-tuning on the same N samples.
 
-Data hygiene: the last ``samples + val_size`` images of the training split form the
-device's pool and are never used for pretraining; the first ``samples`` of the pool
-(shifted) are what both methods adapt on, its last ``val_size`` (shifted) choose the
-backprop learning rate and epoch, and the shifted test split is only scored.
+The data hygiene and the backprop baseline are :mod:`bitfleet.lastmile`'s; this module
+parses, runs and reports.
 """
 
 from __future__ import annotations
@@ -17,41 +15,36 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-from numpy.typing import NDArray
-
 from bitfleet.cliargs import non_negative_int, positive_int
 from bitfleet.datasets import BUILTIN_DATASETS, Dataset, load_dataset
 from bitfleet.errors import ConfigError
 from bitfleet.fixedpoint import WEIGHT_BITS, FixedMLP, dequantize
-from bitfleet.floatmlp import FloatConfig, FloatMLP, FloatTrainer
+from bitfleet.floatmlp import FloatConfig
 from bitfleet.forwardgrad import ForwardConfig, ForwardTrainer
-from bitfleet.pretraining import pretrain
-from bitfleet.server.cli.forward_options import (
+from bitfleet.lastmile import BACKPROP_EPOCHS, LastMileSplit, fine_tune, split_last_mile
+from bitfleet.pretraining import DEFAULT_HIDDEN, pretrain
+from bitfleet.server.cli.local.forward_options import (
     add_forward_arguments,
     config_from_args,
     load_fixed_model,
     memory_fields,
 )
 from bitfleet.server.cli.output import ProgressBar, print_json
-from bitfleet.server.cli.pretrain_cmd import DEFAULT_HIDDEN
 from bitfleet.shifts import SHIFT_NAMES, parse_shift
 
 DEFAULT_SAMPLES = 8000
 DEFAULT_VALIDATION = 2000
-# Backprop fine-tuning: every layer, a few epochs, the learning rate chosen on validation.
-BACKPROP_EPOCHS = 10
-BACKPROP_LRS = (0.01, 0.03, 0.1, 0.3)
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "lastmile",
-        help="pretrain, shift, adapt by QZO-FF and by backprop: accuracies side by side",
+        help="pretrain, shift, adapt by forward gradients and by backprop: accuracies side by side",
         description=(
             "The last-mile scenario in one run: a fixed-point model pretrained on clean "
-            "data, its zero-shot accuracy on a shifted test set, its accuracy after QZO-FF "
-            "adaptation (integer forward passes only) on N shifted samples, and after "
+            "data, its zero-shot accuracy on a shifted test set, its accuracy after "
+            "forward-gradient adaptation (integer forward passes only) on N shifted samples, "
+            "and after "
             "float backprop fine-tuning of every layer on the same N samples."
         ),
     )
@@ -103,35 +96,26 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     shift = parse_shift(args.shift)
     base = load_dataset(args.dataset, data_dir=args.data_dir)
-    pool = args.samples + args.val_size
-    if pool >= len(base.y_train):
-        raise ConfigError(
-            f"--samples {args.samples} plus --val-size {args.val_size} must leave pretraining "
-            f"data out of the {len(base.y_train)} training samples: choose smaller ones"
-        )
-    x_pool, y_pool = shift(base.x_train[-pool:]), base.y_train[-pool:]
-    x_adapt, y_adapt = x_pool[: args.samples], y_pool[: args.samples]
-    x_val, y_val = x_pool[args.samples :], y_pool[args.samples :]
-    x_test = shift(base.x_test)
+    split = split_last_mile(base, args.samples, args.val_size, shift)
     timings: dict[str, float] = {}
 
     clock = time.monotonic()
-    initial = _pretrained(args, base, pool)
+    initial = _pretrained(args, base, split)
     timings["pretrain_seconds"] = time.monotonic() - clock
     config = config_from_args(args, args.epochs, args.lr)
 
     clock = time.monotonic()
     trainer = ForwardTrainer(initial.copy(), config)
-    adapted = trainer.fit(x_adapt, y_adapt, on_batch=_progress("QZO-FF adaptation"))
+    adapted = trainer.fit(split.x_adapt, split.y_adapt, on_batch=_progress("forward adaptation"))
     timings["forward_seconds"] = time.monotonic() - clock
 
     clock = time.monotonic()
-    tuned, lr = _backprop(dequantize(initial), x_adapt, y_adapt, x_val, y_val, args.seed)
+    tuned, lr = fine_tune(dequantize(initial), split, args.seed, progress=_progress)
     timings["backprop_seconds"] = time.monotonic() - clock
 
-    zero_shot = initial.accuracy(x_test, base.y_test)
-    forward = adapted.accuracy(x_test, base.y_test)
-    backprop = tuned.accuracy(x_test, base.y_test)
+    zero_shot = initial.accuracy(split.x_test, split.y_test)
+    forward = adapted.accuracy(split.x_test, split.y_test)
+    backprop = tuned.accuracy(split.x_test, split.y_test)
     gain = backprop - zero_shot
     result = {
         "dataset": base.name,
@@ -151,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         "forward_config": _config_fields(config),
         "backprop_lr": lr,
         "backprop_epochs": BACKPROP_EPOCHS,
-        **memory_fields(initial, config, x_adapt, y_adapt),
+        **memory_fields(initial, config, split.x_adapt, split.y_adapt),
         **{key: round(value, 3) for key, value in timings.items()},
         "seconds": round(time.monotonic() - started, 3),
     }
@@ -162,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pretrained(args: argparse.Namespace, base: Dataset, pool: int) -> FixedMLP:
+def _pretrained(args: argparse.Namespace, base: Dataset, split: LastMileSplit) -> FixedMLP:
     """The given model, or one pretrained here on the clean images outside the pool."""
     if args.init:
         model = load_fixed_model(args.init)
@@ -175,34 +159,14 @@ def _pretrained(args: argparse.Namespace, base: Dataset, pool: int) -> FixedMLP:
     layers = [base.num_features, args.hidden, base.num_classes]
     config = FloatConfig(seed=args.seed)
     _, fixed = pretrain(
-        base.x_train[:-pool],
-        base.y_train[:-pool],
+        split.x_pretrain,
+        split.y_pretrain,
         layers,
         args.weight_bits,
         config,
         on_batch=_progress("pretraining (float backprop, clean data)"),
     )
     return fixed
-
-
-def _backprop(
-    start: FloatMLP,
-    x: NDArray[np.uint8],
-    y: NDArray[np.int64],
-    x_val: NDArray[np.uint8],
-    y_val: NDArray[np.int64],
-    seed: int,
-) -> tuple[FloatMLP, float]:
-    """Fine-tune every layer; the learning rate (and epoch) with the best validation wins."""
-    candidates = []
-    for lr in BACKPROP_LRS:
-        config = FloatConfig(epochs=BACKPROP_EPOCHS, lr=lr, seed=seed)
-        model = FloatTrainer(start.layer_sizes, config, init=start).fit(
-            x, y, x_val, y_val, on_batch=_progress(f"backprop fine-tuning (lr {lr})")
-        )
-        candidates.append((model.accuracy(x_val, y_val), lr, model))
-    _, lr, model = max(candidates, key=lambda candidate: candidate[0])
-    return model, lr
 
 
 def _progress(label: str) -> Callable[[int, int], None]:
@@ -235,7 +199,7 @@ def _print_table(r: dict[str, Any]) -> None:
         ("pretrained, clean test", r["pretrained_accuracy"], ""),
         (f"zero-shot, {r['shift']} test", r["zero_shot_accuracy"], ""),
         (
-            "QZO-FF adaptation",
+            "forward-gradient adaptation",
             r["forward_accuracy"],
             f"recovers {share} of backprop's gain; {r['forward_passes']:,} forward passes",
         ),

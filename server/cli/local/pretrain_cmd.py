@@ -15,12 +15,9 @@ from bitfleet.datasets import Dataset
 from bitfleet.fixedpoint import WEIGHT_BITS, FixedMLP
 from bitfleet.floatmlp import FloatConfig, FloatMLP
 from bitfleet.modelfile import model_to_frame, save_model
-from bitfleet.pretraining import pretrain
-from bitfleet.server.cli.data_options import add_data_arguments, load_data
+from bitfleet.pretraining import DEFAULT_HIDDEN, pretrain
+from bitfleet.server.cli.local.data_options import add_data_arguments, load_data, parse_layers
 from bitfleet.server.cli.output import ProgressBar, print_json
-from bitfleet.server.cli.train_cmd import parse_layers
-
-DEFAULT_HIDDEN = 128
 
 
 def register(subparsers: Any) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from bitfleet.cliargs import non_negative_int, positive_float
 from bitfleet.datasets import Dataset
 from bitfleet.partition import SCHEMES, label_histogram, partition, write_partitions
-from bitfleet.server.cli.data_options import add_data_arguments, load_data
+from bitfleet.server.cli.local.data_options import add_data_arguments, load_data
 from bitfleet.server.cli.output import print_json
 
 

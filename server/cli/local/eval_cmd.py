@@ -10,7 +10,7 @@ import numpy as np
 
 from bitfleet.errors import ConfigError
 from bitfleet.modelfile import load_model
-from bitfleet.server.cli.data_options import add_data_arguments, load_data
+from bitfleet.server.cli.local.data_options import add_data_arguments, load_data
 from bitfleet.server.cli.output import print_json
 
 # How each kind of test split reads in the one-line report.

@@ -24,9 +24,9 @@ from bitfleet.jobstatus import TERMINAL
 from bitfleet.modelfile import fixedmlp_to_frame, save_model
 from bitfleet.partition import SCHEMES, label_histogram, partition, write_partitions
 from bitfleet.pretraining import pretrain
+from bitfleet.server.cli.demo.cluster import AgentProcess, Broker, Coordinator
 from bitfleet.server.cli.output import print_json
-from bitfleet.server.cli.tls_cmd import load_tlsca
-from bitfleet.server.localcluster import AgentProcess, Broker, Coordinator
+from bitfleet.server.cli.service.tls_cmd import load_tlsca
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from bitfleet.cliargs import existing_file, identifier, non_negative_int, output
 from bitfleet.client import Client, Job, Round
 from bitfleet.errors import ConfigError
 from bitfleet.modelfile import save_model
-from bitfleet.server.cli.client_options import add_client_options, client
 from bitfleet.server.cli.output import print_json
+from bitfleet.server.cli.service.client_options import add_client_options, client
 
 job_id = identifier("job id")
 

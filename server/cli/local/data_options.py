@@ -6,6 +6,7 @@ import argparse
 
 from bitfleet.cliargs import add_label_column_argument
 from bitfleet.datasets import DATA_DIR_ENV, FASHION_MNIST_DIR, Dataset, load_dataset
+from bitfleet.errors import ConfigError
 
 DATASET_HELP = (
     "'fashion-mnist' or 'digits' (either may take a shift, e.g. fashion-mnist:rotate30), or "
@@ -29,3 +30,13 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 def load_data(args: argparse.Namespace, *, whole_file: bool = False) -> Dataset:
     """The data set the options name (see :func:`bitfleet.datasets.load_dataset`)."""
     return load_dataset(args.dataset, args.data_dir, args.label_column, whole_file=whole_file)
+
+
+def parse_layers(text: str | None, dataset: Dataset, hidden: int) -> list[int]:
+    """``--layers`` as a list, or the default shape for the data set."""
+    if text is None:
+        return [dataset.num_features, hidden, dataset.num_classes]
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--layers {text!r} is not a comma-separated list of integers") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from bitfleet import kernels
@@ -14,8 +15,8 @@ from bitfleet.errors import ConfigError
 from bitfleet.floatmlp import FloatConfig, FloatTrainer
 from bitfleet.forwardgrad import ForwardConfig, ForwardTrainer
 from bitfleet.modelfile import Model, model_to_frame, save_model
-from bitfleet.server.cli.data_options import add_data_arguments, load_data
-from bitfleet.server.cli.forward_options import (
+from bitfleet.server.cli.local.data_options import add_data_arguments, load_data, parse_layers
+from bitfleet.server.cli.local.forward_options import (
     add_forward_arguments,
     config_from_args,
     load_fixed_model,
@@ -80,66 +81,74 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def parse_layers(text: str | None, dataset: Dataset, hidden: int = DEFAULT_HIDDEN) -> list[int]:
-    """``--layers`` as a list, or the default shape for the data set."""
-    if text is None:
-        return [dataset.num_features, hidden, dataset.num_classes]
-    try:
-        return [int(part) for part in text.split(",")]
-    except ValueError:
-        raise ConfigError(f"--layers {text!r} is not a comma-separated list of integers") from None
+@dataclass
+class Setup:
+    """One ``--algo``'s trainer and what the summary reports about it."""
+
+    trainer: BitFlipTrainer | FloatTrainer | ForwardTrainer
+    layers: list[int]
+    epochs: int
+    state_bits: int
+    weights: str
+    # Forward training returns its last epoch, not the best on validation (forwardgrad.py).
+    returns_last_epoch: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _forward(args: argparse.Namespace, dataset: Dataset, x_fit: Any, y_fit: Any) -> Setup:
+    if args.init is None:
+        raise ConfigError("--algo forward adapts a pretrained model: pass --init FILE")
+    initial = load_fixed_model(args.init)
+    layers = initial.layer_sizes
+    if args.layers is not None and parse_layers(args.layers, dataset, DEFAULT_HIDDEN) != layers:
+        raise ConfigError(f"--layers {args.layers} does not match {args.init} ({layers})")
+    epochs, lr = args.epochs or ForwardConfig.epochs, args.lr or ForwardConfig.lr
+    config = config_from_args(args, epochs, lr)
+    extra = {
+        "init": args.init,
+        "zero_shot_accuracy": initial.accuracy(dataset.x_test, dataset.y_test),
+        **memory_fields(initial, config, x_fit, y_fit),
+    }
+    trainer = ForwardTrainer(initial.copy(), config)
+    weights = f"int{initial.weight_bits}"
+    return Setup(trainer, layers, config.epochs, initial.weight_bits, weights, True, extra)
+
+
+def _bitflip(args: argparse.Namespace, dataset: Dataset, x_fit: Any, y_fit: Any) -> Setup:
+    config = BitFlipConfig(
+        encoding=args.weights,
+        state_bits=args.state_bits,
+        epochs=args.epochs or BitFlipConfig.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr or BitFlipConfig.lr,
+        seed=args.seed,
+    )
+    layers = parse_layers(args.layers, dataset, DEFAULT_HIDDEN)
+    trainer = BitFlipTrainer(layers, config)
+    return Setup(trainer, layers, config.epochs, config.state_bits, args.weights)
+
+
+def _float(args: argparse.Namespace, dataset: Dataset, x_fit: Any, y_fit: Any) -> Setup:
+    config = FloatConfig(
+        epochs=args.epochs or FloatConfig.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr or FloatConfig.lr,
+        seed=args.seed,
+    )
+    layers = parse_layers(args.layers, dataset, DEFAULT_HIDDEN)
+    return Setup(FloatTrainer(layers, config), layers, config.epochs, 32, "float32")
+
+
+SETUPS = {"bitflip": _bitflip, "float": _float, "forward": _forward}
 
 
 def run(args: argparse.Namespace) -> int:
     dataset = load_data(args)
     x_fit, y_fit, x_val, y_val = carve_validation(dataset.x_train, dataset.y_train, args.val_size)
-    if (args.algo == "forward") != (args.init is not None):
-        raise ConfigError("--init FILE goes with --algo forward, and --algo forward needs it")
-
-    trainer: BitFlipTrainer | FloatTrainer | ForwardTrainer
-    extra: dict[str, Any] = {}
-    if args.algo == "forward":
-        initial = load_fixed_model(args.init)
-        layers = initial.layer_sizes
-        if args.layers is not None and parse_layers(args.layers, dataset) != layers:
-            raise ConfigError(f"--layers {args.layers} does not match {args.init} ({layers})")
-        config = config_from_args(
-            args, args.epochs or ForwardConfig.epochs, args.lr or ForwardConfig.lr
-        )
-        trainer = ForwardTrainer(initial.copy(), config)
-        epochs, state_bits = config.epochs, initial.weight_bits
-        extra = {
-            "init": args.init,
-            "weights": f"int{initial.weight_bits}",
-            "zero_shot_accuracy": initial.accuracy(dataset.x_test, dataset.y_test),
-            **memory_fields(initial, config, x_fit, y_fit),
-        }
-    elif args.algo == "bitflip":
-        layers = parse_layers(args.layers, dataset)
-        trainer = BitFlipTrainer(
-            layers,
-            BitFlipConfig(
-                encoding=args.weights,
-                state_bits=args.state_bits,
-                epochs=args.epochs or BitFlipConfig.epochs,
-                batch_size=args.batch_size,
-                lr=args.lr or BitFlipConfig.lr,
-                seed=args.seed,
-            ),
-        )
-        epochs, state_bits = trainer.config.epochs, trainer.config.state_bits
-    else:
-        layers = parse_layers(args.layers, dataset)
-        trainer = FloatTrainer(
-            layers,
-            FloatConfig(
-                epochs=args.epochs or FloatConfig.epochs,
-                batch_size=args.batch_size,
-                lr=args.lr or FloatConfig.lr,
-                seed=args.seed,
-            ),
-        )
-        epochs, state_bits = trainer.config.epochs, 32
+    if args.init is not None and args.algo != "forward":
+        raise ConfigError("--init FILE goes with --algo forward (it adapts a pretrained model)")
+    setup = SETUPS[args.algo](args, dataset, x_fit, y_fit)
+    trainer = setup.trainer
 
     history: list[EpochReport] = []
     progress = ProgressBar(total=1, label=f"train {args.algo}")
@@ -164,12 +173,12 @@ def run(args: argparse.Namespace) -> int:
     train_seconds = time.monotonic() - started
     progress.close()
 
-    summary = _summary(args, dataset, model, layers, history, train_seconds, len(y_fit))
-    summary.update(extra)
+    summary = _summary(args, dataset, model, setup, history, train_seconds, len(y_fit))
+    summary.update(setup.extra)
     if isinstance(trainer, ForwardTrainer):
         summary["forward_passes"] = trainer.forward_passes
     summary["train_accuracy"] = model.accuracy(x_fit, y_fit)
-    summary["epochs"], summary["state_bits"] = epochs, state_bits
+    summary["epochs"], summary["state_bits"] = setup.epochs, setup.state_bits
     frame = model_to_frame(model, _provenance(summary))
     summary["model_bytes"] = len(frame)
     summary["compression_vs_float32"] = round(4 * model.params / len(frame), 2)
@@ -187,20 +196,20 @@ def _summary(
     args: argparse.Namespace,
     dataset: Dataset,
     model: Model,
-    layers: list[int],
+    setup: Setup,
     history: list[EpochReport],
     train_seconds: float,
     fit_samples: int,
 ) -> dict[str, Any]:
     scored = [r for r in history if r.val_accuracy is not None]
     best = max(scored, key=lambda r: r.val_accuracy or 0.0) if scored else history[-1]
-    if args.algo == "forward":
-        best = history[-1]  # forward training returns its last epoch (see shared/forwardgrad.py)
+    if setup.returns_last_epoch:
+        best = history[-1]
     return {
         "algo": args.algo,
-        "weights": args.weights if args.algo == "bitflip" else "float32",
+        "weights": setup.weights,
         "dataset": dataset.name,
-        "layers": layers,
+        "layers": setup.layers,
         "seed": args.seed,
         "test_accuracy": model.accuracy(dataset.x_test, dataset.y_test),
         "val_accuracy": best.val_accuracy,

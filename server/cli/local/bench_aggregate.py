@@ -132,7 +132,7 @@ def _unpack(words: NDArray[np.uint64], columns: int) -> NDArray[np.uint8]:
 
 def run_aggregate(args: argparse.Namespace) -> int:
     # bench_cmd imports this module to register it, so its helpers are imported late.
-    from bitfleet.server.cli.bench_cmd import median_seconds
+    from bitfleet.server.cli.local.bench_cmd import median_seconds
 
     work = make_workload(args.encoding, args.payloads, args.weights, args.weighted)
     outputs: dict[str, Any] = {}

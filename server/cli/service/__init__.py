@@ -1,0 +1,1 @@
+"""The coordinator and its clients: ``coordinator``, ``jobs``, ``agents`` and ``tls``."""
