@@ -15,6 +15,7 @@ from typing import Protocol
 
 from bitfleet.frames import DEFAULT_MAX_FRAME_BYTES
 from bitfleet.server.conditions import ConditionLog
+from bitfleet.server.context import Context
 from bitfleet.server.datasets import DatasetCache
 from bitfleet.server.engine import RoundEngine
 from bitfleet.server.fanout import Fanout, Publisher
@@ -79,34 +80,23 @@ class Coordinator:
         self.fanout = Fanout()
         self.engine = RoundEngine(settings.tick_s, self.conditions)
         datasets = DatasetCache(settings.data_dir)
-        rounds = OpenRounds()
+        self.rounds = OpenRounds()
         self.registry = AgentRegistry(store, self.fanout, clock, settings.presence_timeout_s)
         self.jobs = JobBook(store, datasets, settings.max_model_weights)
-        self.scheduler = RoundScheduler(
+        context = Context(
             store,
             self.jobs,
             self.registry,
+            self.rounds,
             self.fanout,
-            datasets,
             self.metrics,
             self.conditions,
             clock,
-            rounds,
             self.engine.wake,
         )
-        self.uploads = UploadDesk(
-            store,
-            self.jobs,
-            self.registry,
-            rounds,
-            self.fanout,
-            self.metrics,
-            self.conditions,
-            settings.max_frame_bytes,
-            self.engine.wake,
-        )
-        self.tasks = TaskDesk(store, self.jobs, rounds, self.metrics, self.engine.wake)
-        self.rounds = rounds
+        self.scheduler = RoundScheduler(context, datasets)
+        self.uploads = UploadDesk(context, settings.max_frame_bytes)
+        self.tasks = TaskDesk(context)
         self.fleet = FleetHandlers(
             self.registry, self.scheduler, self.tasks, self.uploads, self.metrics, self.conditions
         )

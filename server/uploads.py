@@ -25,41 +25,17 @@ from bitfleet.protocol import (
     WRONG_ROUND,
     UploadReceipt,
 )
-from bitfleet.server.conditions import ConditionLog
+from bitfleet.server.context import Context
 from bitfleet.server.errors import NotFound
-from bitfleet.server.fanout import Fanout
-from bitfleet.server.jobs import JobBook
-from bitfleet.server.metrics import Metrics
-from bitfleet.server.registry import AgentRegistry
-from bitfleet.server.rounds import OpenRounds
-from bitfleet.server.state import StateStore
 from bitfleet.server.state.base import StoreError
 
 log = logging.getLogger("bitfleet.uploads")
 
 
 class UploadDesk:
-    def __init__(
-        self,
-        store: StateStore,
-        jobs: JobBook,
-        registry: AgentRegistry,
-        rounds: OpenRounds,
-        fanout: Fanout,
-        metrics: Metrics,
-        conditions: ConditionLog,
-        max_frame_bytes: int,
-        wake: Callable[[], None],
-    ) -> None:
-        self._store = store
-        self._jobs = jobs
-        self._registry = registry
-        self._rounds = rounds
-        self._fanout = fanout
-        self._metrics = metrics
-        self._conditions = conditions
+    def __init__(self, context: Context, max_frame_bytes: int) -> None:
+        self._ctx = context
         self.max_frame_bytes = max_frame_bytes
-        self._wake = wake
 
     def handle(
         self, job_id: str, round_index: int, agent_id: str, data: bytes, transport: str
@@ -68,23 +44,23 @@ class UploadDesk:
 
         A full disk refuses with ``storage`` (the agent keeps the upload and resends it),
         logged once while the condition lasts."""
-        self._metrics.bytes_in.inc(len(data))
+        self._ctx.metrics.bytes_in.inc(len(data))
         try:
             reason = self._accept(job_id, round_index, agent_id, data)
             if reason == "":  # stored: the disk takes uploads again
-                self._conditions.cleared("storing uploads")
+                self._ctx.conditions.cleared("storing uploads")
         except FrameError as error:
             reason = error.reason
             log.warning("upload from %s refused (%s): %s", agent_id, reason, error)
         except StoreError as error:
             reason = "storage"
-            self._conditions.failing("storing uploads", f"uploads refused: {error}")
+            self._ctx.conditions.failing("storing uploads", f"uploads refused: {error}")
         except BitfleetError as error:
             reason = "invalid"
             log.warning("upload from %s refused (%s): %s", agent_id, reason, error)
         except Exception as error:  # a bug: the agent retries, the operator sees it once
             reason = "internal"
-            self._conditions.failing("handling uploads", repr(error), traceback=True)
+            self._ctx.conditions.failing("handling uploads", repr(error), traceback=True)
         return self.receipt(job_id, round_index, agent_id, reason, transport)
 
     def receipt(
@@ -93,12 +69,12 @@ class UploadDesk:
         """Count and announce the outcome of an upload (reason '' = accepted)."""
         receipt = UploadReceipt(job_id, round_index, agent_id, reason in ("", RESENT), reason)
         if reason == RESENT:
-            self._metrics.uploads_resent.inc(transport=transport)
+            self._ctx.metrics.uploads_resent.inc(transport=transport)
         elif receipt.accepted:
-            self._metrics.uploads_accepted.inc(transport=transport)
+            self._ctx.metrics.uploads_accepted.inc(transport=transport)
         else:
-            self._metrics.uploads_refused.inc(reason=reason)
-        self._fanout.receipt(receipt)
+            self._ctx.metrics.uploads_refused.inc(reason=reason)
+        self._ctx.fanout.receipt(receipt)
         return receipt
 
     def _accept(self, job_id: str, round_index: int, agent_id: str, data: bytes) -> str:
@@ -108,14 +84,14 @@ class UploadDesk:
         )
         if (frame.meta.get("job_id"), frame.meta.get("round")) != (job_id, round_index):
             return "mismatch"
-        with self._rounds.lock:  # the job's round cannot move on while this holds
+        with self._ctx.rounds.lock:  # the job's round cannot move on while this holds
             try:
-                job = self._jobs.record(job_id)
+                job = self._ctx.jobs.record(job_id)
             except NotFound:
                 return UNKNOWN_JOB
-            state = self._rounds.by_job.get(job_id)
+            state = self._ctx.rounds.by_job.get(job_id)
             open_round = state.record.round if state is not None else None
-            if round_index != open_round and self._store.counted(job_id, round_index, agent_id):
+            if round_index != open_round and self._ctx.store.counted(job_id, round_index, agent_id):
                 return RESENT  # counted before its round closed; the receipt was lost
             if job.status not in ACTIVE:
                 return JOB_NOT_RUNNING
@@ -129,7 +105,7 @@ class UploadDesk:
                 return RESENT
             state.algorithm.check_update(state.model, frame)
             samples = int(frame.meta["samples"])
-            if not self._store.add_upload(job_id, round_index, agent_id, samples, data):
+            if not self._ctx.store.add_upload(job_id, round_index, agent_id, samples, data):
                 return RESENT
             state.add(agent_id, frame)
             state.bytes_up += len(data)
@@ -142,14 +118,14 @@ class UploadDesk:
                 state.spec.close_at,
             )
             if state.ready():
-                self._wake()
+                self._ctx.wake()
         return ""
 
     def _secret_lookup(self, agent_id: str) -> Callable[[dict[str, object]], bytes]:
         def lookup(meta: dict[str, object]) -> bytes:
             if meta.get("agent_id") != agent_id:
                 raise FrameError("mismatch", "frame sender differs from the uploading agent")
-            secret = self._registry.secret(agent_id)
+            secret = self._ctx.registry.secret(agent_id)
             if secret is None:
                 raise FrameError("unknown_agent", f"agent {agent_id!r} is not enrolled")
             return secret.encode()

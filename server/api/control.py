@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Response
 
+from bitfleet.client import Agent
 from bitfleet.protocol import check_id
 from bitfleet.server.api.deps import Jobs, Registry, Rounds, Scheduler
 from bitfleet.server.api.schemas import (
@@ -14,12 +15,12 @@ from bitfleet.server.api.schemas import (
     INVALID,
     JSON_BODY_ERRORS,
     NOT_FOUND,
-    AgentView,
     Enrollment,
     EnrollRequest,
     Error,
     JobCreated,
     JobView,
+    agent_view,
 )
 from bitfleet.server.jobs import JobBook
 from bitfleet.server.jobspec import EXAMPLE_JOB, MAX_ROUNDS, JobSpec
@@ -127,17 +128,17 @@ def enroll_agent(registry: Registry, body: EnrollRequest | None = None) -> Enrol
     return Enrollment(agent_id=agent_id, secret=secret)
 
 
-@router.get("/agents", response_model=list[AgentView], tags=["agents"], summary="List agents")
-def list_agents(registry: Registry) -> list[AgentView]:
-    return [AgentView.of(agent, online) for agent, online in registry.all()]
+@router.get("/agents", response_model=list[Agent], tags=["agents"], summary="List agents")
+def list_agents(registry: Registry) -> list[Agent]:
+    return [agent_view(agent, online) for agent, online in registry.all()]
 
 
 @router.post(
     "/agents/{agent_id}/revoke",
-    response_model=AgentView,
+    response_model=Agent,
     tags=["agents"],
     summary="Revoke an agent: its uploads and logins are refused from now on",
     responses={**NOT_FOUND, **INVALID},
 )
-def revoke_agent(registry: Registry, agent_id: str) -> AgentView:
-    return AgentView.of(registry.revoke(agent_id), False)
+def revoke_agent(registry: Registry, agent_id: str) -> Agent:
+    return agent_view(registry.revoke(agent_id), False)

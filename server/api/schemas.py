@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from bitfleet.client import Agent, Decline, Round
 from bitfleet.server.state.base import AgentRecord, DeclineRecord, JobRecord, RoundMetrics
 
 
@@ -59,16 +61,6 @@ class JobCreated(BaseModel):
     status: str = Field(examples=["pending"])
 
 
-class RoundMetric(BaseModel):
-    round: int
-    test_accuracy: float
-    loss: float
-    uploads: int
-    bytes_up: int
-    bytes_down: int
-    seconds: float
-
-
 class JobView(BaseModel):
     id: str
     name: str
@@ -86,8 +78,8 @@ class JobView(BaseModel):
     round_agents: int = Field(0, description="agents selected for the open round")
     created_at: float
     updated_at: float
-    metrics: list[RoundMetric] = Field(default_factory=list)
-    declines: list[DeclineRecord] = Field(
+    metrics: list[Round] = Field(default_factory=list)
+    declines: list[Decline] = Field(
         default_factory=list, description="agents that could not take the job, and why"
     )
     spec: dict[str, Any]
@@ -102,21 +94,23 @@ class JobView(BaseModel):
         waiting: str | None = None,
     ) -> JobView:
         """``waiting``: what the engine says the job waits for, else the stored reason."""
-        return cls(
-            id=job.job_id,
-            name=job.spec["name"],
-            algorithm=job.spec["algorithm"],
-            status=job.status,
-            round=job.round,
-            rounds=job.spec["rounds"],
-            reason=waiting or job.reason,
-            round_uploads=progress[0],
-            round_agents=progress[1],
-            created_at=job.created_at,
-            updated_at=job.updated_at,
-            metrics=[RoundMetric(**m.as_dict()) for m in metrics],
-            declines=declines,
-            spec=job.spec,
+        return cls.model_validate(
+            {
+                "id": job.job_id,
+                "name": job.spec["name"],
+                "algorithm": job.spec["algorithm"],
+                "status": job.status,
+                "round": job.round,
+                "rounds": job.spec["rounds"],
+                "reason": waiting or job.reason,
+                "round_uploads": progress[0],
+                "round_agents": progress[1],
+                "created_at": job.created_at,
+                "updated_at": job.updated_at,
+                "metrics": [m.as_dict() for m in metrics],  # validation drops the extra keys
+                "declines": [vars(d) for d in declines],
+                "spec": job.spec,
+            }
         )
 
 
@@ -133,20 +127,11 @@ class Enrollment(BaseModel):
     secret: str = Field(description="shown once: the agent's key for signing and the broker")
 
 
-class AgentView(BaseModel):
-    """An agent as the API shows it: its record, and whether it counts as online now."""
-
-    agent_id: str
-    online: bool
-    revoked: bool
-    last_seen: float | None
-    transport: str | None
-    rounds_contributed: int
-    capabilities: dict[str, Any]
-
-    @classmethod
-    def of(cls, agent: AgentRecord, online: bool) -> AgentView:
-        return cls.model_validate({**vars(agent), "online": online})
+def agent_view(agent: AgentRecord, online: bool) -> Agent:
+    """An agent as the API shows it, in the client's own type: its record, and whether it
+    counts as online now."""
+    shown = {field.name for field in fields(Agent)}
+    return Agent(**{**{k: v for k, v in vars(agent).items() if k in shown}, "online": online})
 
 
 class Receipt(BaseModel):
