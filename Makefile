@@ -31,8 +31,9 @@ train: setup
 	$(BIN)/bitfleet train --algo bitflip --weights binary --layers 784,512,10 \
 		--dataset fashion-mnist --seed 0 --out fashion-binary.bfm
 
+# -n auto: one pytest worker per core; every test takes its own ports and directories.
 test: setup lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto
 	@$(MAKE) --no-print-directory numpy-floor
 
 # The numpy-only tests, then a real train, eval and agent self-test, on the floor numpy.
