@@ -15,20 +15,10 @@ import pytest
 from bitfleet.edge_agent.cli import main as agent_main
 from tests.agents import AgentProcess
 from tests.cluster import Broker, Coordinator
+from tests.manual import JOB as DIGITS_JOB
 from tests.manual import partition_files
 
-JOB = {
-    "name": "digits-agents",
-    "algorithm": "bitflip",
-    "model": {"layers": [64, 64, 10], "weights": "binary"},
-    "dataset": "digits",
-    "rounds": 3,
-    "agents_per_round": 3,
-    "min_agents": 2,
-    "round_deadline_s": 30,
-    "local_epochs": 2,
-    "seed": 3,
-}
+JOB = {**DIGITS_JOB, "name": "digits-agents", "round_deadline_s": 30, "seed": 3}
 
 
 @pytest.fixture

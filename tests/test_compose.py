@@ -58,12 +58,13 @@ AS_SERVICE_USER = [
 
 
 def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped (also
+    tests/test_install.py's reading of the agent's Dockerfile)."""
     instructions: list[tuple[str, str]] = []
     pending = ""
     for raw in path.read_text().splitlines():
         line = raw.strip()
-        if not line or line.startswith("#"):
+        if not pending and (not line or line.startswith("#")):
             continue
         if line.endswith("\\"):
             pending += line[:-1] + " "

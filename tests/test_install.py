@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_compose import dockerfile_instructions
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "edge_agent" / "install" / "install.sh"
 DOCKERFILE = ROOT / "docker" / "agent.Dockerfile"
@@ -489,25 +491,8 @@ def test_dry_run_uninstall(prefix: Path) -> None:
 # --- docker/agent.Dockerfile ------------------------------------------------------------------
 
 
-def dockerfile_instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
-    instructions: list[tuple[str, str]] = []
-    pending = ""
-    for raw in DOCKERFILE.read_text().splitlines():
-        line = raw.strip()
-        if not pending and (not line or line.startswith("#")):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        keyword, _, rest = (pending + line).partition(" ")
-        instructions.append((keyword.upper(), rest.strip()))
-        pending = ""
-    return instructions
-
-
 def test_agent_dockerfile() -> None:
-    instructions = dockerfile_instructions()
+    instructions = dockerfile_instructions(DOCKERFILE)
     # Stages: FROM IMAGE [AS NAME]; the final stage's base resolved through stage names.
     bases: dict[str, str] = {}
     final_base = ""
