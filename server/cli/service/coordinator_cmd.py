@@ -205,38 +205,22 @@ def run(args: argparse.Namespace) -> int:
     broker = _checked_links(args)
     clock = time.time  # one clock for the store's stamps and the engine's deadlines
     store = open_store(args.data_dir, clock)
-    coordinator = Coordinator(
-        store,
-        CoordinatorSettings(
+    try:
+        settings = CoordinatorSettings(
             presence_timeout_s=args.presence_timeout,
             max_frame_bytes=args.max_frame_bytes,
             **_given(max_model_weights=args.max_model_weights),
-        ),
-        clock,
-    )
-    registry = coordinator.registry
-    if broker is not None and broker.username:
-        registry.reserved_agent_ids.add(broker.username)
-    if args.provision_agents is not None:
-        provision_agents(registry, args.provision_agents)
-    _keep_broker_files(args, broker, store, registry)
-    if broker is not None:
-        bridge = MqttBridge(
-            coordinator.fleet,
-            args.mqtt_url,
-            max_message_bytes=args.max_message_bytes,
-            shared_group=args.shared_subscription,
-            ca_file=args.ca_file,
-            client_cert=args.mqtt_client_cert,
-            client_key=args.mqtt_client_key,
         )
-        coordinator.add_transport("mqtt", bridge)
-    app = create_app(
-        coordinator,
-        None if args.no_admin_token else args.admin_token,
-        ApiLimits(**_given(max_request_bytes=args.max_request_bytes)),
-    )
-    try:
+        coordinator = Coordinator(store, settings, clock)
+        _admit_agents(args, broker, store, coordinator.registry)
+        if broker is not None:
+            bridge = MqttBridge(coordinator.fleet, args.mqtt_url, **_mqtt_options(args))
+            coordinator.add_transport("mqtt", bridge)
+        app = create_app(
+            coordinator,
+            None if args.no_admin_token else args.admin_token,
+            ApiLimits(**_given(max_request_bytes=args.max_request_bytes)),
+        )
         uvicorn.run(
             app,
             host=args.host,
@@ -248,6 +232,32 @@ def run(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
+
+
+def _admit_agents(
+    args: argparse.Namespace,
+    broker: BrokerAddress | None,
+    store: StateStore,
+    registry: AgentRegistry,
+) -> None:
+    """Who may connect: the broker user is no agent id, provisioned agents are enrolled,
+    and the broker's password file follows the registry."""
+    if broker is not None and broker.username:
+        registry.reserved_agent_ids.add(broker.username)
+    if args.provision_agents is not None:
+        provision_agents(registry, args.provision_agents)
+    _keep_broker_files(args, broker, store, registry)
+
+
+def _mqtt_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The MQTT bridge's options from the command line."""
+    return {
+        "max_message_bytes": args.max_message_bytes,
+        "shared_group": args.shared_subscription,
+        "ca_file": args.ca_file,
+        "client_cert": args.mqtt_client_cert,
+        "client_key": args.mqtt_client_key,
+    }
 
 
 def _checked_links(args: argparse.Namespace) -> BrokerAddress | None:
