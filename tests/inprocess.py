@@ -154,9 +154,12 @@ class InProcessCoordinator:
 
 
 @contextmanager
-def in_process(data_dir: Path, **settings: Any) -> Iterator[InProcessCoordinator]:
+def in_process(
+    data_dir: Path, background: bool = False, **settings: Any
+) -> Iterator[InProcessCoordinator]:
     """A coordinator built as ``bitfleet coordinator`` builds one, minus uvicorn and MQTT;
-    ``settings`` are CoordinatorSettings fields."""
+    ``settings`` are CoordinatorSettings fields. ``background``: the engine's own thread
+    runs (on the manual clock) instead of the test ticking it."""
     clock = ManualClock()
     store = open_store(data_dir, clock=clock)
     coordinator = Coordinator(store, CoordinatorSettings(**settings), clock)
@@ -164,7 +167,7 @@ def in_process(data_dir: Path, **settings: Any) -> Iterator[InProcessCoordinator
     coordinator.fanout.add(publisher)
     coordinator.scheduler.recover()
     try:
-        app = create_app(coordinator, ADMIN_TOKEN, background=False)
+        app = create_app(coordinator, ADMIN_TOKEN, background=background)
         with TestClient(app) as client:
             yield InProcessCoordinator(clock, publisher, coordinator, client)
     finally:

@@ -4,14 +4,20 @@ real process; these run in milliseconds each, so they test the edges it has no t
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bitfleet.federated import update_frame
 from bitfleet.frames import decode_frame
 from bitfleet.protocol import RESENT
+from bitfleet.server import scheduler
+from bitfleet.server.closing import close_round
+from bitfleet.server.state.base import RoundMetrics
 from tests.inprocess import ADMIN_TOKEN, InProcessAgent, InProcessCoordinator, in_process
 from tests.manual import JOB
 
@@ -88,6 +94,32 @@ def test_at_its_deadline_a_round_closes_with_the_uploads_it_has(
     coordinator.advance(1)
     job = coordinator.job(job_id)
     assert (job["status"], job["round"], job["metrics"][0]["uploads"]) == ("running", 1, 1)
+
+
+def test_an_upload_completing_a_round_wakes_the_engine_thread_which_closes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The uvicorn worker that takes the last upload only rings the engine: the vote, the
+    evaluation and the next round's publishing run on the engine's own thread."""
+    closed_on: list[str] = []
+
+    def recording_close(*args: Any, **kwargs: Any) -> RoundMetrics:
+        closed_on.append(threading.current_thread().name)
+        return close_round(*args, **kwargs)
+
+    monkeypatch.setattr(scheduler, "close_round", recording_close)
+    with in_process(tmp_path, background=True, tick_s=3600) as coordinator:
+        (agent,) = coordinator.online(1)
+        job_id = coordinator.submit(agents_per_round=1, min_agents=1, rounds=2)
+        coordinator.coordinator.engine.wake()  # no tick for an hour otherwise
+        deadline = time.monotonic() + 30
+        while agent.task() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        model = coordinator.model(job_id, 0)
+        assert agent.upload(job_id, 0, agent.update(model, job_id, 0)).json()["accepted"]
+        while coordinator.job(job_id)["round"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert closed_on == ["round-engine"]
 
 
 def test_a_rounds_seconds_are_measured_on_the_injected_clock(
