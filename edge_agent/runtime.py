@@ -25,13 +25,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bitfleet import kernels
-from bitfleet.algorithms import ALGORITHMS, LocalTraining
+from bitfleet.algorithms.local import LocalJobs
 from bitfleet.edge_agent.backoff import Backoff, Outage
 from bitfleet.edge_agent.journal import Journal, TaskKey
 from bitfleet.edge_agent.outbox import Outbox, Pending
 from bitfleet.edge_agent.transports import Transport, is_outage
 from bitfleet.errors import BitfleetError
-from bitfleet.federated import TrainingInterrupted, agent_seed, update_frame
+from bitfleet.federated import TrainingInterrupted, update_frame
 from bitfleet.frames import Tensor, decode_frame
 from bitfleet.protocol import TRANSIENT_REASONS, AgentStatus, Decline, Task, UploadReceipt
 
@@ -83,10 +83,13 @@ class AgentRuntime:
     outage: Outage = field(default_factory=Outage)
     done: set[TaskKey] = field(default_factory=set)
     stop: threading.Event = field(default_factory=threading.Event)
-    _jobs: dict[str, LocalTraining[Any]] = field(default_factory=dict)
     _state: dict[str, Any] = field(default_factory=dict)
     _coordinator_returns: int = 0
+    _jobs: LocalJobs = field(init=False)
     _poll_error: str | None = None
+
+    def __post_init__(self) -> None:
+        self._jobs = LocalJobs(self.agent_id)
 
     def status(self, state: str) -> AgentStatus:
         return AgentStatus(self.agent_id, state, capabilities(self.y))
@@ -157,19 +160,11 @@ class AgentRuntime:
     def _train_and_upload(self, task: Task) -> UploadReceipt | None:
         started = time.monotonic()
         global_frame = decode_frame(self.transport.fetch_model(task, self.upload_timeout_s))
-        algorithm = ALGORITHMS.get(task.algorithm)
-        if algorithm is None:
-            raise BitfleetError(f"algorithm {task.algorithm!r} is not supported by this agent")
-        seed = agent_seed(task.seed, task.round, self.agent_id)
-        weights = algorithm.model_weights(global_frame)
-        config = algorithm.config(task.hyperparameters, weights, task.local_epochs, seed)
-        if self._declined(task, algorithm.memory_needed(global_frame, config)):
+        plan = self._jobs.plan(task, global_frame)
+        if self._declined(task, plan.memory_needed):
             return None
-        local = self._jobs.get(task.job_id)
-        if local is None:
-            local = self._jobs[task.job_id] = algorithm.local(task.job_id, global_frame, config)
-        tensors, meta = local.train_round(
-            global_frame, task.round, config, self.x, self.y, should_stop=self.stop.is_set
+        tensors, meta = self._jobs.train(
+            task, global_frame, plan, self.x, self.y, should_stop=self.stop.is_set
         )
         return self._upload(task, tensors, meta, started)
 

@@ -1,4 +1,8 @@
-"""Closing a round: the vote, the evaluation on the test split, one store transaction."""
+"""Closing a round: the vote, the evaluation on the test split, one store transaction.
+
+:func:`vote` is the part without a store (``bitfleet simulate`` closes its rounds with it);
+:func:`close_round` is the coordinator's, which stores its outcome at once.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +15,15 @@ from bitfleet.server.state import StateStore
 from bitfleet.server.state.base import RoundMetrics
 
 
-def close_round(
-    store: StateStore, job: Job, state: OpenRound, dataset: Dataset, now: float
-) -> RoundMetrics:
-    """Turn the round's tally into the next global model, score it, and store model,
-    metrics and the job's next round at once (a refused write leaves the round open)."""
-    next_model = job.algorithm.next_model(state.model, state.accumulator, job.round)
-    accuracy, loss = job.algorithm.evaluate(decode_frame(next_model), dataset)
+def vote(
+    round_index: int, state: OpenRound, dataset: Dataset, now: float
+) -> tuple[bytes, RoundMetrics]:
+    """The round's tally turned into the next global model, and that model's metrics on the
+    data set's test split."""
+    next_model = state.algorithm.next_model(state.model, state.accumulator, round_index)
+    accuracy, loss = state.algorithm.evaluate(decode_frame(next_model), dataset)
     metrics = RoundMetrics(
-        round=job.round,
+        round=round_index,
         test_accuracy=accuracy,
         loss=loss,
         uploads=len(state.accepted),
@@ -27,6 +31,15 @@ def close_round(
         bytes_down=state.model_bytes * len(state.record.selected),
         seconds=round(now - state.record.opened_at, 3),
     )
+    return next_model, metrics
+
+
+def close_round(
+    store: StateStore, job: Job, state: OpenRound, dataset: Dataset, now: float
+) -> RoundMetrics:
+    """Vote, score, and store model, metrics and the job's next round at once (a refused
+    write leaves the round open)."""
+    next_model, metrics = vote(job.round, state, dataset, now)
     final = job.round + 1 >= job.spec.rounds
     status = transition(job.status, COMPLETED if final else RUNNING)
     store.close_round(job.job_id, job.round, next_model, metrics, status)

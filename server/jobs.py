@@ -12,10 +12,12 @@ import binascii
 import logging
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic import ValidationError
 
+from bitfleet.datasets import Dataset
 from bitfleet.errors import ConfigError
 from bitfleet.frames import decode_frame
 from bitfleet.jobstatus import ACTIVE, FAILED, transition
@@ -68,25 +70,7 @@ class JobBook:
     def create(self, spec: JobSpec) -> JobRecord:
         """Check the spec against this coordinator and its data, build round 0's model, and
         store the job ``pending``."""
-        # Checked before anything is built: the initial model alone would allocate this much.
-        if spec.model.weight_count > self._max_model_weights:
-            raise ConfigError(
-                f"model layers {spec.model.layers} have {spec.model.weight_count} weights, more "
-                f"than this coordinator's limit of {self._max_model_weights}: use smaller "
-                "layers, or restart the coordinator with a larger --max-model-weights"
-            )
-        algorithm = JOB_ALGORITHMS.get(spec.algorithm)
-        if algorithm is None:
-            raise ConfigError(f"algorithm {spec.algorithm!r} is not available on this coordinator")
-        dataset = self._datasets.get(spec.dataset)
-        layers = spec.model.layers
-        if layers[0] != dataset.num_features or layers[-1] < dataset.num_classes:
-            raise ConfigError(
-                f"model layers {layers} do not fit {spec.dataset}: it has "
-                f"{dataset.num_features} features and {dataset.num_classes} classes, so use "
-                f"[{dataset.num_features}, ..., {dataset.num_classes}]"
-            )
-        model = _initial_model(spec, algorithm)
+        model = round_zero_model(spec, self._max_model_weights, self._datasets.get)
         job_id = "job-" + secrets.token_hex(6)
         job = self._store.create_job(job_id, spec.model_dump(), model)
         with self._specs_lock:
@@ -155,6 +139,32 @@ class JobBook:
             with self._specs_lock:
                 self._specs[record.job_id] = spec
         return spec
+
+
+def round_zero_model(
+    spec: JobSpec, max_model_weights: int, dataset_of: Callable[[str], Dataset]
+) -> bytes:
+    """Round 0's global model of a job, after checking the job against the coordinator's
+    weight limit and the data set it is evaluated on (ConfigError says what to change)."""
+    # Checked before anything is built: the initial model alone would allocate this much.
+    if spec.model.weight_count > max_model_weights:
+        raise ConfigError(
+            f"model layers {spec.model.layers} have {spec.model.weight_count} weights, more "
+            f"than this coordinator's limit of {max_model_weights}: use smaller "
+            "layers, or restart the coordinator with a larger --max-model-weights"
+        )
+    algorithm = JOB_ALGORITHMS.get(spec.algorithm)
+    if algorithm is None:
+        raise ConfigError(f"algorithm {spec.algorithm!r} is not available on this coordinator")
+    dataset = dataset_of(spec.dataset)
+    layers = spec.model.layers
+    if layers[0] != dataset.num_features or layers[-1] < dataset.num_classes:
+        raise ConfigError(
+            f"model layers {layers} do not fit {spec.dataset}: it has "
+            f"{dataset.num_features} features and {dataset.num_classes} classes, so use "
+            f"[{dataset.num_features}, ..., {dataset.num_classes}]"
+        )
+    return _initial_model(spec, algorithm)
 
 
 def _initial_model(spec: JobSpec, algorithm: JobAlgorithm) -> bytes:

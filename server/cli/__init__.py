@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         eval_cmd,
         lastmile_cmd,
         pretrain_cmd,
+        simulate_cmd,
         train_cmd,
     )
     from bitfleet.server.cli.service import agents_cmd, coordinator_cmd, jobs_cmd, tls_cmd
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         train_cmd,
         pretrain_cmd,
         lastmile_cmd,
+        simulate_cmd,
         eval_cmd,
         data_cmd,
         bench_cmd,
