@@ -66,6 +66,9 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
         return report_error(error.parser.prog, "UsageError", str(error), as_json)
     except BitfleetError as error:
         return report_error(prog, type(error).__name__, str(error), as_json)
+    except BrokenPipeError:  # the reader left (``| head``): stdout can take nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
     except OSError as error:  # a user-named path: missing, unreadable, disk full
         return report_error(prog, "OSError", describe_os_error(error), as_json)
     except MemoryError as error:

@@ -172,3 +172,18 @@ def test_bad_options_exit_2_with_what_to_change(
 ) -> None:
     assert main(["simulate", "--dataset", "digits", "--layers", "64,16,10", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_bench_federated_runs_fedavg_beside_on_the_same_partitions() -> None:
+    out = io.StringIO()
+    argv = ["bench", "federated", "--dataset", "digits", "--layers", "64,64,10"]
+    with contextlib.redirect_stdout(out):
+        assert main([*argv, "--agents", "3", "--rounds", "2", "--json"]) == 0
+    result = json.loads(out.getvalue())
+    for side in ("bitfleet", "fedavg"):
+        assert [r["round"] for r in result[side]["rounds"]] == [0, 1]
+        assert 0 < result[side]["final_test_accuracy"] <= 1
+    params = 64 * 64 + 64 + 64 * 10 + 10
+    assert result["fedavg"]["bytes_per_agent_round_up"] == 4 * params
+    bits = result["bitfleet"]["bytes_per_agent_round_up"]
+    assert result["ratios"]["fedavg_bytes_per_bitfleet_byte"] == round(4 * params / bits, 1)

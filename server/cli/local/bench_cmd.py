@@ -15,7 +15,7 @@ from bitfleet.bitflip import BitFlipConfig, BitFlipTrainer
 from bitfleet.bitpack import bit_planes, pack_binary
 from bitfleet.cliargs import positive_int
 from bitfleet.floatmlp import FloatConfig, FloatTrainer
-from bitfleet.server.cli.local import bench_aggregate
+from bitfleet.server.cli.local import bench_aggregate, bench_federated
 from bitfleet.server.cli.output import print_json
 
 
@@ -41,6 +41,7 @@ def register(subparsers: Any) -> None:
     kernels_parser.add_argument("--json", action="store_true", help="print one JSON object")
     kernels_parser.set_defaults(func=run_kernels)
     bench_aggregate.register(benches)
+    bench_federated.register(benches)
 
 
 @contextlib.contextmanager

@@ -37,6 +37,14 @@ def register(subparsers: Any) -> None:
             "on the data set's test split. Deterministic under --seed."
         ),
     )
+    add_simulation_arguments(parser)
+    parser.add_argument("--out", type=output_file, help="write the final model to this .bfm")
+    parser.add_argument("--json", action="store_true", help="one JSON object at the end")
+    parser.set_defaults(func=run)
+
+
+def add_simulation_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data, job and fleet options (``bench federated`` runs the same simulation)."""
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="fashion-mnist", help="data set (default %(default)s)")
     data.add_argument(
@@ -72,20 +80,21 @@ def register(subparsers: Any) -> None:
         "--workers", type=int_range(1, 64), default=1, help="worker processes (default 1)"
     )
     parser.add_argument("--seed", type=non_negative_int, default=0)
-    parser.add_argument("--out", type=output_file, help="write the final model to this .bfm")
-    parser.add_argument("--json", action="store_true", help="one JSON object at the end")
-    parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def check_fractions(args: argparse.Namespace) -> None:
     for name in ("participation", "dropout", "byzantine"):
         value = getattr(args, name)
         if not 0 <= value <= 1 or (name == "participation" and value == 0):
             raise ConfigError(f"--{name} must be a fraction in (0, 1], got {value}")
+
+
+def run(args: argparse.Namespace) -> int:
+    check_fractions(args)
     started = time.monotonic()
-    dataset, shards = _data(args)
-    spec = _spec(args, dataset, len(shards))
-    agents = _agents(shards, args)
+    dataset, shards = load_shards(args)
+    spec = job_spec(args, dataset, len(shards))
+    agents = sim_agents(shards, args)
     with Fleet(agents, args.workers) as fleet:
         simulation = Simulation(spec, dataset, fleet, dropout=args.dropout)
         if not args.json:
@@ -108,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data(args: argparse.Namespace) -> tuple[Dataset, list[tuple[str, Any, Any]]]:
+def load_shards(args: argparse.Namespace) -> tuple[Dataset, list[tuple[str, Any, Any]]]:
     """The evaluation data set, and (agent id, x, y) per agent."""
     if args.agent_data is None:
         dataset = load_dataset(args.dataset)
@@ -127,7 +136,7 @@ def _data(args: argparse.Namespace) -> tuple[Dataset, list[tuple[str, Any, Any]]
     return loaded[0][1] if args.dataset == "fashion-mnist" else load_dataset(args.dataset), shards
 
 
-def _spec(args: argparse.Namespace, dataset: Dataset, agents: int) -> JobSpec:
+def job_spec(args: argparse.Namespace, dataset: Dataset, agents: int) -> JobSpec:
     """The job: --spec's fields, then the flags; every agent a candidate each round."""
     base: dict[str, Any] = json.loads(Path(args.spec).read_text()) if args.spec else {}
     algorithm = args.algorithm or base.get("algorithm", "bitflip")
@@ -176,7 +185,7 @@ def _base64(path: str) -> str:
     return base64.b64encode(Path(path).read_bytes()).decode()
 
 
-def _agents(shards: list[tuple[str, Any, Any]], args: argparse.Namespace) -> list[SimAgent]:
+def sim_agents(shards: list[tuple[str, Any, Any]], args: argparse.Namespace) -> list[SimAgent]:
     """The agents; the first ``byzantine`` share of a seeded shuffle attacks."""
     rng = np.random.default_rng([args.seed, 2])
     hostile = set(rng.permutation(len(shards))[: round(args.byzantine * len(shards))].tolist())
