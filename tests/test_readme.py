@@ -389,6 +389,16 @@ def walk_training(w: Walk) -> None:
     assert lastmile["shift"] == "rotate30" and 0 < lastmile["forward_accuracy"] <= 1
 
 
+def walk_simulating(w: Walk) -> None:
+    out = w.run()
+    fleet, mine, bench = _json_values(out)
+    assert re.search(r"^final test accuracy 0\.\d+ after 1 rounds", out, re.M)
+    assert fleet["agents"] == 10 and fleet["hostile"] == 3 and fleet["attack"] == "invert-last"
+    assert mine["agents"] == 3 and len(mine["rounds"]) == 5 and mine["final_test_accuracy"] > 0
+    sides = bench["fedavg"], bench["bitfleet"]
+    assert sides[0]["bytes_per_agent_round_up"] > sides[1]["bytes_per_agent_round_up"]
+
+
 def walk_speed(w: Walk) -> None:
     kernels, aggregate = _json_values(w.run())
     assert kernels["layer"] == "784->512" and kernels["binary_dense_speedup"] > 0
@@ -481,6 +491,14 @@ TABLE: dict[str, Covered | Runs] = {
             ("--out pre.bfm", "--out pre.bfm --epochs 1"),
             ("fashion-mnist:rotate30 --json", "fashion-mnist:rotate30 --json --epochs 1"),
             ("--shift rotate30 --json", "--shift rotate30 --json --samples 1000 --epochs 1"),
+        ),
+    ),
+    "Simulating a fleet #1": Runs(
+        walk_simulating,
+        (
+            ("--rounds 20 --hp state_bits=8", "--rounds 1 --hp state_bits=8 --layers 784,32,10"),
+            ("--rounds 20 --json\n", "--rounds 1 --json --layers 784,32,10\n"),
+            ("--rounds 20 --json   #", "--rounds 1 --json --layers 784,32,10   #"),
         ),
     ),
     "Speed #1": Runs(
