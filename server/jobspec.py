@@ -81,6 +81,12 @@ class JobSpec(BaseModel):
         description="the largest share of a round's declared samples one agent's vote may "
         "weigh (see docs/security.md: vote weights)",
     )
+    screen_updates: bool = Field(
+        False,
+        description="refuse (reason 'outlier') a bit-flip update one of whose layers agrees "
+        "with the round's model no better than chance: an inverted or random layer "
+        "(docs/algorithms.md: robust aggregation)",
+    )
     on_insufficient: Literal["retry", "fail"] = Field(
         "retry", description="a round short of min_agents at its deadline is retried or fails"
     )

@@ -63,6 +63,12 @@ class OpenRound:
             state.bytes_up += len(upload.payload)
         return state
 
+    def check(self, update: Frame) -> str | None:
+        """FrameError for an update that does not fit the round's model; the refusal reason
+        of one the job's screening turns away; None for one to count."""
+        self.algorithm.check_update(self.model, update)
+        return self.algorithm.screen(self.model, update) if self.spec.screen_updates else None
+
     def waiting_for(self, agent_id: str) -> bool:
         """Selected, and has neither uploaded nor declined."""
         return (

@@ -103,7 +103,9 @@ class UploadDesk:
                 return NOT_SELECTED
             if agent_id in state.accepted:
                 return RESENT
-            state.algorithm.check_update(state.model, frame)
+            screened = state.check(frame)
+            if screened is not None:
+                return screened
             samples = int(frame.meta["samples"])
             if not self._ctx.store.add_upload(job_id, round_index, agent_id, samples, data):
                 return RESENT

@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bitfleet.bitmlp import BitMLP, PackedLayer
+from bitfleet.bitpack import unpack_binary, unpack_ternary
 from bitfleet.classifier import Classifier
 from bitfleet.errors import ConfigError, ModelFileError
 from bitfleet.fixedpoint import FixedLayer, FixedMLP
@@ -39,6 +40,14 @@ def bitmlp_weight_tensors(model: BitMLP) -> list[Tensor]:
         Tensor(f"dense_{index}", layer.encoding, (layer.outputs, layer.inputs), _planes(layer))
         for index, layer in enumerate(model.layers)
     ]
+
+
+def tensor_values(tensor: Tensor) -> NDArray[np.int8]:
+    """A packed binary or ternary tensor's ``(rows, columns)`` values in {-1, 0, +1}."""
+    columns = tensor.shape[1]
+    if tensor.encoding == "binary":
+        return unpack_binary(tensor.data[0], columns)
+    return unpack_ternary(tensor.data[0], tensor.data[1], columns)
 
 
 def _planes(layer: PackedLayer) -> NDArray[np.uint64]:

@@ -207,6 +207,7 @@ WRONG_ROUND = "wrong_round"  # a round that has not opened
 NOT_SELECTED = "not_selected"
 JOB_NOT_RUNNING = "job_not_running"
 UNKNOWN_JOB = "unknown_job"
+OUTLIER = "outlier"  # the job screens updates, and this one looks inverted or random
 # Every refusal reason and the HTTP status that carries it on the fleet API.
 REFUSAL_STATUS = {
     LATE: 409,
@@ -214,6 +215,7 @@ REFUSAL_STATUS = {
     NOT_SELECTED: 409,
     JOB_NOT_RUNNING: 409,
     UNKNOWN_JOB: 404,
+    OUTLIER: 409,
     "forged": 403,
     "unsigned": 403,
     "mismatch": 403,

@@ -7,14 +7,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bitfleet.bitpack import pack_binary
 from bitfleet.federated import update_frame
 from bitfleet.frames import decode_frame
-from bitfleet.protocol import RESENT
+from bitfleet.modelfile import tensor_values
+from bitfleet.protocol import OUTLIER, RESENT
 from bitfleet.server import scheduler
 from bitfleet.server.closing import close_round
 from bitfleet.server.state.base import RoundMetrics
@@ -262,6 +265,27 @@ def test_uploads_are_refused_with_the_right_reason(coordinator: InProcessCoordin
     assert outsider.upload(job_id, 0, outsider.update(model, job_id, 0)).json()["reason"] == "late"
     refused = [r.reason for r in coordinator.publisher.receipts if not r.accepted]
     assert refused == [*cases, "late"]
+
+
+def test_a_screening_job_refuses_an_inverted_layer_as_an_outlier(
+    coordinator: InProcessCoordinator,
+) -> None:
+    job_id, (first, second), model = _open_round(
+        coordinator, 2, agents_per_round=2, min_agents=2, screen_updates=True
+    )
+    decoded = decode_frame(first.update(model, job_id, 0))
+    flipped = [  # the last layer inverted, the rest honest
+        replace(t, data=pack_binary(-tensor_values(t))[None]) if t.name == "dense_1" else t
+        for t in decoded.tensors.values()
+    ]
+    inverted = update_frame(flipped, decoded.meta, "a0", first.secret.encode())
+    reply = first.upload(job_id, 0, inverted)
+    assert (reply.status_code, reply.json()["reason"]) == (409, OUTLIER)
+    assert second.upload(job_id, 0, second.update(model, job_id, 0)).json()["accepted"]
+    assert (
+        'bitfleet_uploads_refused_total{reason="outlier"} 1'
+        in coordinator.client.get("/metrics").text
+    )
 
 
 def test_an_upload_for_a_round_its_deadline_closed_is_late(

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bitfleet.bitpack import unpack_binary
 from bitfleet.federated import update_frame
 from bitfleet.frames import Tensor, decode_frame
+from bitfleet.modelfile import tensor_values
 from bitfleet.protocol import MAX_SAMPLES
 from bitfleet.server.cli import main
 from bitfleet.server.simulation.attacks import Attack
@@ -111,23 +111,19 @@ def _update(planes: list[np.ndarray], samples: int = 10) -> tuple[list[Tensor], 
     return tensors, {"samples": samples, "round": 0, "job_id": "job-x"}
 
 
-def _values(tensor: Tensor) -> np.ndarray:
-    return unpack_binary(tensor.data[0], tensor.shape[1])
-
-
 def test_each_attack_sends_what_it_says() -> None:
     rng = np.random.default_rng(0)
     planes = [rng.integers(0, 2**64, size=(4, 1), dtype=np.uint64) for _ in range(2)]
     honest = _update(planes)
-    honest_values = [_values(t) for t in honest[0]]
+    honest_values = [tensor_values(t) for t in honest[0]]
     last = Attack("invert-last", rng).apply(honest)[0]
-    np.testing.assert_array_equal(_values(last[0]), honest_values[0])
-    np.testing.assert_array_equal(_values(last[1]), -honest_values[1])
+    np.testing.assert_array_equal(tensor_values(last[0]), honest_values[0])
+    np.testing.assert_array_equal(tensor_values(last[1]), -honest_values[1])
     every = Attack("invert-all", rng).apply(honest)[0]
-    assert all((_values(t) == -v).all() for t, v in zip(every, honest_values, strict=True))
+    assert all((tensor_values(t) == -v).all() for t, v in zip(every, honest_values, strict=True))
     noise = Attack("random", np.random.default_rng(1)).apply(honest)[0]
     agreement = np.mean(
-        [(_values(t) == v).mean() for t, v in zip(noise, honest_values, strict=True)]
+        [(tensor_values(t) == v).mean() for t, v in zip(noise, honest_values, strict=True)]
     )
     assert 0.3 < agreement < 0.7  # unrelated to the honest values
     inflated = Attack("inflate-weight", rng)
@@ -187,3 +183,16 @@ def test_bench_federated_runs_fedavg_beside_on_the_same_partitions() -> None:
     assert result["fedavg"]["bytes_per_agent_round_up"] == 4 * params
     bits = result["bitfleet"]["bytes_per_agent_round_up"]
     assert result["ratios"]["fedavg_bytes_per_bitfleet_byte"] == round(4 * params / bits, 1)
+
+
+@pytest.mark.parametrize("attack", ["invert-last", "random"])
+def test_screening_refuses_inverted_and_random_layers_and_no_honest_update(
+    tmp_path: Path, attack: str
+) -> None:
+    (tmp_path / "job.json").write_text(json.dumps({"screen_updates": True}))
+    screened = ["--spec", str(tmp_path / "job.json"), "--agents", "4", "--seed", "2"]
+    honest = _simulate(*_digits(tmp_path, *screened))
+    assert [r["refused"] for r in honest["rounds"]] == [0] * ROUNDS
+    hostile = _simulate(*_digits(tmp_path, *screened, "--byzantine", "0.5", "--attack", attack))
+    assert [r["refused"] for r in hostile["rounds"]] == [2] * ROUNDS
+    assert [r["uploads"] for r in hostile["rounds"]] == [2] * ROUNDS

@@ -55,6 +55,11 @@ class JobAlgorithm(ABC):
     def evaluate(self, model: Frame, dataset: Dataset) -> tuple[float, float]:
         """(accuracy, loss) on the data set's test split."""
 
+    def screen(self, model: Frame, update: Frame) -> str | None:
+        """For a job that screens updates: the refusal reason of a well-formed ``update``
+        that should not be counted, else None (default: every update counts)."""
+        return None
+
     def round_hyperparameters(self, spec: JobSpec, round_index: int) -> dict[str, Any]:
         """The hyperparameters agents get for ``round_index`` (default: the job's own)."""
         return dict(spec.hyperparameters)

@@ -19,8 +19,9 @@ from bitfleet.algorithms.bitflip import (
 )
 from bitfleet.datasets import Dataset
 from bitfleet.errors import ConfigError
-from bitfleet.frames import Frame, FrameError
-from bitfleet.modelfile import bitmlp_from_frame
+from bitfleet.frames import Frame, FrameError, Tensor
+from bitfleet.modelfile import bitmlp_from_frame, tensor_values
+from bitfleet.protocol import OUTLIER
 from bitfleet.server.algorithms.base import (
     Accumulator,
     Expected,
@@ -30,6 +31,9 @@ from bitfleet.server.algorithms.base import (
 )
 from bitfleet.server.jobspec import JobSpec
 from bitfleet.tally import ModelTally
+
+# How far above a coin's half a layer's agreement must be to count as honest.
+CHANCE_SIGMAS = 4
 
 
 @dataclass
@@ -69,6 +73,18 @@ class BitFlipJobs(JobAlgorithm):
         offset = model.tensors["input_offset"]
         check_update_tensors(update, {**_voted(model), INPUT_MEAN: ("uint8", offset.shape)})
 
+    def screen(self, model: Frame, update: Frame) -> str | None:
+        """``outlier`` when some layer of the update agrees with the round's model on no more
+        of its weights than a coin would (half, plus four standard deviations): an inverted
+        layer agrees on the complement of what an honest one does, a random one on half.
+        An honest agent moves from the model it was given, and keeps most of it."""
+        for name, expected in _voted(model).items():
+            agreement = _agreement(model.tensors[name], update.tensors[name])
+            count = expected[1][0] * expected[1][1]
+            if agreement <= 0.5 + CHANCE_SIGMAS * 0.5 / np.sqrt(count):
+                return OUTLIER
+        return None
+
     def accumulator(self, model: Frame) -> Accumulator:
         features = model.tensors["input_offset"].shape[0]
         return BitFlipAccumulator(
@@ -102,6 +118,11 @@ class BitFlipJobs(JobAlgorithm):
         )
         decay = config.lr_decay ** (round_index * spec.local_epochs)
         return {**spec.hyperparameters, "lr": config.lr * decay}
+
+
+def _agreement(model: Tensor, update: Tensor) -> float:
+    """The share of weights whose value the update keeps."""
+    return float(np.mean(tensor_values(model) == tensor_values(update)))
 
 
 def _voted(model: Frame) -> Expected:

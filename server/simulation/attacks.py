@@ -17,18 +17,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bitfleet.algorithms import Update
-from bitfleet.bitpack import pack_binary, pack_ternary, unpack_binary, unpack_ternary
+from bitfleet.bitpack import pack_binary, pack_ternary
 from bitfleet.frames import Tensor
+from bitfleet.modelfile import tensor_values
 from bitfleet.protocol import MAX_SAMPLES
 
 VOTED = ("binary", "ternary")
-
-
-def _values(tensor: Tensor) -> NDArray[np.int8]:
-    columns = tensor.shape[1]
-    if tensor.encoding == "binary":
-        return unpack_binary(tensor.data[0], columns)
-    return unpack_ternary(tensor.data[0], tensor.data[1], columns)
 
 
 def _with_values(tensor: Tensor, values: NDArray[np.integer]) -> Tensor:
@@ -48,7 +42,9 @@ def _rewrite(
 ) -> list[Tensor]:
     voted = [t for t in tensors if t.encoding in VOTED]
     chosen = pick(voted)
-    return [_with_values(t, change(t, _values(t))) if t.name in chosen else t for t in tensors]
+    return [
+        _with_values(t, change(t, tensor_values(t))) if t.name in chosen else t for t in tensors
+    ]
 
 
 def _last(voted: list[Tensor]) -> set[str]:

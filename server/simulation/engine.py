@@ -127,9 +127,12 @@ class Simulation:
                 raise BitfleetError("the update names another job or round")
             if update.meta.get("agent_id") != agent_id:
                 raise BitfleetError("the update names another agent")
-            state.algorithm.check_update(state.model, update)
+            screened = state.check(update)
         except BitfleetError as error:
             log.info("round %d: update of %s refused: %s", round_index, agent_id, error)
+            return False
+        if screened is not None:
+            log.info("round %d: update of %s refused: %s", round_index, agent_id, screened)
             return False
         state.add(agent_id, update)
         state.bytes_up += len(data)
