@@ -13,7 +13,6 @@ from bitfleet.algorithms.bitflip import (
     INPUT_MEAN,
     OFFSET_FINAL,
     BitFlip,
-    bitflip_config,
     initial_global_model,
     voted_global_model,
 )
@@ -53,7 +52,7 @@ class BitFlipJobs(JobAlgorithm):
     agent = BitFlip()
 
     def initial_model(self, spec: JobSpec) -> bytes:
-        config = bitflip_config(
+        config = self.agent.config(
             spec.hyperparameters, spec.model.weights, spec.local_epochs, spec.seed
         )
         return initial_global_model(spec.model.layers, config)
@@ -113,7 +112,7 @@ class BitFlipJobs(JobAlgorithm):
 
     def round_hyperparameters(self, spec: JobSpec, round_index: int) -> dict[str, Any]:
         """The job's options, with the learning rate annealed per round of local epochs."""
-        config = bitflip_config(
+        config = self.agent.config(
             spec.hyperparameters, spec.model.weights, spec.local_epochs, spec.seed
         )
         decay = config.lr_decay ** (round_index * spec.local_epochs)
