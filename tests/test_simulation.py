@@ -196,3 +196,14 @@ def test_screening_refuses_inverted_and_random_layers_and_no_honest_update(
     hostile = _simulate(*_digits(tmp_path, *screened, "--byzantine", "0.5", "--attack", attack))
     assert [r["refused"] for r in hostile["rounds"]] == [2] * ROUNDS
     assert [r["uploads"] for r in hostile["rounds"]] == [2] * ROUNDS
+
+
+def test_val_size_scores_a_split_carved_from_training_that_no_agent_holds(tmp_path: Path) -> None:
+    carved = _simulate(*_digits(tmp_path, "--agents", "3", "--val-size", "200"))
+    plain = _simulate(*_digits(tmp_path, "--agents", "3"))
+    assert all(0 < r["val_accuracy"] <= 1 for r in carved["rounds"])
+    assert carved["final_val_accuracy"] == carved["rounds"][-1]["val_accuracy"]
+    assert plain["final_val_accuracy"] is None
+    # The 200 samples left the agents' partitions: the runs trained on different data.
+    assert carved["rounds"][0]["bytes_up"] == plain["rounds"][0]["bytes_up"]
+    assert carved["final_test_accuracy"] != plain["final_test_accuracy"]

@@ -42,6 +42,9 @@ class RoundResult:
     round: int
     test_accuracy: float
     loss: float
+    # On the validation split carved from the training data, when the run has one: what
+    # tuning may look at (the test split is only reported).
+    val_accuracy: float | None
     selected: int
     uploads: int
     refused: int
@@ -56,6 +59,7 @@ class Simulation:
     dataset: Dataset  # its test split scores each round's model
     fleet: Fleet
     dropout: float = 0.0
+    validation: Dataset | None = None  # its test split is the carved validation split
     clock: Callable[[], float] = time.monotonic
     model: bytes = field(init=False)
 
@@ -106,10 +110,14 @@ class Simulation:
             accuracy, loss = metrics.test_accuracy, metrics.loss
         else:  # nothing reached the coordinator: the model stands
             accuracy, loss = self._algorithm.evaluate(frame, self.dataset)
+        val_accuracy = None
+        if self.validation is not None:
+            val_accuracy, _ = self._algorithm.evaluate(decode_frame(self.model), self.validation)
         return RoundResult(
             round=round_index,
             test_accuracy=accuracy,
             loss=loss,
+            val_accuracy=val_accuracy,
             selected=len(chosen.selected),
             uploads=len(state.accepted),
             refused=refused,

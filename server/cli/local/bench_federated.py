@@ -42,11 +42,11 @@ def register(benches: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     simulate_cmd.check_fractions(args)
-    dataset, shards = simulate_cmd.load_shards(args)
+    dataset, validation, shards = simulate_cmd.load_shards(args)
     spec = simulate_cmd.job_spec(args, dataset, len(shards))
     started = time.monotonic()
     with Fleet(simulate_cmd.sim_agents(shards, args), args.workers) as fleet:
-        rounds = Simulation(spec, dataset, fleet, dropout=args.dropout).run(
+        rounds = Simulation(spec, dataset, fleet, args.dropout, validation=validation).run(
             lambda r: (
                 None if args.json else print(f"bitfleet round {r.round}: {r.test_accuracy:.4f}")
             )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from bitfleet.cliargs import existing_file, int_range, non_negative_int, output_file
-from bitfleet.datasets import Dataset, load_dataset
+from bitfleet.datasets import Dataset, carve_validation, load_dataset
 from bitfleet.errors import ConfigError
 from bitfleet.modelfile import save_model
 from bitfleet.partition import SCHEMES, partition
@@ -56,6 +57,13 @@ def add_simulation_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--agents", type=int_range(1, MAX_AGENTS), default=5, help="(default 5)")
     data.add_argument("--partition", choices=SCHEMES, default="dirichlet")
     data.add_argument("--alpha", type=float, default=0.5, help="Dirichlet alpha (default 0.5)")
+    data.add_argument(
+        "--val-size",
+        type=non_negative_int,
+        default=0,
+        help="carve this many samples off the end of the training split, given to no agent, "
+        "and report each round's val_accuracy on them: tune on it, not on the test split",
+    )
     job = parser.add_argument_group("the job")
     job.add_argument("--spec", type=existing_file, help="a job JSON file, as 'jobs submit' takes")
     job.add_argument("--algorithm", help="bitflip or forward (default: the spec's, else bitflip)")
@@ -92,11 +100,11 @@ def check_fractions(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     check_fractions(args)
     started = time.monotonic()
-    dataset, shards = load_shards(args)
+    dataset, validation, shards = load_shards(args)
     spec = job_spec(args, dataset, len(shards))
     agents = sim_agents(shards, args)
     with Fleet(agents, args.workers) as fleet:
-        simulation = Simulation(spec, dataset, fleet, dropout=args.dropout)
+        simulation = Simulation(spec, dataset, fleet, args.dropout, validation=validation)
         if not args.json:
             print(
                 f"{'round':>5s} {'agents':>9s} {'accuracy':>9s} {'up KB':>8s} {'down KB':>8s} "
@@ -117,23 +125,30 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_shards(args: argparse.Namespace) -> tuple[Dataset, list[tuple[str, Any, Any]]]:
-    """The evaluation data set, and (agent id, x, y) per agent."""
+def load_shards(
+    args: argparse.Namespace,
+) -> tuple[Dataset, Dataset | None, list[tuple[str, Any, Any]]]:
+    """The evaluation data set, the validation split (if asked for), and (agent id, x, y)
+    per agent."""
     if args.agent_data is None:
         dataset = load_dataset(args.dataset)
-        parts = partition(
-            dataset.y_train, args.agents, args.partition, alpha=args.alpha, seed=args.seed
-        )
-        shards = [
-            (f"agent-{i}", dataset.x_train[p], dataset.y_train[p]) for i, p in enumerate(parts)
-        ]
-        return dataset, shards
+        x, y, x_val, y_val = carve_validation(dataset.x_train, dataset.y_train, args.val_size)
+        validation = None
+        if x_val is not None and y_val is not None:
+            name = f"{dataset.name} validation"
+            validation = replace(dataset, name=name, x_test=x_val, y_test=y_val)
+        parts = partition(y, args.agents, args.partition, alpha=args.alpha, seed=args.seed)
+        shards = [(f"agent-{i}", x[part], y[part]) for i, part in enumerate(parts)]
+        return dataset, validation, shards
+    if args.val_size:
+        raise ConfigError("--val-size carves --dataset's training split; not with --agent-data")
     files = sorted(args.agent_data.glob("*.npz")) if args.agent_data.is_dir() else []
     if not files:
         raise ConfigError(f"--agent-data {args.agent_data}: no .npz files there")
     loaded = [(path.stem, load_dataset(str(path))) for path in files]
     shards = [(name, data.x_train, data.y_train) for name, data in loaded]
-    return loaded[0][1] if args.dataset == "fashion-mnist" else load_dataset(args.dataset), shards
+    dataset = loaded[0][1] if args.dataset == "fashion-mnist" else load_dataset(args.dataset)
+    return dataset, None, shards
 
 
 def job_spec(args: argparse.Namespace, dataset: Dataset, agents: int) -> JobSpec:
@@ -221,10 +236,12 @@ def _summary(
 ) -> dict[str, Any]:
     return {
         "final_test_accuracy": results[-1].test_accuracy,
+        "final_val_accuracy": results[-1].val_accuracy,
         "rounds": [
             {
                 "round": r.round,
                 "test_accuracy": r.test_accuracy,
+                "val_accuracy": r.val_accuracy,
                 "loss": r.loss,
                 "uploads": r.uploads,
                 "refused": r.refused,
