@@ -30,12 +30,11 @@ OFFSET_FINAL = "input_offset_final"
 INPUT_MEAN = "input_mean"
 # Until agents report their data, inputs are centred on mid-scale.
 PROVISIONAL_OFFSET = 128
-# What a federated job trains with where its hyperparameters are silent; measured on 5 agents
+# What a federated job trains with where its hyperparameters are silent, measured on 5 agents
 # of Dirichlet(0.5) Fashion-MNIST, 20 rounds of one local epoch (docs/algorithms.md, federated
-# bit-flip): a longer counter memory keeps the global model moving through the averaging of
-# rounds, and a learning rate that does not decay over rounds keeps every round's step whole.
-# ``bitfleet train`` (one machine) keeps BitFlipConfig's own defaults.
-JOB_DEFAULTS: dict[str, Any] = {"state_bits": 8, "lr_decay": 1.0}
+# bit-flip): a longer counter memory (8 bits) keeps the global model moving through the
+# rounds' averaging. ``bitfleet train`` (one machine) keeps BitFlipConfig's own defaults.
+JOB_DEFAULTS: dict[str, Any] = {"state_bits": 8}
 # Bytes a training step holds per weight (int16 counter, int8 weight, int64 votes, float32
 # operand copies) and per unit activation (int64 pre-activation, int8 sign, float copies).
 _BYTES_PER_WEIGHT = 19
