@@ -19,7 +19,6 @@ from numpy.typing import NDArray
 from bitfleet.floatmlp import FloatConfig, FloatMLP, FloatTrainer
 from bitfleet.server.cli.local import simulate_cmd
 from bitfleet.server.cli.output import print_json
-from bitfleet.server.simulation.engine import Simulation
 from bitfleet.server.simulation.fleet import Fleet
 
 FLOAT_BYTES = 4
@@ -46,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     spec = simulate_cmd.job_spec(args, dataset, len(shards))
     started = time.monotonic()
     with Fleet(simulate_cmd.sim_agents(shards, args), args.workers) as fleet:
-        rounds = Simulation(spec, dataset, fleet, args.dropout, validation=validation).run(
+        simulation = simulate_cmd.simulation_class()
+        rounds = simulation(spec, dataset, fleet, args.dropout, validation=validation).run(
             lambda r: (
                 None if args.json else print(f"bitfleet round {r.round}: {r.test_accuracy:.4f}")
             )

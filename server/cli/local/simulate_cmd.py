@@ -8,10 +8,9 @@ import json
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import ValidationError
 
 from bitfleet.cliargs import existing_file, int_range, non_negative_int, output_file
 from bitfleet.datasets import Dataset, carve_validation, load_dataset
@@ -19,10 +18,12 @@ from bitfleet.errors import ConfigError
 from bitfleet.modelfile import save_model
 from bitfleet.partition import SCHEMES, partition
 from bitfleet.server.cli.output import print_json
-from bitfleet.server.jobspec import JobSpec
 from bitfleet.server.simulation.attacks import ATTACKS, Attack
-from bitfleet.server.simulation.engine import RoundResult, Simulation
 from bitfleet.server.simulation.fleet import Fleet, SimAgent
+
+if TYPE_CHECKING:  # the coordinator's side needs the server extra; imported when run
+    from bitfleet.server.jobspec import JobSpec
+    from bitfleet.server.simulation.engine import RoundResult, Simulation
 
 MAX_AGENTS = 100_000
 
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     spec = job_spec(args, dataset, len(shards))
     agents = sim_agents(shards, args)
     with Fleet(agents, args.workers) as fleet:
-        simulation = Simulation(spec, dataset, fleet, args.dropout, validation=validation)
+        simulation = simulation_class()(spec, dataset, fleet, args.dropout, validation=validation)
         if not args.json:
             print(
                 f"{'round':>5s} {'agents':>9s} {'accuracy':>9s} {'up KB':>8s} {'down KB':>8s} "
@@ -151,6 +152,18 @@ def load_shards(
     return dataset, None, shards
 
 
+def simulation_class() -> type[Simulation]:
+    """The engine, which runs the coordinator's own code: it needs the server extra."""
+    try:
+        from bitfleet.server.simulation.engine import Simulation
+    except ImportError as error:
+        raise ConfigError(
+            "simulating needs the coordinator's code: pip install 'bitfleet[server]' "
+            f"({error.name or error} is missing)"
+        ) from None
+    return Simulation
+
+
 def job_spec(args: argparse.Namespace, dataset: Dataset, agents: int) -> JobSpec:
     """The job: --spec's fields, then the flags; every agent a candidate each round."""
     base: dict[str, Any] = json.loads(Path(args.spec).read_text()) if args.spec else {}
@@ -187,6 +200,11 @@ def job_spec(args: argparse.Namespace, dataset: Dataset, agents: int) -> JobSpec
     fields.setdefault("rounds", 20)
     if args.initial_model:
         fields["initial_model"] = _base64(args.initial_model)
+    simulation_class()  # the server extra is there
+    from pydantic import ValidationError
+
+    from bitfleet.server.jobspec import JobSpec
+
     try:
         return JobSpec.model_validate(fields)
     except ValidationError as error:
