@@ -16,9 +16,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from bitfleet.errors import BitfleetError
+from bitfleet.errors import BitfleetError, ConfigError
 from bitfleet.httpclient import check_base_url
 from bitfleet.protocol import check_id
 
@@ -175,6 +175,38 @@ def label_column(text: str) -> int | str:
         return int(text)
     except ValueError:
         return text
+
+
+# The largest file a command reads whole (a job file with its base64 model, a model file):
+# the frame limit, so any model a coordinator would take fits.
+MAX_INPUT_FILE_BYTES = 64 << 20
+
+
+def read_bounded(path: str, what: str, max_bytes: int = MAX_INPUT_FILE_BYTES) -> bytes:
+    """The bytes of a file the user named (``-``: standard input), refused with a
+    ConfigError past ``max_bytes`` before more is read."""
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read(max_bytes + 1)
+        else:
+            with open(path, "rb") as file:
+                data = file.read(max_bytes + 1)
+    except OSError as error:
+        raise ConfigError(f"cannot read {what} {path}: {error.strerror}") from None
+    if len(data) > max_bytes:
+        raise ConfigError(f"{what} {path} is larger than {max_bytes} bytes")
+    return data
+
+
+def read_json_object(path: str, what: str) -> dict[str, Any]:
+    """A JSON object from a file the user named (bounded as :func:`read_bounded`)."""
+    try:
+        value = json.loads(read_bounded(path, what))
+    except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
+        raise ConfigError(f"{what} {path} is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{what} {path} must hold a JSON object")
+    return value
 
 
 def add_label_column_argument(parser: argparse.ArgumentParser) -> None:

@@ -1,20 +1,23 @@
 """One MQTT client setup for both sides: MQTT 5 with paho's v2 callbacks, TLS, a Last Will.
 
 The coordinator's bridge and the agent's transport differ in what they subscribe to and
-publish, not in how a client is made; this is that common part. Imports paho-mqtt, which
-both the agent and the server extras carry.
+publish, not in how a client is made; this is that common part. ``bitfleet`` itself needs
+only numpy: paho-mqtt, which both the agent and the server extras carry, is imported when a
+client is made (as numba is only when present), so importing this module costs nothing.
 """
 
 from __future__ import annotations
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from typing import TYPE_CHECKING
 
 from bitfleet.protocol import BrokerAddress
 from bitfleet.tls import mqtt_tls_options
 
 QOS = 1  # every bitfleet message is at-least-once; receipts make redelivery harmless
 KEEPALIVE_S = 30
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
 
 
 def new_client(
@@ -29,6 +32,9 @@ def new_client(
     client_key: str | None = None,
 ) -> mqtt.Client:
     """A client for ``address`` that, when its link dies, leaves ``will`` retained."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     if username:
         client.username_pw_set(username, password)

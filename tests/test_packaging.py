@@ -119,6 +119,33 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def test_the_core_imports_with_numpy_alone() -> None:
+    """Every module of bitfleet's root (shared/) imports where only numpy is installed:
+    paho, pydantic and the rest of the extras are blocked, as on a bare install."""
+    modules = sorted(
+        "bitfleet"
+        + (
+            ""
+            if p.stem == "__init__"
+            else "." + ".".join(p.relative_to(ROOT / "shared").with_suffix("").parts)
+        )
+        for p in (ROOT / "shared").rglob("*.py")
+        if "kernels" not in p.parts or p.stem != "fast"
+    )
+    script = (
+        "import importlib, importlib.abc, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in ('paho', 'pydantic', 'fastapi', 'uvicorn', 'httpx'):\n"
+        "            raise ImportError(name, name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 def test_the_sdist_carries_the_sources_license_and_readme(dist: Path) -> None:
     (sdist,) = dist.glob("bitfleet-*.tar.gz")
     with tarfile.open(sdist) as archive:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bitfleet import cliargs
 from bitfleet.federated import update_frame
 from bitfleet.frames import Tensor, decode_frame
 from bitfleet.modelfile import tensor_values
@@ -161,11 +162,30 @@ def test_an_agent_inflating_its_weight_is_held_to_its_share(tmp_path: Path) -> N
         (["--weights", "int16"], "does not train 'int16' weights"),
         (["--algorithm", "forward"], "pass initial_model"),
         (["--agent-data", "/nonexistent"], "no .npz files"),
+        (["--layers", "a,b"], "not a comma-separated list of integers"),
+        (["--hp", "state_bits=["], "state_bits must be a whole number"),
+        (["--rounds", "-5"], "argument --rounds"),
+        (["--spec", "{d}/not-json"], "is not valid JSON"),
+        (["--spec", "{d}/nested"], "is not valid JSON"),
+        (["--spec", "{d}/list"], "must hold a JSON object"),
+        (["--spec", "{d}/model-text"], "model must be a JSON object"),
+        (["--spec", "{d}/huge"], "is larger than"),
     ],
 )
 def test_bad_options_exit_2_with_what_to_change(
-    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+    argv: list[str],
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    (tmp_path / "not-json").write_text("name: x")
+    (tmp_path / "nested").write_text("[" * 1020)  # deeper than the decoder recurses
+    (tmp_path / "list").write_text("[1, 2]")
+    (tmp_path / "model-text").write_text('{"model": "x"}')
+    (tmp_path / "huge").write_bytes(b" " * 2048)
+    monkeypatch.setattr(cliargs.read_bounded, "__defaults__", (1024,))  # a 1 KiB bound
+    argv = [a.replace("{d}", str(tmp_path)) for a in argv]
     assert main(["simulate", "--dataset", "digits", "--layers", "64,16,10", *argv]) == 2
     assert message in capsys.readouterr().err
 

@@ -4,6 +4,7 @@ worker processes), through the agents' and the coordinator's own round code."""
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import time
 from dataclasses import replace
@@ -12,11 +13,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bitfleet.cliargs import existing_file, int_range, non_negative_int, output_file
+from bitfleet.cliargs import (
+    existing_file,
+    int_range,
+    non_negative_int,
+    output_file,
+    read_bounded,
+    read_json_object,
+)
 from bitfleet.datasets import Dataset, carve_validation, load_dataset
 from bitfleet.errors import ConfigError
 from bitfleet.modelfile import save_model
 from bitfleet.partition import SCHEMES, partition
+from bitfleet.server.cli.local.data_options import parse_layers
+from bitfleet.server.cli.local.train_cmd import DEFAULT_HIDDEN
 from bitfleet.server.cli.output import print_json
 from bitfleet.server.simulation.attacks import ATTACKS, Attack
 from bitfleet.server.simulation.fleet import Fleet, SimAgent
@@ -166,12 +176,14 @@ def simulation_class() -> type[Simulation]:
 
 def job_spec(args: argparse.Namespace, dataset: Dataset, agents: int) -> JobSpec:
     """The job: --spec's fields, then the flags; every agent a candidate each round."""
-    base: dict[str, Any] = json.loads(Path(args.spec).read_text()) if args.spec else {}
+    base = read_json_object(args.spec, "job file") if args.spec else {}
     algorithm = args.algorithm or base.get("algorithm", "bitflip")
+    for key in ("model", "hyperparameters"):
+        if not isinstance(base.get(key, {}), dict):
+            raise ConfigError(f"--spec {args.spec}: {key} must be a JSON object")
     model = dict(base.get("model") or {})
-    if args.layers:
-        model["layers"] = [int(part) for part in args.layers.split(",")]
-    model.setdefault("layers", [dataset.num_features, 512, dataset.num_classes])
+    if args.layers or "layers" not in model:
+        model["layers"] = parse_layers(args.layers, dataset, DEFAULT_HIDDEN)
     model["weights"] = (
         args.weights or model.get("weights") or ("binary" if algorithm == "bitflip" else "int16")
     )
@@ -180,7 +192,7 @@ def job_spec(args: argparse.Namespace, dataset: Dataset, agents: int) -> JobSpec
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--hp {item!r}: use KEY=VALUE, e.g. --hp state_bits=8")
-        hyperparameters[key] = json.loads(value) if value[:1] in "-0123456789[{tn" else value
+        hyperparameters[key] = _hp_value(value)
     per_round = max(1, round(args.participation * agents))
     fields = {
         "name": "simulated",
@@ -212,10 +224,17 @@ def job_spec(args: argparse.Namespace, dataset: Dataset, agents: int) -> JobSpec
         raise ConfigError(f"the simulated job is invalid: {problems}") from None
 
 
-def _base64(path: str) -> str:
-    import base64
+def _hp_value(text: str) -> Any:
+    """A hyperparameter's value: JSON (numbers, true, lists), else the text itself; the
+    job's checks then say what the option takes."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return text
 
-    return base64.b64encode(Path(path).read_bytes()).decode()
+
+def _base64(path: str) -> str:
+    return base64.b64encode(read_bounded(path, "--initial-model")).decode()
 
 
 def sim_agents(shards: list[tuple[str, Any, Any]], args: argparse.Namespace) -> list[SimAgent]:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import sys
-from pathlib import Path
 from typing import Any
 
-from bitfleet.cliargs import existing_file, identifier, non_negative_int, output_file
+from bitfleet.cliargs import (
+    existing_file,
+    identifier,
+    non_negative_int,
+    output_file,
+    read_bounded,
+    read_json_object,
+)
 from bitfleet.client import Client, Job, Round
-from bitfleet.errors import ConfigError
 from bitfleet.modelfile import save_model
 from bitfleet.server.cli.output import print_json
 from bitfleet.server.cli.service.client_options import add_client_options, client
@@ -56,8 +59,8 @@ def register(subparsers: Any) -> None:
 
 
 def run_submit(args: argparse.Namespace) -> int:
-    spec = _read_spec(args.file)
-    initial = _read_model(args.initial_model) if args.initial_model else None
+    spec = read_json_object(args.file, "job file")
+    initial = read_bounded(args.initial_model, "--initial-model") if args.initial_model else None
     api = client(args)
     job = api.submit(spec, initial)
     if args.watch:
@@ -67,26 +70,6 @@ def run_submit(args: argparse.Namespace) -> int:
     else:
         print(f"submitted {job.id} ({job.status})")
     return 0
-
-
-def _read_spec(path: str) -> dict[str, Any]:
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text()
-        spec = json.loads(text)
-    except OSError as error:
-        raise ConfigError(f"cannot read job file {path}: {error.strerror}") from None
-    except (json.JSONDecodeError, RecursionError) as error:
-        raise ConfigError(f"job file {path} is not valid JSON: {error}") from None
-    if not isinstance(spec, dict):
-        raise ConfigError(f"job file {path} must hold a JSON object")
-    return spec
-
-
-def _read_model(path: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as error:
-        raise ConfigError(f"cannot read --initial-model {path}: {error.strerror}") from None
 
 
 def run_list(args: argparse.Namespace) -> int:
