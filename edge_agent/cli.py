@@ -447,14 +447,14 @@ def run_selftest(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from bitfleet.algorithms.bitflip import BitFlip, initial_global_model
+    from bitfleet.algorithms.bitflip import BitFlip, aggregation_of, initial_global_model
 
     data = load_dataset(args.data)
     x, y = data.x_train[: args.samples], data.y_train[: args.samples]
     layers = [data.num_features, args.hidden, data.num_classes]
     algorithm = BitFlip()
     config = algorithm.config({}, "binary", 1, seed=0)
-    frame = decode_frame(initial_global_model(layers, config))
+    frame = decode_frame(initial_global_model(layers, config, aggregation_of({})))
     state = algorithm.local("selftest", frame, config)
     started = time.monotonic()
     tensors, meta = state.train_round(frame, 0, config, x, y)

@@ -59,13 +59,18 @@ class StoredSpecInvalid(ConfigError):
     """A job stored by an older, laxer coordinator has a spec this one refuses."""
 
 
+# Published models kept: a few rounds of a few jobs (each at most a model's size).
+PUBLISHED_KEPT = 16
+
+
 class JobBook:
     def __init__(self, store: StateStore, datasets: DatasetCache, max_model_weights: int) -> None:
         self._store = store
         self._datasets = datasets
         self._max_model_weights = max_model_weights
         self._specs: dict[str, JobSpec] = {}
-        self._specs_lock = threading.Lock()
+        self._published: dict[tuple[str, int | None], bytes] = {}
+        self._specs_lock = threading.Lock()  # guards both caches
 
     def create(self, spec: JobSpec) -> JobRecord:
         """Check the spec against this coordinator and its data, build round 0's model, and
@@ -112,13 +117,30 @@ class JobBook:
         not go there)."""
         self._store.set_job_status(job.job_id, transition(job.status, status), reason)
 
-    def model(self, job_id: str, round_index: int | None = None) -> bytes:
-        """The global model that opens ``round_index`` (default: the latest)."""
+    def stored_model(self, job_id: str, round_index: int | None = None) -> bytes:
+        """The global model that opens ``round_index`` (default: the latest) as stored, with
+        any state only the coordinator reads."""
         model = self._store.get_model(job_id, round_index)
         if model is None:
             self.record(job_id)
             raise NotFound(f"job {job_id!r} has no model for round {round_index}")
         return model
+
+    def model(self, job_id: str, round_index: int | None = None) -> bytes:
+        """The global model that opens ``round_index`` (default: the latest) as agents and
+        users are given it. A round's model never changes, so the last few are kept."""
+        key = (job_id, round_index)
+        with self._specs_lock:
+            cached = self._published.get(key) if round_index is not None else None
+        if cached is not None:
+            return cached
+        published = self.get(job_id).algorithm.published(self.stored_model(job_id, round_index))
+        if round_index is not None:
+            with self._specs_lock:
+                self._published[key] = published
+                while len(self._published) > PUBLISHED_KEPT:
+                    del self._published[next(iter(self._published))]
+        return published
 
     def metrics(self, job_id: str) -> list[RoundMetrics]:
         return self._store.list_metrics(job_id)
@@ -174,5 +196,4 @@ def _initial_model(spec: JobSpec, algorithm: JobAlgorithm) -> bytes:
         frame_bytes = base64.b64decode(spec.initial_model, validate=True)
     except (binascii.Error, ValueError):
         raise ConfigError("initial_model must be base64 of a .bfm model file") from None
-    algorithm.check_initial(decode_frame(frame_bytes), spec)
-    return frame_bytes
+    return algorithm.start_from(decode_frame(frame_bytes), frame_bytes, spec)

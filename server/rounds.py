@@ -37,11 +37,14 @@ class OpenRound:
     declined: set[str] = field(default_factory=set)
 
     @classmethod
-    def restore(cls, store: StateStore, job: Job, record: RoundRecord, model: bytes) -> OpenRound:
-        """The round with the uploads and declines the store holds for it."""
+    def restore(
+        cls, store: StateStore, job: Job, record: RoundRecord, model: bytes, model_bytes: int
+    ) -> OpenRound:
+        """The round with the uploads and declines the store holds for it; ``model`` as
+        stored, ``model_bytes`` the size agents download."""
         frame = decode_frame(model)
         state = cls(
-            record, job.spec, job.algorithm, frame, len(model), job.algorithm.accumulator(frame)
+            record, job.spec, job.algorithm, frame, model_bytes, job.algorithm.accumulator(frame)
         )
         state.declined = {
             d.agent_id

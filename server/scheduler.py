@@ -79,8 +79,9 @@ class RoundScheduler:
         return 0
 
     def _restore(self, job: Job, record: RoundRecord) -> OpenRound:
-        model = self._ctx.jobs.model(job.job_id, record.round)
-        state = OpenRound.restore(self._ctx.store, job, record, model)
+        model = self._ctx.jobs.stored_model(job.job_id, record.round)
+        published = self._ctx.jobs.model(job.job_id, record.round)
+        state = OpenRound.restore(self._ctx.store, job, record, model, len(published))
         self._ctx.rounds.by_job[job.job_id] = state
         log.info(
             "job %s round %d (re)opened with %d accepted uploads",

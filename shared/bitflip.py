@@ -140,6 +140,22 @@ class CounterLayer:
         self.counters = np.where(agree, self.counters, self.weakest(values)).astype(np.int16)
         self.step(np.zeros(self.counters.shape, dtype=np.int64), 1, 0)
 
+    def distances(self) -> NDArray[np.int64]:
+        """How far each counter sits beyond the weakest state of its weight's value (0 at it,
+        and for zero-valued ternary weights): the confidence a 2-bit counter link rounds."""
+        weakest = self.weakest(self.weights).astype(np.int64)
+        return np.abs(self.counters.astype(np.int64) - weakest) * (self.weights != 0)
+
+    def restore(
+        self, values: NDArray[np.integer], strong: NDArray[np.bool_], levels: tuple[int, int]
+    ) -> None:
+        """Counters rebuilt from a 2-bit counter link: each weight's value at its weak or
+        strong distance (``levels``) beyond that value's weakest state."""
+        distance = np.where(strong, levels[1], levels[0]).astype(np.int64)
+        counters = self.weakest(values).astype(np.int64) + np.sign(values) * distance
+        self.counters = np.clip(counters, self.low, self.high).astype(np.int16)
+        self.step(np.zeros(self.counters.shape, dtype=np.int64), 1, 0)
+
     def step(self, votes: NDArray[np.int64], lr_fixed: int, key: int) -> None:
         """Add the scaled, stochastically rounded votes and saturate.
 

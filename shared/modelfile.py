@@ -54,10 +54,20 @@ def _planes(layer: PackedLayer) -> NDArray[np.uint64]:
     return np.stack([layer.positive] if layer.nonzero is None else [layer.positive, layer.nonzero])
 
 
-def bitmlp_to_frame(model: BitMLP, meta: dict[str, Any] | None = None) -> bytes:
-    """Encode a bit network; ``meta`` carries provenance (data set, accuracy, ...)."""
+# Per-layer training state a bit network's frame may carry beside its weights (the 2-bit
+# counter link, bitfleet.counterlink); inference ignores it.
+STRENGTH = "strength"  # binary: +1 where the fleet's counter is strong
+COORDINATOR_COUNTERS = "coordinator_counters"  # int32: in the coordinator's store only
+TRAINING_STATE = (STRENGTH, COORDINATOR_COUNTERS)
+
+
+def bitmlp_to_frame(
+    model: BitMLP, meta: dict[str, Any] | None = None, state: list[Tensor] | None = None
+) -> bytes:
+    """Encode a bit network; ``meta`` carries provenance (data set, accuracy, ...), ``state``
+    training-state tensors (:data:`TRAINING_STATE`)."""
     offset = Tensor("input_offset", "uint8", (model.layer_sizes[0],), model.input_offset)
-    tensors = [offset, *bitmlp_weight_tensors(model)]
+    tensors = [offset, *bitmlp_weight_tensors(model), *(state or [])]
     header = {**(meta or {}), "model_type": MODEL_TYPE_BITMLP, "layers": model.layer_sizes}
     return encode_frame(KIND_MODEL, header, tensors)
 
@@ -68,8 +78,15 @@ def bitmlp_from_frame(frame: Frame) -> BitMLP:
     offset = frame.tensors.get("input_offset")
     if offset is None or offset.encoding != "uint8" or len(offset.shape) != 1:
         raise ModelFileError("bit network frame lacks a 1-D uint8 'input_offset' tensor")
-    count = len(frame.tensors) - 1
-    _check_tensor_names(frame, "bit network", "dense layers", ["input_offset"], ("dense",), count)
+    count = sum(name.startswith("dense_") for name in frame.tensors)
+    _check_tensor_names(
+        frame, "bit network", "dense layers", ["input_offset"], ("dense",), count, TRAINING_STATE
+    )
+    for name in TRAINING_STATE:
+        for index in range(count):
+            state = frame.tensors.get(f"{name}_{index}")
+            if state is not None and state.shape != frame.tensors[f"dense_{index}"].shape:
+                raise ModelFileError(f"bit network {state.name} must have dense_{index}'s shape")
     layers = []
     for index in range(count):
         tensor = frame.tensors[f"dense_{index}"]
@@ -191,13 +208,22 @@ def _check_model_type(frame: Frame, model_type: str, kind: str) -> None:
 
 
 def _check_tensor_names(
-    frame: Frame, kind: str, what: str, fixed: list[str], per_layer: tuple[str, ...], count: int
+    frame: Frame,
+    kind: str,
+    what: str,
+    fixed: list[str],
+    per_layer: tuple[str, ...],
+    count: int,
+    optional: tuple[str, ...] = (),
 ) -> None:
-    """The frame holds exactly the ``fixed`` tensors and ``per_layer`` ones for ``count``."""
+    """The frame holds exactly the ``fixed`` tensors and ``per_layer`` ones for ``count``
+    layers, and may hold ``optional`` per-layer ones."""
     expected = {*fixed, *(f"{name}_{i}" for i in range(count) for name in per_layer)}
-    if count < 1 or set(frame.tensors) != expected:
-        missing = sorted(expected - set(frame.tensors))
-        unexpected = sorted(set(frame.tensors) - expected)
+    allowed = expected | {f"{name}_{i}" for i in range(count) for name in optional}
+    present = set(frame.tensors)
+    if count < 1 or not expected <= present <= allowed:
+        missing = sorted(expected - present)
+        unexpected = sorted(present - allowed)
         raise ModelFileError(
             f"{kind} frame needs {what} for {count} layers (at least 1): missing "
             f"{excerpt(missing)}, unexpected {excerpt(unexpected)}"

@@ -60,7 +60,7 @@ def task() -> Task:
 @pytest.fixture(scope="module")
 def model(task: Task) -> bytes:
     config = bitflip_config({}, "binary", task.local_epochs, task.seed)
-    return initial_global_model([64, 32, 10], config)
+    return initial_global_model([64, 32, 10], config, "majority")
 
 
 @dataclass

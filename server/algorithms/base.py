@@ -38,8 +38,9 @@ class JobAlgorithm(ABC):
     def initial_model(self, spec: JobSpec) -> bytes: ...
 
     @abstractmethod
-    def check_initial(self, model: Frame, spec: JobSpec) -> None:
-        """Raise ConfigError unless a user-supplied initial model fits the job."""
+    def start_from(self, model: Frame, raw: bytes, spec: JobSpec) -> bytes:
+        """Round 0's model of a job that starts from a user-supplied model (``raw``, decoded
+        as ``model``); ConfigError unless it fits the job."""
 
     @abstractmethod
     def check_update(self, model: Frame, update: Frame) -> None:
@@ -54,6 +55,11 @@ class JobAlgorithm(ABC):
     @abstractmethod
     def evaluate(self, model: Frame, dataset: Dataset) -> tuple[float, float]:
         """(accuracy, loss) on the data set's test split."""
+
+    def published(self, model: bytes) -> bytes:
+        """What agents and users are given of a stored model (default: all of it); the
+        coordinator may store state beside the model that only it reads."""
+        return model
 
     def screen(self, model: Frame, update: Frame) -> str | None:
         """For a job that screens updates: the refusal reason of a well-formed ``update``

@@ -51,7 +51,7 @@ class ForwardJobs(JobAlgorithm):
             "a .bfm from 'bitfleet pretrain'; 'bitfleet jobs submit --initial-model FILE')"
         )
 
-    def check_initial(self, model: Frame, spec: JobSpec) -> None:
+    def start_from(self, model: Frame, raw: bytes, spec: JobSpec) -> bytes:
         try:
             network = fixedmlp_from_frame(model)
         except FrameError as error:
@@ -65,6 +65,7 @@ class ForwardJobs(JobAlgorithm):
                 f"for {spec.model.weights} {spec.model.layers}"
             )
         forward_config(spec.hyperparameters, spec.local_epochs, spec.seed).validate(network)
+        return raw
 
     def check_update(self, model: Frame, update: Frame) -> None:
         expected = _voted(model)

@@ -90,19 +90,20 @@ class Simulation:
             JOB_ID, round_index, 0, opened, float("inf"), chosen.selected, chosen.vote_caps
         )
         frame = decode_frame(self.model)
+        published = self.published_model()
         state = OpenRound(
             round_record,
             self.spec,
             self._algorithm,
             frame,
-            len(self.model),
+            len(published),
             self._algorithm.accumulator(frame),
         )
         drops = np.random.default_rng([self.spec.seed, round_index, 1]).random(len(chosen.selected))
         uploading = [a for a, d in zip(chosen.selected, drops, strict=True) if d >= self.dropout]
         task = task_of(job, round_record)
         refused = 0
-        for agent_id, data in sorted(self.fleet.updates(task, self.model, uploading).items()):
+        for agent_id, data in sorted(self.fleet.updates(task, published, uploading).items()):
             if not self._accept(state, agent_id, data, round_index):
                 refused += 1
         if state.accepted:
@@ -125,6 +126,10 @@ class Simulation:
             bytes_down=state.model_bytes * len(chosen.selected),
             seconds=round(self.clock() - opened, 3),
         )
+
+    def published_model(self) -> bytes:
+        """The current global model as agents and users are given it."""
+        return self._algorithm.published(self.model)
 
     def _accept(self, state: OpenRound, agent_id: str, data: bytes, round_index: int) -> bool:
         """The upload desk's checks and tally, without its store."""

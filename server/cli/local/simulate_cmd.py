@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
             )
         results = simulation.run(lambda r: None if args.json else _print_row(r))
     if args.out:
-        save_model(args.out, simulation.model)
+        save_model(args.out, simulation.published_model())
     summary = _summary(args, spec, agents, results, time.monotonic() - started)
     if args.json:
         print_json(summary)
