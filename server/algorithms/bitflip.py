@@ -26,12 +26,21 @@ from bitfleet.algorithms.bitflip import (
     BitFlip,
     aggregation_of,
     initial_global_model,
+    job_model_meta,
     voted_global_model,
 )
 from bitfleet.bitflip import CounterLayer
 from bitfleet.bitmlp import BitMLP
 from bitfleet.bitpack import pack_binary
-from bitfleet.counterlink import CHANGE, FRACTION_BITS, LEVELS, LINK, SCALES, strength, weighted_median
+from bitfleet.counterlink import (
+    CHANGE,
+    FRACTION_BITS,
+    LEVELS,
+    LINK,
+    SCALES,
+    strength,
+    weighted_median,
+)
 from bitfleet.datasets import Dataset
 from bitfleet.errors import ConfigError
 from bitfleet.frames import Frame, FrameError, Tensor, decode_frame, encode_frame
@@ -91,9 +100,7 @@ class BitFlipJobs(JobAlgorithm):
         config = self.agent.config(
             spec.hyperparameters, spec.model.weights, spec.local_epochs, spec.seed
         )
-        return initial_global_model(
-            spec.model.layers, config, aggregation_of(spec.hyperparameters)
-        )
+        return initial_global_model(spec.model.layers, config, aggregation_of(spec.hyperparameters))
 
     def start_from(self, model: Frame, raw: bytes, spec: JobSpec) -> bytes:
         """The user's weights and input offset, with this job's aggregation (any training
@@ -107,10 +114,12 @@ class BitFlipJobs(JobAlgorithm):
                 f"initial_model is {network.encoding} {network.layer_sizes}, the job asks for "
                 f"{spec.model.weights} {spec.model.layers}"
             )
-        start = decode_frame(self.initial_model(spec))
-        kept = {k: start.meta[k] for k in (AGGREGATION, LINK) if k in start.meta}
+        config = self.agent.config(
+            spec.hyperparameters, spec.model.weights, spec.local_epochs, spec.seed
+        )
+        meta = job_model_meta(config, aggregation_of(spec.hyperparameters))
         final = bool(model.meta.get(OFFSET_FINAL, True))
-        return bitmlp_to_frame(network, {**kept, OFFSET_FINAL: final})
+        return bitmlp_to_frame(network, {**meta, OFFSET_FINAL: final})
 
     def check_update(self, model: Frame, update: Frame) -> None:
         offset = model.tensors["input_offset"]
@@ -120,8 +129,8 @@ class BitFlipJobs(JobAlgorithm):
             _check_scales(update, len(_voted(model)), 1 << model.meta[LINK]["state_bits"])
 
     def screen(self, model: Frame, update: Frame) -> str | None:
-        """For ``majority``: ``outlier`` when some layer of the update agrees with the round's model on no more
-        of its weights than a coin would (half, plus four standard deviations): an inverted
+        """For ``majority``: ``outlier`` when some layer of the update agrees with the
+        round's model on no more of its weights than a coin would (half, plus four standard deviations): an inverted
         layer agrees on the complement of what an honest one does, a random one on half.
         An honest agent moves from the model it was given, and keeps most of it.
         (``counters`` updates are moves, not weights: their bound is the median scale.)"""

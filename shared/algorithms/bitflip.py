@@ -60,7 +60,9 @@ def aggregation_of(hyperparameters: dict[str, Any]) -> str:
     """The job's ``aggregation`` (default: the job default), checked."""
     aggregation = {**JOB_DEFAULTS, **hyperparameters}.get(AGGREGATION, "majority")
     if not isinstance(aggregation, str) or aggregation not in AGGREGATIONS:
-        raise ConfigError(f"bad bit-flip hyperparameters: aggregation must be one of {AGGREGATIONS}")
+        raise ConfigError(
+            f"bad bit-flip hyperparameters: aggregation must be one of {AGGREGATIONS}"
+        )
     return aggregation
 
 
@@ -92,10 +94,18 @@ def initial_global_model(layers: list[int], config: BitFlipConfig, aggregation: 
     ``counters`` job's model says the counters' format (every counter starts weakest)."""
     model = BitFlipTrainer(layers, config).model()
     model.input_offset[:] = PROVISIONAL_OFFSET
-    meta: dict[str, Any] = {OFFSET_FINAL: False, AGGREGATION: aggregation}
+    return bitmlp_to_frame(model, {**job_model_meta(config, aggregation), OFFSET_FINAL: False})
+
+
+def job_model_meta(config: BitFlipConfig, aggregation: str) -> dict[str, Any]:
+    """What every model of a job says about how agents answer it."""
+    meta: dict[str, Any] = {AGGREGATION: aggregation}
     if aggregation == "counters":
-        meta[LINK] = {"state_bits": config.state_bits, "zero_fraction": config.ternary_zero_fraction}
-    return bitmlp_to_frame(model, meta)
+        meta[LINK] = {
+            "state_bits": config.state_bits,
+            "zero_fraction": config.ternary_zero_fraction,
+        }
+    return meta
 
 
 def voted_global_model(
@@ -168,7 +178,9 @@ class LocalBitFlip(LocalTraining[BitFlipConfig]):
         return [*moves, mean], {**meta, SCALES: scales}
 
 
-def _link(model: Frame, layers: list[CounterLayer]) -> list[tuple[NDArray[np.bool_], tuple[int, int]]]:
+def _link(
+    model: Frame, layers: list[CounterLayer]
+) -> list[tuple[NDArray[np.bool_], tuple[int, int]]]:
     """Each layer's strength plane and (weak, strong) distances from a ``counters`` model
     (round 0's has none: every counter starts weakest), checked against the trainer's."""
     link = model.meta.get(LINK)
