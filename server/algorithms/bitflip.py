@@ -131,8 +131,9 @@ class BitFlipJobs(JobAlgorithm):
     def screen(self, model: Frame, update: Frame) -> str | None:
         """For ``majority``: ``outlier`` when some layer of the update agrees with the
         round's model on no more of its weights than a coin would (half, plus four standard
-        deviations): an inverted layer agrees on the complement of what an honest one does, a random one on half.
-        An honest agent moves from the model it was given, and keeps most of it.
+        deviations): an inverted layer agrees on the complement of what an honest one does,
+        a random one on half. An honest agent moves from the model it was given, and keeps
+        most of it.
         (``counters`` updates are moves, not weights: their bound is the median scale.)"""
         if model.meta.get(AGGREGATION) == "counters":
             return None
