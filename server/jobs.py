@@ -178,6 +178,7 @@ def round_zero_model(
     algorithm = JOB_ALGORITHMS.get(spec.algorithm)
     if algorithm is None:
         raise ConfigError(f"algorithm {spec.algorithm!r} is not available on this coordinator")
+    algorithm.check_screening(spec)
     dataset = dataset_of(spec.dataset)
     layers = spec.model.layers
     if layers[0] != dataset.num_features or layers[-1] < dataset.num_classes:

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bitfleet.algorithms.bitflip import INPUT_MEAN
+from bitfleet.algorithms.bitflip import AGGREGATION, INPUT_MEAN
 from bitfleet.bitmlp import PackedLayer
+from bitfleet.bitpack import pack_ternary
+from bitfleet.counterlink import CHANGE, SCALES
 from bitfleet.datasets import load_dataset
 from bitfleet.edge_agent.runtime import AgentRuntime
 from bitfleet.federated import update_frame
@@ -72,17 +74,26 @@ def echo_update(
     flip: bool,
     samples: int,
 ) -> bytes:
-    """A signed update that votes the model's own weights (inverted if ``flip``)."""
-    model = bitmlp_from_frame(decode_frame(model_frame))
+    """A signed update that votes the model's own weights (inverted if ``flip``); for a
+    ``counters`` job, that moves every counter one step towards them (away if ``flip``)."""
+    frame = decode_frame(model_frame)
+    model = bitmlp_from_frame(frame)
+    counters = frame.meta.get(AGGREGATION) == "counters"
     tensors = []
     for index, layer in enumerate(model.layers):
         values = layer.values() * (-1 if flip else 1)
-        packed = PackedLayer.from_values(values, "binary")
         shape = (layer.outputs, layer.inputs)
-        tensors.append(Tensor(f"dense_{index}", "binary", shape, packed.positive[None]))
+        if counters:
+            planes = np.stack(pack_ternary(values))
+            tensors.append(Tensor(f"{CHANGE}_{index}", "ternary", shape, planes))
+        else:
+            packed = PackedLayer.from_values(values, "binary")
+            tensors.append(Tensor(f"dense_{index}", "binary", shape, packed.positive[None]))
     features = model.layer_sizes[0]
     tensors.append(Tensor(INPUT_MEAN, "uint8", (features,), np.full(features, 3, np.uint8)))
     meta = {"samples": samples, "round": round_index, "job_id": job_id}
+    if counters:
+        meta[SCALES] = [1] * len(model.layers)
     return update_frame(tensors, meta, agent_id, secret.encode())
 
 

@@ -23,15 +23,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from bitfleet.algorithms.bitflip import INPUT_MEAN, bitflip_config
+from bitfleet.algorithms.bitflip import bitflip_config
 from bitfleet.algorithms.forward import forward_config
-from bitfleet.bitmlp import PackedLayer
 from bitfleet.errors import ConfigError, DataError, ModelFileError
-from bitfleet.federated import update_frame
 from bitfleet.fixedpoint import INPUT_EXP, FixedLayer, FixedMLP
-from bitfleet.frames import FLAG_SIGNED, KIND_UPDATE, MAGIC, SIGNATURE_BYTES, Tensor, decode_frame
+from bitfleet.frames import FLAG_SIGNED, KIND_UPDATE, MAGIC, SIGNATURE_BYTES
 from bitfleet.jobstatus import JobConflict
-from bitfleet.modelfile import bitmlp_from_frame, fixedmlp_to_frame
+from bitfleet.modelfile import fixedmlp_to_frame
 from bitfleet.server.algorithms import JOB_ALGORITHMS
 from bitfleet.server.api.app import DEFAULT_LIMITS, create_app
 from bitfleet.server.api.limits import DEFAULT_MAX_REQUEST_BYTES, ApiLimits
@@ -41,6 +39,7 @@ from bitfleet.server.state import StoreError, open_store
 from bitfleet.tls import client_context
 from tests.cluster import Coordinator as CoordinatorProcess
 from tests.inprocess import FakePublisher
+from tests.manual import echo_update
 
 TOKEN = "admin-token"
 JOB: dict[str, Any] = {
@@ -347,22 +346,6 @@ def test_an_agent_downloads_only_the_models_of_rounds_it_was_selected_for(
     assert selected.model("job-nothere", 0).status_code == 404
 
 
-def _binary_update(agent: Agent, job_id: str, model: bytes, samples: int) -> bytes:
-    network = bitmlp_from_frame(decode_frame(model))
-    tensors = [
-        Tensor(
-            f"dense_{index}",
-            "binary",
-            (layer.outputs, layer.inputs),
-            PackedLayer.from_values(layer.values(), "binary").positive[None],
-        )
-        for index, layer in enumerate(network.layers)
-    ]
-    tensors.append(Tensor(INPUT_MEAN, "uint8", (64,), np.full(64, 3, np.uint8)))
-    meta = {"samples": samples, "round": 0, "job_id": job_id}
-    return update_frame(tensors, meta, agent.agent_id, agent.secret.encode())
-
-
 def _frame_with_header(header: bytes) -> bytes:
     """A signed update frame whose header is ``header`` verbatim (signature unchecked:
     the header is parsed first, to learn the sender)."""
@@ -379,13 +362,15 @@ def test_hostile_uploads_are_refused_with_a_receipt(
     bomb = b'{"meta": ' + b"[" * 100_000 + b"]" * 100_000 + b', "tensors": []}'
     huge_number = b'{"meta": {"samples": ' + b"9" * 5000 + b'}, "tensors": []}'
     for frame in (
-        _binary_update(agent, job_id, model, samples=2**63),
+        echo_update(model, job_id, 0, agent.agent_id, agent.secret, False, 2**63),
         _frame_with_header(bomb),
         _frame_with_header(huge_number),
     ):
         refused = agent.upload(job_id, frame)
         assert 400 <= refused.status_code < 500 and refused.json()["accepted"] is False
-    accepted = agent.upload(job_id, _binary_update(agent, job_id, model, samples=10))
+    accepted = agent.upload(
+        job_id, echo_update(model, job_id, 0, agent.agent_id, agent.secret, False, 10)
+    )
     assert accepted.status_code == 200 and accepted.json()["accepted"] is True
 
 

@@ -271,7 +271,12 @@ def test_a_screening_job_refuses_an_inverted_layer_as_an_outlier(
     coordinator: InProcessCoordinator,
 ) -> None:
     job_id, (first, second), model = _open_round(
-        coordinator, 2, agents_per_round=2, min_agents=2, screen_updates=True
+        coordinator,
+        2,
+        agents_per_round=2,
+        min_agents=2,
+        screen_updates=True,
+        hyperparameters={"aggregation": "majority"},
     )
     decoded = decode_frame(first.update(model, job_id, 0))
     flipped = [  # the last layer inverted, the rest honest
@@ -286,6 +291,20 @@ def test_a_screening_job_refuses_an_inverted_layer_as_an_outlier(
         'bitfleet_uploads_refused_total{reason="outlier"} 1'
         in coordinator.client.get("/metrics").text
     )
+
+
+def test_screening_a_job_whose_updates_are_counter_moves_is_refused_with_the_fix(
+    coordinator: InProcessCoordinator,
+) -> None:
+    for hyperparameters in ({}, {"aggregation": "counters"}):
+        reply = coordinator.admin(
+            "POST",
+            "/jobs",
+            json={**JOB, "screen_updates": True, "hyperparameters": hyperparameters},
+        )
+        assert reply.status_code == 422, reply.text
+        assert '"aggregation": "majority"' in reply.json()["detail"]
+    assert coordinator.admin("GET", "/jobs").json() == []
 
 
 def test_an_upload_for_a_round_its_deadline_closed_is_late(

@@ -209,7 +209,9 @@ def test_bench_federated_runs_fedavg_beside_on_the_same_partitions() -> None:
 def test_screening_refuses_inverted_and_random_layers_and_no_honest_update(
     tmp_path: Path, attack: str
 ) -> None:
-    (tmp_path / "job.json").write_text(json.dumps({"screen_updates": True}))
+    (tmp_path / "job.json").write_text(
+        json.dumps({"screen_updates": True, "hyperparameters": {"aggregation": "majority"}})
+    )
     screened = ["--spec", str(tmp_path / "job.json"), "--agents", "4", "--seed", "2"]
     honest = _simulate(*_digits(tmp_path, *screened))
     assert [r["refused"] for r in honest["rounds"]] == [0] * ROUNDS

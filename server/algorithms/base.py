@@ -14,6 +14,7 @@ from typing import Any
 
 from bitfleet.algorithms import Algorithm
 from bitfleet.datasets import Dataset
+from bitfleet.errors import ConfigError
 from bitfleet.frames import Frame, FrameError
 from bitfleet.protocol import MAX_SAMPLES
 from bitfleet.server.jobspec import JobSpec
@@ -60,6 +61,14 @@ class JobAlgorithm(ABC):
         """What agents and users are given of a stored model (default: all of it); the
         coordinator may store state beside the model that only it reads."""
         return model
+
+    def check_screening(self, spec: JobSpec) -> None:
+        """ConfigError if the job asks for ``screen_updates`` and this algorithm cannot
+        screen its updates (default: it cannot)."""
+        if spec.screen_updates:
+            raise ConfigError(
+                f"screen_updates: {spec.algorithm} updates cannot be screened; drop the option"
+            )
 
     def screen(self, model: Frame, update: Frame) -> str | None:
         """For a job that screens updates: the refusal reason of a well-formed ``update``

@@ -121,6 +121,16 @@ class BitFlipJobs(JobAlgorithm):
         final = bool(model.meta.get(OFFSET_FINAL, True))
         return bitmlp_to_frame(network, {**meta, OFFSET_FINAL: final})
 
+    def check_screening(self, spec: JobSpec) -> None:
+        """Screening compares an update's weights with the round's model: ``majority`` jobs
+        send weights, ``counters`` jobs send moves (held by the median scale instead)."""
+        if spec.screen_updates and aggregation_of(spec.hyperparameters) != "majority":
+            raise ConfigError(
+                "screen_updates screens weights, and a job with aggregation 'counters' sends "
+                'counter moves: add "aggregation": "majority" to the hyperparameters, '
+                "or drop screen_updates (docs/algorithms.md: robust aggregation)"
+            )
+
     def check_update(self, model: Frame, update: Frame) -> None:
         offset = model.tensors["input_offset"]
         expected = {**_sent(model), INPUT_MEAN: ("uint8", offset.shape)}
@@ -154,8 +164,8 @@ class BitFlipJobs(JobAlgorithm):
         assert isinstance(accumulator, BitFlipAccumulator)
         offset = None if model.meta.get(OFFSET_FINAL, True) else accumulator.input_offset()
         if model.meta.get(AGGREGATION) == "counters":
-            values, state = _counters_moved(model, accumulator)
-            return voted_global_model(model, values, offset, round_index + 1, state)
+            moved, state = _counters_moved(model, accumulator)
+            return voted_global_model(model, moved, offset, round_index + 1, state)
         previous = bitmlp_from_frame(model)
         values = accumulator.tally.result(
             {f"dense_{i}": layer.values() for i, layer in enumerate(previous.layers)}

@@ -48,8 +48,10 @@ PROVISIONAL_OFFSET = 128
 # What a federated job trains with where its hyperparameters are silent, measured on 5 agents
 # of Dirichlet(0.5) Fashion-MNIST, 20 rounds of one local epoch (docs/algorithms.md, federated
 # bit-flip): a longer counter memory (8 bits) keeps the global model moving through the
-# rounds' averaging. ``bitfleet train`` (one machine) keeps BitFlipConfig's own defaults.
-JOB_DEFAULTS: dict[str, Any] = {"state_bits": 8}
+# rounds' averaging, and the counter link (2 bits a weight each way) averages the agents'
+# counters instead of voting their weights. ``bitfleet train`` (one machine) keeps
+# BitFlipConfig's own defaults.
+JOB_DEFAULTS: dict[str, Any] = {"state_bits": 8, AGGREGATION: "counters"}
 # Bytes a training step holds per weight (int16 counter, int8 weight, int64 votes, float32
 # operand copies) and per unit activation (int64 pre-activation, int8 sign, float copies).
 _BYTES_PER_WEIGHT = 19
@@ -58,7 +60,7 @@ _BYTES_PER_ACTIVATION = 21
 
 def aggregation_of(hyperparameters: dict[str, Any]) -> str:
     """The job's ``aggregation`` (default: the job default), checked."""
-    aggregation = {**JOB_DEFAULTS, **hyperparameters}.get(AGGREGATION, "majority")
+    aggregation = {**JOB_DEFAULTS, **hyperparameters}[AGGREGATION]
     if not isinstance(aggregation, str) or aggregation not in AGGREGATIONS:
         raise ConfigError(
             f"bad bit-flip hyperparameters: aggregation must be one of {AGGREGATIONS}"
