@@ -81,6 +81,15 @@ class JobSpec(BaseModel):
         description="the largest share of a round's declared samples one agent's vote may "
         "weigh (see docs/security.md: vote weights)",
     )
+    max_vote_ratio: float | None = Field(
+        1.0,
+        ge=1,
+        le=1_000_000,
+        description="count no declaration above this multiple of the round's median "
+        "declaration, so a coalition claiming huge sample counts weighs no more than that "
+        "many median agents each; null turns the rule off (see docs/security.md: vote "
+        "weights)",
+    )
     screen_updates: bool = Field(
         False,
         description="refuse (reason 'outlier') a bit-flip update one of whose layers agrees "

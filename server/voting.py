@@ -9,6 +9,13 @@ agents *declared* in their capabilities (``samples``) before the round opened:
    come from water-filling, the largest ``c`` with ``c <= share * sum(min(d_j, c))``, so a
    liar who declares 10**12 gets ``c``, not the model.
 
+Rule 2 holds one liar to its share, not a coalition: agents that all declare 10**12
+share the round between them. A job with ``max_vote_ratio`` r adds a third rule, applied
+first:
+
+3. no declaration counts above r times the round's median declaration (the lower median),
+   so a minority short of half the round weighs at most r times what the median agent does.
+
 An agent that declared nothing weighs as the median declaration of the round; when no
 agent declared, every vote weighs 1. When ``share`` is below ``1 / n`` no cap can satisfy
 rule 2, and every agent is capped at the smallest declaration (equal votes). The caps are
@@ -32,13 +39,18 @@ def declared_samples(capabilities: Mapping[str, Any]) -> int | None:
     return None
 
 
-def vote_caps(declared: Mapping[str, int | None], share: float) -> dict[str, int]:
+def vote_caps(
+    declared: Mapping[str, int | None], share: float, median_ratio: float | None = None
+) -> dict[str, int]:
     """Per agent, the most its vote may weigh this round (see the module docstring)."""
     known = [value for value in declared.values() if value is not None]
     if not known:
         return dict.fromkeys(declared, 1)
     fallback = median_low(known)
     values = {agent: value if value is not None else fallback for agent, value in declared.items()}
+    if median_ratio is not None:
+        ceiling = max(1, int(median_ratio * median_low(values.values())))
+        values = {agent: min(value, ceiling) for agent, value in values.items()}
     cap = _water_level(sorted(values.values()), share)
     return {agent: max(1, min(value, cap)) for agent, value in values.items()}
 

@@ -136,6 +136,7 @@ def test_votes_are_weighted_by_samples(http_coordinator: Coordinator, weighted: 
         rounds=2,
         weighted_votes=weighted,
         max_vote_share=1.0,
+        max_vote_ratio=None,
     )
     assert a.upload(job_id, 0, a.update(job_id, 0, flip=True, samples=10))["accepted"]
     for agent in (b, c):
