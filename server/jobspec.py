@@ -82,7 +82,7 @@ class JobSpec(BaseModel):
         "weigh (see docs/security.md: vote weights)",
     )
     max_vote_ratio: float | None = Field(
-        1.0,
+        2.0,
         ge=1,
         le=1_000_000,
         description="count no declaration above this multiple of the round's median "

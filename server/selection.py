@@ -37,4 +37,6 @@ def select(
     declared = {
         a: declared_samples(agents[a].capabilities) if a in agents else None for a in selected
     }
-    return Selection(selected, vote_caps(declared, job.spec.max_vote_share, job.spec.max_vote_ratio))
+    return Selection(
+        selected, vote_caps(declared, job.spec.max_vote_share, job.spec.max_vote_ratio)
+    )

@@ -496,7 +496,11 @@ TABLE: dict[str, Covered | Runs] = {
     "Simulating a fleet #1": Runs(
         walk_simulating,
         (
-            ("--rounds 20 --hp state_bits=8", "--rounds 1 --hp state_bits=8 --layers 784,32,10"),
+            ("--rounds 20 --seed 0 --workers", "--rounds 1 --layers 784,32,10 --seed 0 --workers"),
+            (
+                "--rounds 20 --hp aggregation='\"majority\"' --json",
+                "--rounds 1 --hp aggregation='\"majority\"' --json --layers 784,32,10",
+            ),
             ("--rounds 20 --json\n", "--rounds 1 --json --layers 784,32,10\n"),
             ("--rounds 20 --json   #", "--rounds 1 --json --layers 784,32,10   #"),
         ),

@@ -43,13 +43,20 @@ def _digits(tmp_path: Path, *extra: str) -> list[str]:
     return ["--dataset", "digits", "--layers", "64,64,10", "--rounds", str(ROUNDS), *extra]
 
 
+@pytest.mark.parametrize("aggregation", ["counters", "majority"])
 def test_a_simulated_job_ends_in_the_model_the_service_trains(
-    http_coordinator: Coordinator, tmp_path: Path
+    http_coordinator: Coordinator, tmp_path: Path, aggregation: str
 ) -> None:
     """Three real agents on the coordinator's HTTP API, and the same three partitions
     simulated: the same seeds, selections, votes and input offset give the same bytes."""
     partitions = partition_files(tmp_path / "partitions", 3)
-    spec = {**JOB, "rounds": ROUNDS, "min_agents": 3, "seed": 7}
+    spec = {
+        **JOB,
+        "rounds": ROUNDS,
+        "min_agents": 3,
+        "seed": 7,
+        "hyperparameters": {"aggregation": aggregation},
+    }
     agents = [
         http_coordinator.start_agent(
             path.stem, path, tmp_path / "agents" / path.stem, transport="http", kind=AgentProcess
@@ -80,6 +87,7 @@ def test_a_simulated_job_ends_in_the_model_the_service_trains(
         str(simulated_path),
     )
     assert simulated_path.read_bytes() == served
+    assert decode_frame(served).meta["aggregation"] == aggregation
     service_accuracy = [m["test_accuracy"] for m in job["metrics"]]
     assert [r["test_accuracy"] for r in summary["rounds"]] == service_accuracy
     assert [r["bytes_up"] for r in summary["rounds"]] == [m["bytes_up"] for m in job["metrics"]]
