@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from bitfleet.bitpack import pack_binary
+from bitfleet.counterlink import SCALES
 from bitfleet.federated import update_frame
 from bitfleet.frames import decode_frame
 from bitfleet.modelfile import tensor_values
@@ -265,6 +266,24 @@ def test_uploads_are_refused_with_the_right_reason(coordinator: InProcessCoordin
     assert outsider.upload(job_id, 0, outsider.update(model, job_id, 0)).json()["reason"] == "late"
     refused = [r.reason for r in coordinator.publisher.receipts if not r.accepted]
     assert refused == [*cases, "late"]
+
+
+def test_a_counter_move_claiming_a_scale_beyond_the_counters_is_refused_and_counted(
+    coordinator: InProcessCoordinator,
+) -> None:
+    job_id, (first, second), model = _open_round(coordinator, 2, agents_per_round=2, min_agents=2)
+    assert decode_frame(model).meta["aggregation"] == "counters"
+    decoded = decode_frame(first.update(model, job_id, 0))
+    for scales in ([1 << 9, 1], [1], "huge"):
+        meta = {**decoded.meta, SCALES: scales}
+        hostile = update_frame(list(decoded.tensors.values()), meta, "a0", first.secret.encode())
+        reply = first.upload(job_id, 0, hostile)
+        assert (reply.status_code, reply.json()["reason"]) == (400, "meta"), reply.text
+    assert first.upload(job_id, 0, first.update(model, job_id, 0)).json()["accepted"]
+    assert second.upload(job_id, 0, second.update(model, job_id, 0)).json()["accepted"]
+    assert (
+        'bitfleet_uploads_refused_total{reason="meta"} 3' in coordinator.client.get("/metrics").text
+    )
 
 
 def test_a_screening_job_refuses_an_inverted_layer_as_an_outlier(

@@ -391,8 +391,9 @@ def walk_training(w: Walk) -> None:
 
 def walk_simulating(w: Walk) -> None:
     out = w.run()
-    fleet, mine, bench = _json_values(out)
+    majority, fleet, mine, bench = _json_values(out)
     assert re.search(r"^final test accuracy 0\.\d+ after 1 rounds", out, re.M)
+    assert majority["hyperparameters"]["aggregation"] == "majority"
     assert fleet["agents"] == 10 and fleet["hostile"] == 3 and fleet["attack"] == "invert-last"
     assert mine["agents"] == 3 and len(mine["rounds"]) == 5 and mine["final_test_accuracy"] > 0
     sides = bench["fedavg"], bench["bitfleet"]

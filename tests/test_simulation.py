@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from bitfleet import cliargs
+from bitfleet.bitpack import pack_ternary
 from bitfleet.federated import update_frame
 from bitfleet.frames import Tensor, decode_frame
 from bitfleet.modelfile import tensor_values
@@ -145,6 +146,24 @@ def test_each_attack_sends_what_it_says() -> None:
     for attacked in (last, every, noise):  # still a well-formed, signable update
         frame = update_frame(attacked, honest[1], "a0", b"secret")
         assert decode_frame(frame, secret_for=lambda meta: b"secret").meta["agent_id"] == "a0"
+
+
+def test_attacks_on_counter_moves_rewrite_the_ternary_moves() -> None:
+    rng = np.random.default_rng(4)
+    values = [rng.integers(-1, 2, size=(4, 64)).astype(np.int8) for _ in range(2)]
+    moves = [
+        Tensor(f"counter_change_{i}", "ternary", v.shape, np.stack(pack_ternary(v)))
+        for i, v in enumerate(values)
+    ]
+    honest = (moves, {"samples": 10, "round": 0, "job_id": "job-x", "change_scales": [3, 2]})
+    last = Attack("invert-last", rng).apply(honest)
+    assert (tensor_values(last[0][0]) == values[0]).all()
+    assert (tensor_values(last[0][1]) == -values[1]).all()
+    assert last[1]["change_scales"] == [3, 2]
+    noise = Attack("random", np.random.default_rng(5)).apply(honest)[0]
+    drawn = np.concatenate([tensor_values(t).ravel() for t in noise])
+    assert set(np.unique(drawn)) == {-1, 0, 1}
+    assert 0.2 < np.mean(drawn == np.concatenate([v.ravel() for v in values])) < 0.5
 
 
 def test_an_agent_inflating_its_weight_is_held_to_its_share(tmp_path: Path) -> None:
