@@ -275,9 +275,9 @@ class BitFlipTrainer(Trainer[BitMLP]):
         scores = pre_activations[-1]
         error = self._output_error(scores, y)
         for index in range(len(self.layers) - 1, -1, -1):
-            votes = int_matmul(error.T, activations[index])
+            votes = kernels.error_votes(error, activations[index])
             if index > 0:
-                error = int_matmul(error, weights[index])
+                error = kernels.error_through(error, weights[index])
                 error *= _window(pre_activations[index - 1], self.config.window_divisor)
             key = int(self.rng.integers(0, 1 << 62))
             self.layers[index].step(votes, self.lr_fixed, key)

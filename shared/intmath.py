@@ -16,7 +16,7 @@ _FLOAT32_EXACT = 2**24
 _FLOAT64_EXACT = 2**53
 
 
-def _max_abs(a: NDArray[np.integer]) -> int:
+def max_abs(a: NDArray[np.integer]) -> int:
     """From min and max: ``np.abs`` wraps the most negative value (abs(int8 -128) == -128)."""
     if a.size == 0:
         return 0
@@ -26,7 +26,7 @@ def _max_abs(a: NDArray[np.integer]) -> int:
 def int_matmul(a: NDArray[np.integer], b: NDArray[np.integer]) -> NDArray[np.int64]:
     """``a @ b`` for integer matrices, exactly, as int64."""
     inner = a.shape[-1]
-    bound = _max_abs(a) * _max_abs(b) * inner
+    bound = max_abs(a) * max_abs(b) * inner
     if bound < _FLOAT32_EXACT:
         engine: type[np.floating] = np.float32
     elif bound < _FLOAT64_EXACT:

@@ -155,6 +155,42 @@ def test_counter_step_twins_are_bit_exact(shift: int, zero_threshold: int) -> No
         np.testing.assert_array_equal(other_weights, weights)
 
 
+@pytest.mark.parametrize("twin", TWINS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+@pytest.mark.parametrize("error_bound", [7, 1 << 24])
+def test_error_kernels_are_exact_integer_products(twin: object, error_bound: int) -> None:
+    """Votes and attributed errors equal int64 matmul, with sparse errors as training makes
+    them (most zero), in int32 exactly when no sum can leave it."""
+    k: Any = twin
+    rng = np.random.default_rng(error_bound)
+    sparse = rng.random((60, 33)) < 0.15
+    error = rng.integers(-error_bound, error_bound + 1, size=(60, 33)) * sparse
+    activations = rng.integers(-255, 256, size=(60, 70)).astype(np.int16)
+    signs = rng.choice(np.array([-1, 1], np.int8), size=(60, 70))
+    weights = rng.choice(np.array([-1, 0, 1], np.int8), size=(33, 70))
+    for a in (activations, signs):
+        votes = k.error_votes(error, a)
+        fits = 60 * int(np.abs(error).max()) * int(np.abs(a).max()) < 2**31
+        assert votes.dtype == (np.int32 if fits else np.int64)
+        np.testing.assert_array_equal(votes, error.T @ a.astype(np.int64))
+    through = k.error_through(error, weights)
+    np.testing.assert_array_equal(through, error @ weights.astype(np.int64))
+    assert k.error_votes(np.zeros_like(error), activations).any() == False  # noqa: E712
+
+
+def test_counter_step_takes_int32_votes_as_int64_ones() -> None:
+    rng = np.random.default_rng(9)
+    votes = rng.integers(-500, 501, size=(20, 30))
+    results = []
+    for twin in TWINS:
+        for dtype in (np.int32, np.int64):
+            counters = rng.integers(-128, 128, size=votes.shape).astype(np.int16) * 0
+            weights = np.zeros(votes.shape, np.int8)
+            twin.counter_step(counters, weights, votes.astype(dtype), 3, 5, 7, -128, 127, 0)  # type: ignore[attr-defined]
+            results.append(counters)
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
+
+
 def test_counter_step_rounding_is_unbiased() -> None:
     votes = np.full((200, 500), 3, dtype=np.int64)
     counters = np.zeros(votes.shape, dtype=np.int16)

@@ -14,6 +14,7 @@ from numba import types
 from numba.extending import intrinsic
 from numpy.typing import NDArray
 
+from bitfleet.kernels.reference import vote_dtype
 from bitfleet.prng import GOLDEN, MIX1, MIX2
 
 
@@ -202,7 +203,7 @@ def counter_step(
     _counter_step(
         counters,
         weights,
-        np.ascontiguousarray(votes, dtype=np.int64),
+        np.ascontiguousarray(votes, dtype=votes.dtype if votes.dtype == np.int32 else np.int64),
         multiplier,
         shift,
         np.uint64(key),
@@ -210,6 +211,46 @@ def counter_step(
         high,
         zero_threshold,
     )
+
+
+@numba.njit(cache=True, nogil=True)
+def _error_votes(error: Any, activations: Any, votes: Any) -> None:  # pragma: no cover
+    for s in range(error.shape[0]):
+        row = activations[s]
+        for j in range(error.shape[1]):
+            e = votes.dtype.type(error[s, j])
+            if e != 0:
+                out = votes[j]
+                for i in range(row.size):
+                    out[i] += e * votes.dtype.type(row[i])
+
+
+def error_votes(
+    error: NDArray[np.int64], activations: NDArray[np.integer]
+) -> NDArray[np.int32] | NDArray[np.int64]:
+    """See :func:`bitfleet.kernels.reference.error_votes`."""
+    votes = np.zeros((error.shape[1], activations.shape[1]), vote_dtype(error, activations))
+    _error_votes(np.ascontiguousarray(error), np.ascontiguousarray(activations), votes)
+    return votes
+
+
+@numba.njit(cache=True, nogil=True)
+def _error_through(error: Any, weights: Any, out: Any) -> None:  # pragma: no cover
+    for s in range(error.shape[0]):
+        target = out[s]
+        for j in range(error.shape[1]):
+            e = error[s, j]
+            if e != 0:
+                row = weights[j]
+                for i in range(row.size):
+                    target[i] += e * row[i]
+
+
+def error_through(error: NDArray[np.int64], weights: NDArray[np.int8]) -> NDArray[np.int64]:
+    """See :func:`bitfleet.kernels.reference.error_through`."""
+    out = np.zeros((error.shape[0], weights.shape[1]), np.int64)
+    _error_through(np.ascontiguousarray(error), np.ascontiguousarray(weights), out)
+    return out
 
 
 # --- Fixed-point (QZO-FF) kernels --------------------------------------------------------

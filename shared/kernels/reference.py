@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from bitfleet.intmath import int_matmul
+from bitfleet.intmath import int_matmul, max_abs
 from bitfleet.prng import splitmix64
 
 # Rows of the batch processed at once: bounds the (rows, outputs, words) temporaries.
@@ -114,6 +114,27 @@ def counter_step(
     updated = np.clip(counters.astype(np.int64) + scaled, low, high)
     counters[...] = updated
     weights[...] = (updated >= zero_threshold).astype(np.int8) - (updated < -zero_threshold)
+
+
+def vote_dtype(error: NDArray[np.integer], activations: NDArray[np.integer]) -> type:
+    """int32 when no vote can leave it (int32 lanes vectorize twice as wide), else int64."""
+    bound = len(error) * max_abs(error) * max_abs(activations)
+    return np.int32 if bound < 2**31 else np.int64
+
+
+def error_votes(
+    error: NDArray[np.int64], activations: NDArray[np.integer]
+) -> NDArray[np.int32] | NDArray[np.int64]:
+    """Each weight's vote ``errorᵀ·activations`` (outputs by inputs), exactly, in
+    :func:`vote_dtype`. The numba twin adds only the nonzero errors' rows: a sample that
+    meets its margin, and a unit outside the window, carry none."""
+    return int_matmul(error.T, activations).astype(vote_dtype(error, activations))
+
+
+def error_through(error: NDArray[np.int64], weights: NDArray[np.int8]) -> NDArray[np.int64]:
+    """The error attributed to a layer's inputs, ``error·weights`` (samples by inputs),
+    exactly; the numba twin skips zero errors (all but two a sample at the output)."""
+    return int_matmul(error, weights)
 
 
 # --- Fixed-point (QZO-FF) kernels --------------------------------------------------------
