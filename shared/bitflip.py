@@ -21,6 +21,7 @@ engine, :mod:`bitfleet.intmath`); the only randomness is an integer PRNG under a
 from __future__ import annotations
 
 import reprlib
+import time
 from dataclasses import dataclass, field
 from itertools import pairwise
 
@@ -197,6 +198,8 @@ class BitFlipTrainer(Trainer[BitMLP]):
         self.input_offset = np.zeros(self.layer_sizes[0], dtype=np.uint8)
         self.keep_offset = False
         self.lr_fixed = self.config.lr_fixed
+        # Seconds per training-step phase, summed over batches, when a benchmark asks.
+        self.phase_seconds: dict[str, float] | None = None
 
     def _shapes(self) -> list[tuple[int, int]]:
         return list(pairwise(self.layer_sizes))
@@ -262,7 +265,9 @@ class BitFlipTrainer(Trainer[BitMLP]):
             )
 
     def train_batch(self, x: NDArray[np.uint8], y: NDArray[np.integer]) -> int:
-        """One integer training step on a batch; returns how many it classified correctly."""
+        """One integer training step on a batch; returns how many it classified correctly.
+        With :attr:`phase_seconds` set, each phase's time is added to it (``bench kernels``)."""
+        clock = _PhaseClock(self.phase_seconds)
         weights = [layer.weights for layer in self.layers]
         activations: list[NDArray[np.int16] | NDArray[np.int8]] = [
             x.astype(np.int16) - self.input_offset.astype(np.int16)
@@ -273,14 +278,19 @@ class BitFlipTrainer(Trainer[BitMLP]):
             pre_activations.append(pre)
             activations.append(np.where(pre >= 0, 1, -1).astype(np.int8))
         scores = pre_activations[-1]
+        clock.lap("forward")
         error = self._output_error(scores, y)
+        clock.lap("error")
         for index in range(len(self.layers) - 1, -1, -1):
             votes = kernels.error_votes(error, activations[index])
+            clock.lap("votes")
             if index > 0:
                 error = kernels.error_through(error, weights[index])
                 error *= _window(pre_activations[index - 1], self.config.window_divisor)
+                clock.lap("error")
             key = int(self.rng.integers(0, 1 << 62))
             self.layers[index].step(votes, self.lr_fixed, key)
+            clock.lap("update")
         return int(np.sum(np.argmax(scores, axis=1) == y))
 
     def _output_error(self, scores: NDArray[np.int64], y: NDArray[np.integer]) -> NDArray[np.int64]:
@@ -299,6 +309,20 @@ class BitFlipTrainer(Trainer[BitMLP]):
         error[rows, y] = magnitude
         error[rows, rival] = -magnitude
         return error
+
+
+class _PhaseClock:
+    """Adds the seconds since the last lap to ``totals[phase]``; does nothing without."""
+
+    def __init__(self, totals: dict[str, float] | None) -> None:
+        self.totals = totals
+        self.last = time.perf_counter() if totals is not None else 0.0
+
+    def lap(self, phase: str) -> None:
+        if self.totals is not None:
+            now = time.perf_counter()
+            self.totals[phase] = self.totals.get(phase, 0.0) + now - self.last
+            self.last = now
 
 
 def _same(model: BitMLP) -> BitMLP:

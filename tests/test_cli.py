@@ -142,3 +142,5 @@ def test_bench_kernels_json_contract(capsys: pytest.CaptureFixture[str]) -> None
     result = _run_json(capsys, ["bench", "kernels", "--repeats", "2", "--json"])
     for key in ("binary_dense_speedup", "bitflip_samples_per_second", "float_samples_per_second"):
         assert result[key] > 0
+    assert set(result["bitflip_step_ms"]) == {"forward", "error", "votes", "update"}
+    assert all(ms > 0 for ms in result["bitflip_step_ms"].values())

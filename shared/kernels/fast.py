@@ -229,7 +229,9 @@ def error_votes(
     error: NDArray[np.int64], activations: NDArray[np.integer]
 ) -> NDArray[np.int32] | NDArray[np.int64]:
     """See :func:`bitfleet.kernels.reference.error_votes`."""
-    votes = np.zeros((error.shape[1], activations.shape[1]), vote_dtype(error, activations))
+    votes: NDArray[np.int32] | NDArray[np.int64] = np.zeros(
+        (error.shape[1], activations.shape[1]), vote_dtype(error, activations)
+    )
     _error_votes(np.ascontiguousarray(error), np.ascontiguousarray(activations), votes)
     return votes
 
