@@ -80,7 +80,7 @@ class RoundScheduler:
 
     def _restore(self, job: Job, record: RoundRecord) -> OpenRound:
         model = self._ctx.jobs.stored_model(job.job_id, record.round)
-        published = self._ctx.jobs.model(job.job_id, record.round)
+        published = job.algorithm.published(model)
         state = OpenRound.restore(self._ctx.store, job, record, model, len(published))
         self._ctx.rounds.by_job[job.job_id] = state
         log.info(

@@ -285,7 +285,7 @@ class BitFlipTrainer(Trainer[BitMLP]):
             votes = kernels.error_votes(error, activations[index])
             clock.lap("votes")
             if index > 0:
-                error = kernels.error_through(error, weights[index])
+                error = kernels.error_votes(error.T, weights[index])
                 error *= _window(pre_activations[index - 1], self.config.window_divisor)
                 clock.lap("error")
             key = int(self.rng.integers(0, 1 << 62))

@@ -398,6 +398,11 @@ def test_cancelling_a_running_job_withdraws_its_tasks(coordinator: InProcessCoor
         ({"model": {"layers": [784, 10]}}, "64 features"),
         ({"algorithm": "sgd"}, "algorithm"),
         ({"rounds": 0}, "rounds"),
+        ({"max_vote_ratio": 0.5}, "max_vote_ratio"),
+        ({"max_vote_ratio": -3}, "max_vote_ratio"),
+        ({"max_vote_ratio": 1e300}, "max_vote_ratio"),
+        ({"max_vote_ratio": "twice"}, "max_vote_ratio"),
+        ({"max_vote_ratio": [2]}, "max_vote_ratio"),
     ],
 )
 def test_an_invalid_job_is_refused_with_what_to_change(

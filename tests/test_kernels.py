@@ -172,7 +172,7 @@ def test_error_kernels_are_exact_integer_products(twin: object, error_bound: int
         fits = 60 * int(np.abs(error).max()) * int(np.abs(a).max()) < 2**31
         assert votes.dtype == (np.int32 if fits else np.int64)
         np.testing.assert_array_equal(votes, error.T @ a.astype(np.int64))
-    through = k.error_through(error, weights)
+    through = k.error_votes(error.T, weights)
     np.testing.assert_array_equal(through, error @ weights.astype(np.int64))
     assert k.error_votes(np.zeros_like(error), activations).any() == False  # noqa: E712
 

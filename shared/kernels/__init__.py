@@ -66,7 +66,6 @@ uint8_binary_dense = _active.uint8_binary_dense
 uint8_ternary_dense = _active.uint8_ternary_dense
 counter_step = _active.counter_step
 error_votes = _active.error_votes
-error_through = _active.error_through
 carry_save_add = _active.carry_save_add
 bitsliced_add = _active.bitsliced_add
 fixed_dense = _active.fixed_dense
@@ -79,7 +78,6 @@ __all__ = [
     "bitsliced_add",
     "carry_save_add",
     "counter_step",
-    "error_through",
     "error_votes",
     "fast",
     "fixed_dense",

@@ -236,25 +236,6 @@ def error_votes(
     return votes
 
 
-@numba.njit(cache=True, nogil=True)
-def _error_through(error: Any, weights: Any, out: Any) -> None:  # pragma: no cover
-    for s in range(error.shape[0]):
-        target = out[s]
-        for j in range(error.shape[1]):
-            e = error[s, j]
-            if e != 0:
-                row = weights[j]
-                for i in range(row.size):
-                    target[i] += e * row[i]
-
-
-def error_through(error: NDArray[np.int64], weights: NDArray[np.int8]) -> NDArray[np.int64]:
-    """See :func:`bitfleet.kernels.reference.error_through`."""
-    out = np.zeros((error.shape[0], weights.shape[1]), np.int64)
-    _error_through(np.ascontiguousarray(error), np.ascontiguousarray(weights), out)
-    return out
-
-
 # --- Fixed-point (QZO-FF) kernels --------------------------------------------------------
 
 # Inputs summed in int32 before widening to int64: 256 * 2**7 * 2**15 = 2**30 cannot

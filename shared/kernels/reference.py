@@ -125,16 +125,11 @@ def vote_dtype(error: NDArray[np.integer], activations: NDArray[np.integer]) -> 
 def error_votes(
     error: NDArray[np.int64], activations: NDArray[np.integer]
 ) -> NDArray[np.int32] | NDArray[np.int64]:
-    """Each weight's vote ``errorᵀ·activations`` (outputs by inputs), exactly, in
-    :func:`vote_dtype`. The numba twin adds only the nonzero errors' rows: a sample that
-    meets its margin, and a unit outside the window, carry none."""
+    """``errorᵀ·activations``, exactly, in :func:`vote_dtype`: each weight's vote (outputs
+    by inputs), and with ``error.T`` and a layer's weights the error attributed to its
+    inputs. The numba twin adds only the nonzero errors' rows: a sample that meets its
+    margin, a unit outside the window and all but two classes of a sample carry none."""
     return int_matmul(error.T, activations).astype(vote_dtype(error, activations))
-
-
-def error_through(error: NDArray[np.int64], weights: NDArray[np.int8]) -> NDArray[np.int64]:
-    """The error attributed to a layer's inputs, ``error·weights`` (samples by inputs),
-    exactly; the numba twin skips zero errors (all but two a sample at the output)."""
-    return int_matmul(error, weights)
 
 
 # --- Fixed-point (QZO-FF) kernels --------------------------------------------------------
