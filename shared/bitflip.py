@@ -30,9 +30,10 @@ from numpy.typing import NDArray
 
 from bitfleet import kernels
 from bitfleet.bitmlp import ENCODINGS, BitMLP, PackedLayer
+from bitfleet.bitpack import pack_bits, pack_lanes
 from bitfleet.classifier import validate_layer_sizes
 from bitfleet.errors import ConfigError
-from bitfleet.intmath import int_matmul
+from bitfleet.intmath import max_abs
 from bitfleet.options import require_int, require_type
 from bitfleet.training import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_SEED, Loop, Trainer
 
@@ -164,7 +165,7 @@ class CounterLayer:
         power of two just above ``max|votes|`` lets one learning rate serve every K.
         ``key`` seeds the counter-based rounding noise.
         """
-        peak = int(np.abs(votes).max(initial=0))
+        peak = max_abs(votes)
         shift = peak.bit_length() + LR_FRACTION_BITS + 8 - self.state_bits
         kernels.counter_step(
             self.counters,
@@ -272,11 +273,13 @@ class BitFlipTrainer(Trainer[BitMLP]):
         activations: list[NDArray[np.int16] | NDArray[np.int8]] = [
             x.astype(np.int16) - self.input_offset.astype(np.int16)
         ]
-        pre_activations = []
-        for w in weights:
-            pre = int_matmul(activations[-1], w.T)
-            pre_activations.append(pre)
-            activations.append(np.where(pre >= 0, 1, -1).astype(np.int8))
+        pre_activations = [_dense(x, 1, self.input_offset, weights[0])]
+        for w in weights[1:]:
+            fired = pre_activations[-1] >= 0
+            activations.append(np.where(fired, np.int8(1), np.int8(-1)))
+            # a = 2 * fired - 1: the same uint8 kernel with inputs 0/1, scale 2, offset 1.
+            ones = np.ones(fired.shape[1], dtype=np.uint8)
+            pre_activations.append(_dense(fired.view(np.uint8), 2, ones, w))
         scores = pre_activations[-1]
         clock.lap("forward")
         error = self._output_error(scores, y)
@@ -323,6 +326,30 @@ class _PhaseClock:
             now = time.perf_counter()
             self.totals[phase] = self.totals.get(phase, 0.0) + now - self.last
             self.last = now
+
+
+def _dense(
+    inputs: NDArray[np.uint8], scale: int, offset: NDArray[np.uint8], weights: NDArray[np.int8]
+) -> NDArray[np.int64]:
+    """``(scale * inputs - offset) . weightsᵀ`` for 1- or 2-bit weights, in integer kernels.
+
+    A dot product with +-1/0 weights is the sum of the inputs under the +1 weights minus
+    the sum under the -1 ones (:func:`bitfleet.kernels.masked_sums`: ANDs and ADDs, no
+    multiply). The offset rides along as one more input row, so the masks are built once.
+    """
+    rows = np.vstack([inputs, offset[None, :]])
+    lanes = pack_lanes(rows)
+    sums = kernels.masked_sums(lanes, pack_bits(weights > 0))
+    if (weights == 0).any():
+        sums -= kernels.masked_sums(lanes, pack_bits(weights < 0))
+    else:  # no zero weight: every input not under a +1 is under a -1
+        sums *= 2
+        sums -= rows.sum(axis=1, dtype=np.int32)[:, None]
+    pre = sums[:-1].astype(np.int64)
+    if scale != 1:
+        pre *= scale
+    pre -= sums[-1]
+    return pre
 
 
 def _same(model: BitMLP) -> BitMLP:

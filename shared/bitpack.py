@@ -82,3 +82,19 @@ def bit_planes(x: NDArray[np.uint8]) -> NDArray[np.uint64]:
     shifts = np.arange(8, dtype=np.uint8).reshape(1, 8, 1)
     planes = ((x[:, None, :] >> shifts) & 1).astype(bool)
     return pack_bits(planes)
+
+
+LANES_PER_WORD = 4
+
+
+def _lane_words(columns: int) -> int:
+    return (columns + LANES_PER_WORD - 1) // LANES_PER_WORD
+
+
+def pack_lanes(x: NDArray[np.uint8]) -> NDArray[np.uint64]:
+    """uint8 inputs ``(rows, n)`` as uint64 words of four uint16 lanes, zero-padded: the
+    layout :func:`bitfleet.kernels.masked_sums` adds in (each lane has room to sum 256)."""
+    x = np.asarray(x, dtype=np.uint8)
+    lanes = np.zeros((x.shape[0], _lane_words(x.shape[1]) * LANES_PER_WORD), dtype=np.uint16)
+    lanes[:, : x.shape[1]] = x
+    return lanes.view(np.uint64)

@@ -25,7 +25,17 @@ from bitfleet.intmath import int_matmul
 from bitfleet.kernels import HAVE_NUMBA, reference
 from bitfleet.prng import splitmix64
 
-SHAPES = [(1, 1, 1), (3, 63, 5), (4, 64, 7), (5, 65, 3), (17, 130, 33), (64, 784, 100), (2, 200, 1)]
+# (9, 1100, 70): rows past a block of 8, inputs past one 1024-lane chunk, outputs past 64.
+SHAPES = [
+    (1, 1, 1),
+    (3, 63, 5),
+    (4, 64, 7),
+    (5, 65, 3),
+    (17, 130, 33),
+    (64, 784, 100),
+    (2, 200, 1),
+    (9, 1100, 70),
+]
 TWINS = [reference] + ([kernels.fast] if kernels.fast is not None else [])
 
 
@@ -56,13 +66,16 @@ def test_kernels_match_integer_matmul(shape: tuple[int, int, int], twin: object)
     planes = bitpack.bit_planes(case["pixels"])
     w_bits = bitpack.pack_binary(case["binary"])
     positive, nonzero = bitpack.pack_ternary(case["ternary"])
+    lanes = bitpack.pack_lanes(case["pixels"])
     expect = {
+        "masked": case["pixels"].astype(np.int64) @ (case["ternary"] > 0).T,
         "binary": case["signs"].astype(np.int64) @ case["binary"].T,
         "ternary": case["signs"].astype(np.int64) @ case["ternary"].T,
         "uint8_binary": case["pixels"].astype(np.int64) @ case["binary"].T,
         "uint8_ternary": case["pixels"].astype(np.int64) @ case["ternary"].T,
     }
     got = {
+        "masked": twin.masked_sums(lanes, bitpack.pack_bits(case["ternary"] > 0)),  # type: ignore[attr-defined]
         "binary": twin.binary_dense(x_bits, w_bits, n),  # type: ignore[attr-defined]
         "ternary": twin.ternary_dense(x_bits, positive, nonzero),  # type: ignore[attr-defined]
         "uint8_binary": twin.uint8_binary_dense(planes, w_bits),  # type: ignore[attr-defined]
@@ -177,6 +190,20 @@ def test_error_kernels_are_exact_integer_products(twin: object, error_bound: int
     assert k.error_votes(np.zeros_like(error), activations).any() == False  # noqa: E712
 
 
+@pytest.mark.parametrize("twin", TWINS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_masked_sums_refuse_selections_shorter_than_the_inputs(twin: object) -> None:
+    lanes = bitpack.pack_lanes(np.ones((2, 130), np.uint8))
+    with pytest.raises(ValueError, match="a bit for every input"):
+        twin.masked_sums(lanes, bitpack.pack_bits(np.ones((3, 60), bool)))  # type: ignore[attr-defined]
+
+
+def test_lanes_hold_each_input_in_a_zero_padded_uint16() -> None:
+    x = np.arange(1, 7, dtype=np.uint8).reshape(1, 6) * 40
+    np.testing.assert_array_equal(
+        bitpack.pack_lanes(x).view(np.uint16), [[40, 80, 120, 160, 200, 240, 0, 0]]
+    )
+
+
 def test_counter_step_takes_int32_votes_as_int64_ones() -> None:
     rng = np.random.default_rng(9)
     votes = rng.integers(-500, 501, size=(20, 30))
@@ -238,6 +265,9 @@ def _kernel_outputs(twin: object) -> list[np.ndarray]:
         k.ternary_dense(x, positive, nonzero),
         k.uint8_binary_dense(planes, w),
         k.uint8_ternary_dense(planes, positive, nonzero),
+        k.masked_sums(
+            bitpack.pack_lanes(_ints(18, 0, 256, 9, 1030).astype(np.uint8)), _words(19, 5, 17)
+        ),
     ]
     for shift in (-2, 0, 5, 40):
         counters, weights = _ints(6, -128, 128, 7, 11).astype(np.int16), np.zeros((7, 11), np.int8)
@@ -277,7 +307,7 @@ def _digest(arrays: list[np.ndarray]) -> str:
 
 
 # Measured with numba (numpy 2.4) and with the numpy twins on numpy 2.4 and 1.24: identical.
-KERNELS_DIGEST = "8e76bdf3112662489967d1aa2c807d1e1918c40ed851e6d773ff8177d7c3f843"
+KERNELS_DIGEST = "0313b340af74b49805e6020f3bfec6275760d49a1ec56800d80e904a0a61efe9"
 TRAINED_DIGESTS = {
     "binary": "78c82dc47c66461359c0041adce603ac98bc55c4a1f81c004d7caafe9730cc16",
     "ternary": "506d133e8331beeab3f63f7a28f543aa67b7fbe066216491ac7359ea213d0b7a",

@@ -66,6 +66,7 @@ uint8_binary_dense = _active.uint8_binary_dense
 uint8_ternary_dense = _active.uint8_ternary_dense
 counter_step = _active.counter_step
 error_votes = _active.error_votes
+masked_sums = _active.masked_sums
 carry_save_add = _active.carry_save_add
 bitsliced_add = _active.bitsliced_add
 fixed_dense = _active.fixed_dense
@@ -81,6 +82,7 @@ __all__ = [
     "error_votes",
     "fast",
     "fixed_dense",
+    "masked_sums",
     "reference",
     "ternary_dense",
     "uint8_binary_dense",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from bitfleet.bitpack import unpack_bits
 from bitfleet.intmath import int_matmul, max_abs
 from bitfleet.prng import splitmix64
 
@@ -86,6 +87,28 @@ def uint8_ternary_dense(
     return out
 
 
+def check_masked_sums(lanes: NDArray[np.uint64], selected: NDArray[np.uint64]) -> None:
+    """Refuse operands the kernels would read past: each selection row must cover its lanes."""
+    if lanes.ndim != 2 or selected.ndim != 2 or selected.shape[1] * 16 < lanes.shape[1]:
+        raise ValueError("masked_sums: each selection row needs a bit for every input lane")
+
+
+def masked_sums(lanes: NDArray[np.uint64], selected: NDArray[np.uint64]) -> NDArray[np.int32]:
+    """For every row ``b`` and output ``o``: the sum of row ``b``'s inputs that ``o``
+    selects, exactly, as int32.
+
+    ``lanes`` (rows, words) holds uint8 inputs one per uint16 lane
+    (:func:`bitfleet.bitpack.pack_lanes`); ``selected`` (outputs, bit words) is one packed
+    bit row per output (:func:`bitfleet.bitpack.pack_bits`). With a binary weight's ``+1``
+    bits, ``2 * sum - row sum`` is the dot product with the +-1 weights: an uint8-by-1-bit
+    layer in ANDs and ADDs. The numba twin widens 64 outputs' bits at a time to lane masks.
+    """
+    check_masked_sums(lanes, selected)
+    inputs = np.ascontiguousarray(lanes).view(np.uint16).astype(np.int32)
+    chosen = unpack_bits(selected, inputs.shape[1]).astype(np.int32)
+    return np.einsum("bi,oi->bo", inputs, chosen).astype(np.int32)
+
+
 def counter_step(
     counters: NDArray[np.int16],
     weights: NDArray[np.int8],
@@ -129,7 +152,8 @@ def error_votes(
     by inputs), and with ``error.T`` and a layer's weights the error attributed to its
     inputs. The numba twin adds only the nonzero errors' rows: a sample that meets its
     margin, a unit outside the window and all but two classes of a sample carry none."""
-    return int_matmul(error.T, activations).astype(vote_dtype(error, activations))
+    dtype = vote_dtype(error, activations)
+    return np.einsum("sj,si->ji", error.astype(dtype), activations.astype(dtype))
 
 
 # --- Fixed-point (QZO-FF) kernels --------------------------------------------------------
