@@ -30,10 +30,10 @@ from numpy.typing import NDArray
 
 from bitfleet import kernels
 from bitfleet.bitmlp import ENCODINGS, BitMLP, PackedLayer
-from bitfleet.bitpack import pack_bits, pack_lanes
 from bitfleet.classifier import validate_layer_sizes
 from bitfleet.errors import ConfigError
 from bitfleet.intmath import max_abs
+from bitfleet.kernels.reference import MAX_ROUNDING_SHIFT
 from bitfleet.options import require_int, require_type
 from bitfleet.training import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_SEED, Loop, Trainer
 
@@ -113,7 +113,7 @@ class CounterLayer:
 
     def __post_init__(self) -> None:
         self.weights = np.empty(self.counters.shape, dtype=np.int8)
-        self.step(np.zeros(self.counters.shape, dtype=np.int64), 1, 0)
+        self.step(np.zeros(self.counters.shape, dtype=np.int32), 1, 0)
 
     @property
     def low(self) -> int:
@@ -140,7 +140,7 @@ class CounterLayer:
         counters that already agree and putting the others in the weakest state."""
         agree = self.weights == values
         self.counters = np.where(agree, self.counters, self.weakest(values)).astype(np.int16)
-        self.step(np.zeros(self.counters.shape, dtype=np.int64), 1, 0)
+        self.step(np.zeros(self.counters.shape, dtype=np.int32), 1, 0)
 
     def distances(self) -> NDArray[np.int64]:
         """How far each counter sits beyond the weakest state of its weight's value (0 at it,
@@ -156,23 +156,27 @@ class CounterLayer:
         distance = np.where(strong, levels[1], levels[0]).astype(np.int64)
         counters = self.weakest(values).astype(np.int64) + np.sign(values) * distance
         self.counters = np.clip(counters, self.low, self.high).astype(np.int16)
-        self.step(np.zeros(self.counters.shape, dtype=np.int64), 1, 0)
+        self.step(np.zeros(self.counters.shape, dtype=np.int32), 1, 0)
 
-    def step(self, votes: NDArray[np.int64], lr_fixed: int, key: int) -> None:
+    def step(self, votes: NDArray[np.integer], lr_fixed: int, key: int) -> None:
         """Add the scaled, stochastically rounded votes and saturate.
 
         The largest vote maps to about ``lr * 2**(K - 8)`` counter units: dividing by the
-        power of two just above ``max|votes|`` lets one learning rate serve every K.
-        ``key`` seeds the counter-based rounding noise.
+        power of two just above ``max|votes|`` lets one learning rate serve every K. Votes
+        so large that ``vote * lr`` would leave 30 bits drop their lowest bits first (below
+        the rounding noise's resolution). ``key`` seeds the counter-based rounding noise.
         """
-        peak = max_abs(votes)
-        shift = peak.bit_length() + LR_FRACTION_BITS + 8 - self.state_bits
+        peak_bits = max_abs(votes).bit_length()
+        shift = peak_bits + LR_FRACTION_BITS + 8 - self.state_bits if peak_bits else 0
+        pre_shift = max(0, peak_bits + lr_fixed.bit_length() - MAX_ROUNDING_SHIFT)
+        pre_shift = max(pre_shift, shift - MAX_ROUNDING_SHIFT)
         kernels.counter_step(
             self.counters,
             self.weights,
             votes,
             lr_fixed,
-            shift if peak else 0,
+            pre_shift,
+            shift - pre_shift,
             key,
             self.low,
             self.high,
@@ -273,13 +277,10 @@ class BitFlipTrainer(Trainer[BitMLP]):
         activations: list[NDArray[np.int16] | NDArray[np.int8]] = [
             x.astype(np.int16) - self.input_offset.astype(np.int16)
         ]
-        pre_activations = [_dense(x, 1, self.input_offset, weights[0])]
-        for w in weights[1:]:
-            fired = pre_activations[-1] >= 0
-            activations.append(np.where(fired, np.int8(1), np.int8(-1)))
-            # a = 2 * fired - 1: the same uint8 kernel with inputs 0/1, scale 2, offset 1.
-            ones = np.ones(fired.shape[1], dtype=np.uint8)
-            pre_activations.append(_dense(fired.view(np.uint8), 2, ones, w))
+        # The forward pass is inference's, on the current weights packed: integer kernels.
+        pre_activations = [pre.astype(np.int64) for pre in self.model().pre_activations(x)]
+        for pre in pre_activations[:-1]:
+            activations.append((pre >= 0).view(np.int8) * np.int8(2) - np.int8(1))
         scores = pre_activations[-1]
         clock.lap("forward")
         error = self._output_error(scores, y)
@@ -326,30 +327,6 @@ class _PhaseClock:
             now = time.perf_counter()
             self.totals[phase] = self.totals.get(phase, 0.0) + now - self.last
             self.last = now
-
-
-def _dense(
-    inputs: NDArray[np.uint8], scale: int, offset: NDArray[np.uint8], weights: NDArray[np.int8]
-) -> NDArray[np.int64]:
-    """``(scale * inputs - offset) . weightsᵀ`` for 1- or 2-bit weights, in integer kernels.
-
-    A dot product with +-1/0 weights is the sum of the inputs under the +1 weights minus
-    the sum under the -1 ones (:func:`bitfleet.kernels.masked_sums`: ANDs and ADDs, no
-    multiply). The offset rides along as one more input row, so the masks are built once.
-    """
-    rows = np.vstack([inputs, offset[None, :]])
-    lanes = pack_lanes(rows)
-    sums = kernels.masked_sums(lanes, pack_bits(weights > 0))
-    if (weights == 0).any():
-        sums -= kernels.masked_sums(lanes, pack_bits(weights < 0))
-    else:  # no zero weight: every input not under a +1 is under a -1
-        sums *= 2
-        sums -= rows.sum(axis=1, dtype=np.int32)[:, None]
-    pre = sums[:-1].astype(np.int64)
-    if scale != 1:
-        pre *= scale
-    pre -= sums[-1]
-    return pre
 
 
 def _same(model: BitMLP) -> BitMLP:

@@ -16,9 +16,9 @@ from numpy.typing import NDArray
 
 from bitfleet import kernels
 from bitfleet.bitpack import (
-    bit_planes,
     pack_binary,
     pack_bits,
+    pack_lanes,
     pack_ternary,
     unpack_binary,
     unpack_ternary,
@@ -60,11 +60,15 @@ class PackedLayer:
             return unpack_binary(self.positive, self.inputs)
         return unpack_ternary(self.positive, self.nonzero, self.inputs)
 
-    def dense_uint8(self, planes: NDArray[np.uint64]) -> NDArray[np.int32]:
-        """Pre-activations for uint8 inputs given as bit-planes."""
-        if self.nonzero is None:
-            return kernels.uint8_binary_dense(planes, self.positive)
-        return kernels.uint8_ternary_dense(planes, self.positive, self.nonzero)
+    def dense_uint8(self, x: NDArray[np.uint8]) -> NDArray[np.int32]:
+        """Pre-activations for uint8 inputs: the inputs' sum under the +1 weights minus their
+        sum under the -1 ones (:func:`bitfleet.kernels.masked_sums`, ANDs and ADDs)."""
+        lanes = pack_lanes(x)
+        if self.nonzero is None:  # every input not under a +1 is under a -1
+            under_plus = kernels.masked_sums(lanes, self.positive)
+            return 2 * under_plus - x.sum(axis=1, dtype=np.int32)[:, None]
+        plus = kernels.masked_sums(lanes, self.positive & self.nonzero)
+        return plus - kernels.masked_sums(lanes, ~self.positive & self.nonzero)
 
     def dense_bits(self, x: NDArray[np.uint64]) -> NDArray[np.int32]:
         """Pre-activations for packed binary activations."""
@@ -76,7 +80,7 @@ class PackedLayer:
 @dataclass
 class BitMLP(Classifier[np.int32]):
     """A trained (or initial) bit network, ready for packed-bit inference (in chunks of
-    ``CHUNK_ROWS`` rows: that bounds the bit-plane buffers)."""
+    ``CHUNK_ROWS`` rows: that bounds the lane buffers)."""
 
     SCORE_DTYPE = np.int32
 
@@ -109,18 +113,22 @@ class BitMLP(Classifier[np.int32]):
     def params(self) -> int:
         return sum(layer.inputs * layer.outputs for layer in self.layers)
 
-    def _offsets(self) -> NDArray[np.int32]:
-        """``offset . W1`` per unit: subtracting it centres the inputs exactly."""
-        if self._offset_terms is None:
-            planes = bit_planes(self.input_offset[None, :])
-            self._offset_terms = self.layers[0].dense_uint8(planes)[0]
-        return self._offset_terms
+    def pre_activations(self, x: NDArray[np.uint8]) -> list[NDArray[np.int32]]:
+        """Each layer's integer pre-activations for a chunk of rows: the last are the class
+        scores, and the bit-flip trainer's forward pass keeps them all."""
+        if self._offset_terms is None:  # one pass with the offset as a last row: masks once
+            first = self.layers[0].dense_uint8(np.vstack([x, self.input_offset[None, :]]))
+            self._offset_terms = first[-1]
+            first = first[:-1]
+        else:
+            first = self.layers[0].dense_uint8(x)
+        pre = [first - self._offset_terms[None, :]]
+        for layer in self.layers[1:]:
+            pre.append(layer.dense_bits(pack_bits(pre[-1] >= 0)))
+        return pre
 
     def scores_chunk(self, x: NDArray[np.uint8]) -> NDArray[np.int32]:
-        pre = self.layers[0].dense_uint8(bit_planes(x)) - self._offsets()[None, :]
-        for layer in self.layers[1:]:
-            pre = layer.dense_bits(pack_bits(pre >= 0))
-        return pre
+        return self.pre_activations(x)[-1]
 
     def mean_rival_gap(self, x: NDArray[np.uint8], y: NDArray[np.integer]) -> float:
         """Mean amount by which the strongest rival beats the true class, per unit of the

@@ -24,12 +24,9 @@ def pack_bits(bits: NDArray[np.bool_]) -> NDArray[np.uint64]:
     """Pack booleans along the last axis into zero-padded little-endian uint64 words."""
     bits = np.asarray(bits, dtype=bool)
     n = bits.shape[-1]
-    padded_bits = words_for(n) * WORD_BITS
-    if padded_bits != n:
-        pad = np.zeros((*bits.shape[:-1], padded_bits - n), dtype=bool)
-        bits = np.concatenate([bits, pad], axis=-1)
-    as_bytes = np.packbits(bits, axis=-1, bitorder="little")
-    return np.ascontiguousarray(as_bytes).view("<u8").astype(np.uint64, copy=False)
+    as_bytes = np.zeros((*bits.shape[:-1], words_for(n) * 8), dtype=np.uint8)
+    as_bytes[..., : (n + 7) // 8] = np.packbits(bits, axis=-1, bitorder="little")
+    return as_bytes.view("<u8").astype(np.uint64, copy=False)
 
 
 def unpack_bits(words: NDArray[np.uint64], n: int) -> NDArray[np.bool_]:
@@ -70,18 +67,6 @@ def unpack_ternary(
     pos = unpack_bits(positive, n)
     nz = unpack_bits(nonzero, n)
     return (nz.astype(np.int8) * (pos.astype(np.int8) * 2 - 1)).astype(np.int8)
-
-
-def bit_planes(x: NDArray[np.uint8]) -> NDArray[np.uint64]:
-    """Split uint8 inputs ``(batch, n)`` into 8 packed bit-planes ``(batch, 8, words)``.
-
-    Plane ``k`` holds bit ``k`` of every input, so ``x = sum_k 2**k * plane_k``: an 8-bit
-    by 1-bit dot product becomes 8 AND+popcount passes (bit-serial arithmetic).
-    """
-    x = np.asarray(x, dtype=np.uint8)
-    shifts = np.arange(8, dtype=np.uint8).reshape(1, 8, 1)
-    planes = ((x[:, None, :] >> shifts) & 1).astype(bool)
-    return pack_bits(planes)
 
 
 LANES_PER_WORD = 4

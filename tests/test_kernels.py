@@ -21,9 +21,10 @@ import pytest
 
 from bitfleet import bitpack, kernels
 from bitfleet.bitflip import BitFlipConfig, BitFlipTrainer
+from bitfleet.bitmlp import PackedLayer
 from bitfleet.intmath import int_matmul
 from bitfleet.kernels import HAVE_NUMBA, reference
-from bitfleet.prng import splitmix64
+from bitfleet.prng import hash32, splitmix64
 
 # (9, 1100, 70): rows past a block of 8, inputs past one 1024-lane chunk, outputs past 64.
 SHAPES = [
@@ -63,7 +64,6 @@ def test_kernels_match_integer_matmul(shape: tuple[int, int, int], twin: object)
     case = _random_case(shape, seed=sum(shape))
     n = shape[1]
     x_bits = bitpack.pack_binary(case["signs"])
-    planes = bitpack.bit_planes(case["pixels"])
     w_bits = bitpack.pack_binary(case["binary"])
     positive, nonzero = bitpack.pack_ternary(case["ternary"])
     lanes = bitpack.pack_lanes(case["pixels"])
@@ -71,15 +71,11 @@ def test_kernels_match_integer_matmul(shape: tuple[int, int, int], twin: object)
         "masked": case["pixels"].astype(np.int64) @ (case["ternary"] > 0).T,
         "binary": case["signs"].astype(np.int64) @ case["binary"].T,
         "ternary": case["signs"].astype(np.int64) @ case["ternary"].T,
-        "uint8_binary": case["pixels"].astype(np.int64) @ case["binary"].T,
-        "uint8_ternary": case["pixels"].astype(np.int64) @ case["ternary"].T,
     }
     got = {
         "masked": twin.masked_sums(lanes, bitpack.pack_bits(case["ternary"] > 0)),  # type: ignore[attr-defined]
         "binary": twin.binary_dense(x_bits, w_bits, n),  # type: ignore[attr-defined]
         "ternary": twin.ternary_dense(x_bits, positive, nonzero),  # type: ignore[attr-defined]
-        "uint8_binary": twin.uint8_binary_dense(planes, w_bits),  # type: ignore[attr-defined]
-        "uint8_ternary": twin.uint8_ternary_dense(planes, positive, nonzero),  # type: ignore[attr-defined]
     }
     for name, result in got.items():
         assert result.dtype == np.int32, name
@@ -101,12 +97,17 @@ def test_pack_unpack_round_trips_and_pads_with_zeros(n: int) -> None:
     assert not padding.any()
 
 
-def test_bit_planes_rebuild_the_bytes() -> None:
-    pixels = np.arange(256, dtype=np.uint8).reshape(2, 128)
-    planes = bitpack.bit_planes(pixels)
-    bits = bitpack.unpack_bits(planes, 128).astype(np.int64)
-    rebuilt = sum(bits[:, k, :] << k for k in range(8))
-    np.testing.assert_array_equal(rebuilt, pixels)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("encoding", ["binary", "ternary"])
+def test_packed_uint8_layers_match_integer_matmul(
+    shape: tuple[int, int, int], encoding: str
+) -> None:
+    """The uint8-input layer of inference and training: masked sums under +1 and -1 bits."""
+    case = _random_case(shape, seed=sum(shape) + 1)
+    layer = PackedLayer.from_values(case[encoding], encoding)
+    result = layer.dense_uint8(case["pixels"])
+    assert result.dtype == np.int32
+    np.testing.assert_array_equal(result, case["pixels"].astype(np.int64) @ case[encoding].T)
 
 
 def test_int_matmul_is_exact_on_every_engine() -> None:
@@ -147,25 +148,59 @@ def test_kernels_fall_back_to_numpy_without_numba() -> None:
     assert result.stdout.strip() == str(here["predictions"])
 
 
-@pytest.mark.parametrize("shift", [-2, 0, 5, 20, 40])
+@pytest.mark.parametrize(("pre_shift", "shift"), [(0, 0), (0, 5), (3, 20), (0, 30), (31, 1)])
 @pytest.mark.parametrize("zero_threshold", [0, 1, 32])
-def test_counter_step_twins_are_bit_exact(shift: int, zero_threshold: int) -> None:
-    rng = np.random.default_rng(abs(shift) + 100 * zero_threshold)
+def test_counter_step_twins_are_bit_exact(pre_shift: int, shift: int, zero_threshold: int) -> None:
+    """Both twins against the rule written out in int64: hash32 noise, shifts, clip."""
+    rng = np.random.default_rng(shift + 100 * zero_threshold + 7 * pre_shift)
     shape = (37, 101)
-    votes = rng.integers(-500, 501, size=shape)
+    votes = rng.integers(-(2**31), 2**31, size=shape) if pre_shift == 31 else None
+    if votes is None:
+        votes = rng.integers(-500_000, 500_001, size=shape)
+    multiplier = 3
     start = rng.integers(-128, 128, size=shape).astype(np.int16)
-    results = []
+    index = np.arange(votes.size, dtype=np.uint64).reshape(shape)
+    noise = hash32(((index + 12345) % 2**32).astype(np.uint32)).astype(np.int64) % (1 << shift)
+    change = (((votes >> pre_shift) * multiplier) + noise) >> shift
+    expected = np.clip(start.astype(np.int64) + change, -128, 127)
     for twin in TWINS:
         counters, weights = start.copy(), np.zeros(shape, dtype=np.int8)
-        twin.counter_step(counters, weights, votes, 3, shift, 12345, -128, 127, zero_threshold)  # type: ignore[attr-defined]
-        results.append((counters, weights))
-    counters, weights = results[0]
-    assert counters.min() >= -128 and counters.max() <= 127
-    expected_weights = (counters >= zero_threshold).astype(np.int8) - (counters < -zero_threshold)
-    np.testing.assert_array_equal(weights, expected_weights)
-    for other_counters, other_weights in results[1:]:
-        np.testing.assert_array_equal(other_counters, counters)
-        np.testing.assert_array_equal(other_weights, weights)
+        twin.counter_step(  # type: ignore[attr-defined]
+            counters,
+            weights,
+            votes.astype(np.int32),
+            multiplier,
+            pre_shift,
+            shift,
+            12345,
+            -128,
+            127,
+            zero_threshold,
+        )
+        np.testing.assert_array_equal(counters, expected)
+        expected_weights = (expected >= zero_threshold).astype(np.int8) - (
+            expected < -zero_threshold
+        )
+        np.testing.assert_array_equal(weights, expected_weights)
+
+
+@pytest.mark.parametrize("twin", TWINS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_counter_step_refuses_shifts_outside_its_int32_pipeline(twin: object) -> None:
+    counters, weights = np.zeros((2, 3), np.int16), np.zeros((2, 3), np.int8)
+    votes = np.ones((2, 3), np.int32)
+    for multiplier, pre_shift, shift in ((1, 0, 31), (1, -1, 3), (1, 0, -1), (1 << 30, 0, 3)):
+        with pytest.raises(ValueError, match="out of range"):
+            twin.counter_step(counters, weights, votes, multiplier, pre_shift, shift, 1, -8, 7, 0)  # type: ignore[attr-defined]
+
+
+def test_bit_flip_steps_keep_huge_votes_inside_the_pipeline() -> None:
+    """Votes near the int32 limit and the largest learning rate: the layer's pre-shift keeps
+    (votes >> pre) * lr below 2**30, so the step moves counters by whole, bounded amounts."""
+    layer = BitFlipTrainer([4, 3, 2], BitFlipConfig(state_bits=8)).layers[0]
+    votes = np.array([[2**31 - 1, -(2**31), 0, 5]] * 3, dtype=np.int64)
+    layer.step(votes, 256 * 2**8, key=3)
+    assert layer.counters[:, 0].min() > 0 and layer.counters[:, 1].max() < 0
+    assert layer.counters.min() >= layer.low and layer.counters.max() <= layer.high
 
 
 @pytest.mark.parametrize("twin", TWINS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
@@ -212,7 +247,7 @@ def test_counter_step_takes_int32_votes_as_int64_ones() -> None:
         for dtype in (np.int32, np.int64):
             counters = rng.integers(-128, 128, size=votes.shape).astype(np.int16) * 0
             weights = np.zeros(votes.shape, np.int8)
-            twin.counter_step(counters, weights, votes.astype(dtype), 3, 5, 7, -128, 127, 0)  # type: ignore[attr-defined]
+            twin.counter_step(counters, weights, votes.astype(dtype), 3, 0, 5, 7, -128, 127, 0)  # type: ignore[attr-defined]
             results.append(counters)
     for other in results[1:]:
         np.testing.assert_array_equal(other, results[0])
@@ -222,7 +257,7 @@ def test_counter_step_rounding_is_unbiased() -> None:
     votes = np.full((200, 500), 3, dtype=np.int64)
     counters = np.zeros(votes.shape, dtype=np.int16)
     weights = np.zeros(votes.shape, dtype=np.int8)
-    kernels.counter_step(counters, weights, votes, 1, 3, 99, -8, 7, 0)
+    kernels.counter_step(counters, weights, votes, 1, 0, 3, 99, -8, 7, 0)
     assert abs(counters.mean() - 3 / 8) < 0.01
     assert set(np.unique(counters).tolist()) == {0, 1}
 
@@ -259,19 +294,17 @@ def _kernel_outputs(twin: object) -> list[np.ndarray]:
     """Every kernel on fixed inputs, with shifts and dtypes of each kind."""
     k: Any = twin
     x, w, positive, nonzero = (_words(seed, 5, 13) for seed in (1, 2, 3, 4))
-    planes = _words(5, 5, 8, 13)
     outputs = [
         k.binary_dense(x, w, 13 * 64),
         k.ternary_dense(x, positive, nonzero),
-        k.uint8_binary_dense(planes, w),
-        k.uint8_ternary_dense(planes, positive, nonzero),
         k.masked_sums(
             bitpack.pack_lanes(_ints(18, 0, 256, 9, 1030).astype(np.uint8)), _words(19, 5, 17)
         ),
     ]
-    for shift in (-2, 0, 5, 40):
+    for pre_shift, shift in ((0, 0), (0, 5), (2, 30)):
         counters, weights = _ints(6, -128, 128, 7, 11).astype(np.int16), np.zeros((7, 11), np.int8)
-        k.counter_step(counters, weights, _ints(7, -500, 501, 7, 11), 3, shift, 99, -128, 127, 1)
+        votes = _ints(7, -500, 501, 7, 11)
+        k.counter_step(counters, weights, votes, 3, pre_shift, shift, 99, -128, 127, 1)
         outputs += [counters, weights]
     a = _ints(8, -128, 128, 6, 20).astype(np.int8)
     bias = _ints(10, -3000, 3000, 7).astype(np.int32)
@@ -307,10 +340,10 @@ def _digest(arrays: list[np.ndarray]) -> str:
 
 
 # Measured with numba (numpy 2.4) and with the numpy twins on numpy 2.4 and 1.24: identical.
-KERNELS_DIGEST = "0313b340af74b49805e6020f3bfec6275760d49a1ec56800d80e904a0a61efe9"
+KERNELS_DIGEST = "fbf5d7b097f0aaafe602a3608b2224af3d2ee7f91e082510f5f0c0e5616305de"
 TRAINED_DIGESTS = {
-    "binary": "78c82dc47c66461359c0041adce603ac98bc55c4a1f81c004d7caafe9730cc16",
-    "ternary": "506d133e8331beeab3f63f7a28f543aa67b7fbe066216491ac7359ea213d0b7a",
+    "binary": "11fab4a3ec0cfe6201e2a9a082d5c392b486b5c619745c4b174dd7f1045aeb46",
+    "ternary": "92cb1b22918b7484fb6d9e3b9f88aeb6990b3b9191ac740e205644b2c7026ea1",
 }
 
 

@@ -62,8 +62,6 @@ _active: ModuleType = fast if fast is not None else reference
 
 binary_dense = _active.binary_dense
 ternary_dense = _active.ternary_dense
-uint8_binary_dense = _active.uint8_binary_dense
-uint8_ternary_dense = _active.uint8_ternary_dense
 counter_step = _active.counter_step
 error_votes = _active.error_votes
 masked_sums = _active.masked_sums
@@ -85,6 +83,4 @@ __all__ = [
     "masked_sums",
     "reference",
     "ternary_dense",
-    "uint8_binary_dense",
-    "uint8_ternary_dense",
 ]

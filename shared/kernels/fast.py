@@ -15,8 +15,8 @@ from numba.extending import intrinsic
 from numpy.typing import NDArray
 
 from bitfleet.intmath import max_abs
-from bitfleet.kernels.reference import check_masked_sums, vote_dtype
-from bitfleet.prng import GOLDEN, MIX1, MIX2
+from bitfleet.kernels.reference import check_counter_step, check_masked_sums, vote_dtype
+from bitfleet.prng import GOLDEN, HASH32_MIX1, HASH32_MIX2, MIX1, MIX2
 
 
 def _ctpop_typing(typingctx: Any, value: Any) -> Any:
@@ -72,48 +72,6 @@ def _ternary_dense(x: Any, positive_t: Any, nonzero_t: Any) -> Any:  # pragma: n
                 wrong[o] += np.int32(_ctpop((xk ^ positive_t[k, o]) & nonzero_t[k, o]))
         for o in range(outputs):
             out[b, o] = nnz[o] - 2 * wrong[o]
-    return out
-
-
-@numba.njit(cache=True, nogil=True)
-def _uint8_binary_dense(planes: Any, w_t: Any) -> Any:  # pragma: no cover
-    # sum_p 2^p (2 pc(P_p & w) - pc(P_p)) = sum_p pc(P_p & w) << (p + 1)  -  sum(x)
-    batch, num_planes, words = planes.shape
-    outputs = w_t.shape[1]
-    out = np.empty((batch, outputs), dtype=np.int32)
-    acc = np.empty(outputs, dtype=np.int32)
-    for b in range(batch):
-        acc[:] = 0
-        row_sum = 0
-        for p in range(num_planes):
-            for k in range(words):
-                xk = planes[b, p, k]
-                row_sum += _ctpop(xk) << p
-                for o in range(outputs):
-                    acc[o] += np.int32(_ctpop(xk & w_t[k, o])) << (p + 1)
-        for o in range(outputs):
-            out[b, o] = acc[o] - row_sum
-    return out
-
-
-@numba.njit(cache=True, nogil=True)
-def _uint8_ternary_dense(planes: Any, plus_t: Any, minus_t: Any) -> Any:  # pragma: no cover
-    batch, num_planes, words = planes.shape
-    outputs = plus_t.shape[1]
-    out = np.empty((batch, outputs), dtype=np.int32)
-    acc = np.empty(outputs, dtype=np.int32)
-    for b in range(batch):
-        acc[:] = 0
-        for p in range(num_planes):
-            for k in range(words):
-                xk = planes[b, p, k]
-                for o in range(outputs):
-                    diff = np.int32(_ctpop(xk & plus_t[k, o])) - np.int32(
-                        _ctpop(xk & minus_t[k, o])
-                    )
-                    acc[o] += diff << p
-        for o in range(outputs):
-            out[b, o] = acc[o]
     return out
 
 
@@ -224,22 +182,6 @@ def ternary_dense(
     return result
 
 
-def uint8_binary_dense(planes: NDArray[np.uint64], w: NDArray[np.uint64]) -> NDArray[np.int32]:
-    """See :func:`bitfleet.kernels.reference.uint8_binary_dense`."""
-    result: NDArray[np.int32] = _uint8_binary_dense(planes, _t(w))
-    return result
-
-
-def uint8_ternary_dense(
-    planes: NDArray[np.uint64], positive: NDArray[np.uint64], nonzero: NDArray[np.uint64]
-) -> NDArray[np.int32]:
-    """See :func:`bitfleet.kernels.reference.uint8_ternary_dense`."""
-    result: NDArray[np.int32] = _uint8_ternary_dense(
-        planes, _t(positive & nonzero), _t(~positive & nonzero)
-    )
-    return result
-
-
 @numba.njit(inline="always")
 def _splitmix64(counter: Any) -> Any:  # pragma: no cover - compiled
     z = counter + GOLDEN
@@ -248,40 +190,74 @@ def _splitmix64(counter: Any) -> Any:  # pragma: no cover - compiled
     return z ^ (z >> np.uint64(31))
 
 
+# The counter update runs in blocks whose flat indices come from a small uint32 array:
+# numba widens arithmetic on the loop counter to 64 bits, and LLVM would then vectorize the
+# hash in 64-bit lanes (AVX2 has no 64-bit multiply). Loaded indices keep it in 32-bit
+# lanes, as does every shift masked below 32: measured 3x faster than splitmix64 here.
+_UPDATE_BLOCK = 512
+_BLOCK_INDEX = np.arange(_UPDATE_BLOCK, dtype=np.uint32)
+_U31 = np.uint32(31)
+
+
+@numba.njit(inline="always")
+def _hash32(z: Any) -> Any:  # pragma: no cover - compiled
+    z = np.uint32(z ^ (z >> np.uint32(16)))
+    z = np.uint32(z * HASH32_MIX1)
+    z = np.uint32(z ^ (z >> np.uint32(15)))
+    z = np.uint32(z * HASH32_MIX2)
+    return np.uint32(z ^ (z >> np.uint32(16)))
+
+
 @numba.njit(cache=True, nogil=True)
 def _counter_step(
     counters: Any,
     weights: Any,
     votes: Any,
     multiplier: int,
+    pre_shift: int,
     shift: int,
-    key: Any,
+    key: int,
     low: int,
     high: int,
     zero_threshold: int,
 ) -> None:  # pragma: no cover - compiled
+    # Unsigned forms of the two arithmetic shifts (adding 2**31 and 2**30, multiples of any
+    # 2**shift here, and taking them off after) so that every lane op is a 32-bit one.
     flat_c = counters.reshape(-1)
     flat_w = weights.reshape(-1)
     flat_v = votes.reshape(-1)
-    noise_shift = np.uint64(64 - shift) if shift > 0 else np.uint64(0)
-    for i in range(flat_v.size):
-        scaled = flat_v[i] * multiplier
-        if shift > 0:
-            noise = np.int64(_splitmix64(np.uint64(i) + key) >> noise_shift)
-            scaled = (scaled + noise) >> shift
-        else:
-            scaled = scaled << -shift
-        c = np.int64(flat_c[i]) + scaled
-        c = min(max(c, low), high)
-        flat_c[i] = c
-        flat_w[i] = (1 if c >= zero_threshold else 0) - (1 if c < -zero_threshold else 0)
+    m = np.int32(multiplier)
+    noise_mask = np.uint32((1 << shift) - 1)
+    pre = np.uint32(pre_shift)
+    post = np.uint32(shift)
+    vote_bias = np.uint32(1 << 31)
+    vote_unbias = np.int32((1 << 31) >> pre_shift)
+    sum_bias = np.uint32(1 << 30)
+    sum_unbias = np.int32((1 << 30) >> shift)
+    lo, hi = np.int32(low), np.int32(high)
+    plus, minus = np.int32(zero_threshold), np.int32(-zero_threshold)
+    for start in range(0, flat_v.size, _UPDATE_BLOCK):
+        base = np.uint32(np.uint32(start) + np.uint32(key))
+        stop = min(flat_v.size, start + _UPDATE_BLOCK)
+        c_block, w_block, v_block = flat_c[start:stop], flat_w[start:stop], flat_v[start:stop]
+        for r in range(stop - start):
+            noise = np.uint32(_hash32(np.uint32(_BLOCK_INDEX[r] + base)) & noise_mask)
+            v = np.uint32(np.uint32(v_block[r]) + vote_bias)
+            q = np.int32(np.int32(np.int32(np.uint32(v >> (pre & _U31))) - vote_unbias) * m)
+            total = np.uint32(np.uint32(np.uint32(q) + noise) + sum_bias)
+            change = np.int32(np.int32(np.uint32(total >> (post & _U31))) - sum_unbias)
+            c = np.int32(np.int32(c_block[r]) + change)
+            c = np.int32(max(np.int32(min(c, hi)), lo))
+            c_block[r] = np.int16(c)
+            w_block[r] = np.int8(np.int8(c >= plus) - np.int8(c < minus))
 
 
 def counter_step(
     counters: NDArray[np.int16],
     weights: NDArray[np.int8],
-    votes: NDArray[np.int64],
+    votes: NDArray[np.int32] | NDArray[np.int64],
     multiplier: int,
+    pre_shift: int,
     shift: int,
     key: int,
     low: int,
@@ -289,13 +265,19 @@ def counter_step(
     zero_threshold: int,
 ) -> None:
     """See :func:`bitfleet.kernels.reference.counter_step`."""
+    if not (counters.flags.c_contiguous and weights.flags.c_contiguous):
+        raise ValueError("counter_step updates in place: counters and weights must be C-contiguous")
+    if counters.shape != votes.shape or weights.shape != votes.shape:
+        raise ValueError("counter_step: counters, weights and votes must have one shape")
+    int32_votes, pre_shift = check_counter_step(votes, multiplier, pre_shift, shift)
     _counter_step(
         counters,
         weights,
-        np.ascontiguousarray(votes, dtype=votes.dtype if votes.dtype == np.int32 else np.int64),
+        int32_votes,
         multiplier,
+        pre_shift,
         shift,
-        np.uint64(key),
+        key & 0xFFFFFFFF,
         low,
         high,
         zero_threshold,

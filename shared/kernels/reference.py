@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 
 from bitfleet.bitpack import unpack_bits
 from bitfleet.intmath import int_matmul, max_abs
-from bitfleet.prng import splitmix64
+from bitfleet.prng import hash32, splitmix64
 
 # Rows of the batch processed at once: bounds the (rows, outputs, words) temporaries.
 _ROW_CHUNK = 64
@@ -63,30 +63,6 @@ def ternary_dense(
     return out
 
 
-def uint8_binary_dense(planes: NDArray[np.uint64], w: NDArray[np.uint64]) -> NDArray[np.int32]:
-    """uint8 inputs (as 8 bit-planes) x binary weights: ``sum_k 2^k (2 pc(P_k & w) - pc(P_k))``."""
-    out = np.zeros((planes.shape[0], w.shape[0]), dtype=np.int32)
-    for k in range(8):
-        plane = np.ascontiguousarray(planes[:, k, :])
-        ones = popcount_sum(plane)
-        agree = _popcount_rows(plane, w, "and")
-        out += (2 * agree - ones[:, None]) << k
-    return out
-
-
-def uint8_ternary_dense(
-    planes: NDArray[np.uint64], positive: NDArray[np.uint64], nonzero: NDArray[np.uint64]
-) -> NDArray[np.int32]:
-    """uint8 inputs x ternary weights: ``sum_k 2^k (pc(P_k & nz & pos) - pc(P_k & nz & ~pos))``."""
-    plus = positive & nonzero
-    minus = ~positive & nonzero
-    out = np.zeros((planes.shape[0], positive.shape[0]), dtype=np.int32)
-    for k in range(8):
-        plane = np.ascontiguousarray(planes[:, k, :])
-        out += (_popcount_rows(plane, plus, "and") - _popcount_rows(plane, minus, "and")) << k
-    return out
-
-
 def check_masked_sums(lanes: NDArray[np.uint64], selected: NDArray[np.uint64]) -> None:
     """Refuse operands the kernels would read past: each selection row must cover its lanes."""
     if lanes.ndim != 2 or selected.ndim != 2 or selected.shape[1] * 16 < lanes.shape[1]:
@@ -109,11 +85,33 @@ def masked_sums(lanes: NDArray[np.uint64], selected: NDArray[np.uint64]) -> NDAr
     return np.einsum("bi,oi->bo", inputs, chosen).astype(np.int32)
 
 
+# Bounds of the counter update's integer pipeline: shifted votes times the multiplier stay
+# below 2**30 and the noise below 2**30, so their sum fits an int32 lane.
+MAX_ROUNDING_SHIFT = 30
+_KEY_MASK = 0xFFFFFFFF
+
+
+def check_counter_step(
+    votes: NDArray[np.integer], multiplier: int, pre_shift: int, shift: int
+) -> tuple[NDArray[np.int32], int]:
+    """Refuse shifts and multipliers outside the int32 pipeline. Returns the votes as int32
+    and the pre-shift still to apply to them: int64 votes are shifted here (the caller's
+    ``pre_shift`` makes them fit), int32 ones in the kernel."""
+    if not (0 <= shift <= MAX_ROUNDING_SHIFT and 0 <= pre_shift <= 62):
+        raise ValueError(f"counter_step: shift {shift} or pre_shift {pre_shift} out of range")
+    if not 0 <= multiplier < 1 << MAX_ROUNDING_SHIFT:
+        raise ValueError(f"counter_step: multiplier {multiplier} out of range")
+    if votes.dtype == np.int32 and pre_shift <= 31:
+        return np.ascontiguousarray(votes), pre_shift
+    return np.ascontiguousarray(votes.astype(np.int64) >> pre_shift, dtype=np.int32), 0
+
+
 def counter_step(
     counters: NDArray[np.int16],
     weights: NDArray[np.int8],
-    votes: NDArray[np.int64],
+    votes: NDArray[np.int32] | NDArray[np.int64],
     multiplier: int,
+    pre_shift: int,
     shift: int,
     key: int,
     low: int,
@@ -122,19 +120,18 @@ def counter_step(
 ) -> None:
     """Saturating counter update with unbiased stochastic rounding, in place.
 
-    ``counters += floor((votes * multiplier + u) / 2**shift)`` with ``u`` uniform in
-    ``[0, 2**shift)`` from :func:`splitmix64` of ``key + flat index``, clipped to
-    ``[low, high]``; then ``weights = +1 if c >= t, -1 if c < -t, else 0`` with
-    ``t = zero_threshold`` (0 gives binary weights).
+    ``counters += floor(((votes >> pre_shift) * multiplier + u) / 2**shift)``, clipped to
+    ``[low, high]``, with ``u`` the low ``shift`` bits of :func:`hash32` of
+    ``(key + flat index) mod 2**32``; then ``weights = +1 if c >= t, -1 if c < -t, else 0``
+    with ``t = zero_threshold`` (0 gives binary weights). The caller picks ``pre_shift`` so
+    that ``|votes >> pre_shift| * multiplier < 2**30`` (``shift <= 30``): every step then
+    fits the int32 lanes the numba twin runs in.
     """
-    scaled = votes.astype(np.int64) * multiplier
-    if shift > 0:
-        index = np.arange(votes.size, dtype=np.uint64).reshape(votes.shape)
-        noise = splitmix64(index + np.uint64(key)) >> np.uint64(64 - shift)
-        scaled = (scaled + noise.astype(np.int64)) >> shift
-    else:
-        scaled = scaled << -shift
-    updated = np.clip(counters.astype(np.int64) + scaled, low, high)
+    votes, pre_shift = check_counter_step(votes, multiplier, pre_shift, shift)
+    scaled = (votes.astype(np.int64) >> pre_shift) * multiplier
+    index = np.arange(votes.size, dtype=np.uint32).reshape(votes.shape)
+    noise = hash32(index + np.uint32(key & _KEY_MASK)) & np.uint32((1 << shift) - 1)
+    updated = np.clip(counters.astype(np.int64) + ((scaled + noise) >> shift), low, high)
     counters[...] = updated
     weights[...] = (updated >= zero_threshold).astype(np.int8) - (updated < -zero_threshold)
 

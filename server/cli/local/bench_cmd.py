@@ -12,7 +12,8 @@ import numpy as np
 
 from bitfleet import kernels
 from bitfleet.bitflip import BitFlipConfig, BitFlipTrainer
-from bitfleet.bitpack import bit_planes, pack_binary
+from bitfleet.bitmlp import PackedLayer
+from bitfleet.bitpack import pack_binary
 from bitfleet.cliargs import positive_int
 from bitfleet.floatmlp import FloatConfig, FloatTrainer
 from bitfleet.server.cli.local import bench_aggregate, bench_federated
@@ -76,13 +77,13 @@ def run_kernels(args: argparse.Namespace) -> int:
         x_pixels = rng.integers(0, 256, size=(batch, inputs), dtype=np.uint8)
         x_float = rng.standard_normal((batch, inputs)).astype(np.float32)
         w_float = rng.standard_normal((inputs, outputs)).astype(np.float32)
-        planes = bit_planes(x_pixels)
+        first_layer = PackedLayer(inputs, outputs, w_bits)
 
         float_s = median_seconds(lambda: x_float @ w_float, args.repeats)
         binary_s = median_seconds(
             lambda: kernels.binary_dense(x_bits, w_bits, inputs), args.repeats
         )
-        uint8_s = median_seconds(lambda: kernels.uint8_binary_dense(planes, w_bits), args.repeats)
+        uint8_s = median_seconds(lambda: first_layer.dense_uint8(x_pixels), args.repeats)
         bitflip_sps, float_sps, phases = _training_throughput(rng)
 
     result = {
