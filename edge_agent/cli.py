@@ -185,6 +185,25 @@ def build_parser() -> argparse.ArgumentParser:
     selftest.add_argument("--json", action="store_true", help="print JSON for scripts")
     selftest.set_defaults(func=run_selftest)
 
+    swarm = commands.add_parser(
+        "swarm",
+        help="run many simulated agents (real protocol, no training) for a load test",
+        description="Run one agent per line of --agents-file ('AGENT_ID SECRET', enrolled "
+        "already) in this process: each announces itself, takes tasks, downloads the model, "
+        "uploads a signed update voting the model's own weights and waits for its receipt. "
+        "Prints one JSON line per step on stdout; stops on SIGTERM or Ctrl-C. "
+        "'bitfleet bench fleet' starts these.",
+    )
+    swarm.add_argument("--agents-file", type=existing_file, required=True)
+    swarm.add_argument("--coordinator", type=http_url, required=True, help="coordinator URL")
+    swarm.add_argument("--mqtt-url", help="broker URL (with --transport mqtt)")
+    swarm.add_argument("--transport", choices=("mqtt", "http"), default="mqtt")
+    swarm.add_argument(
+        "--samples", type=positive_int, default=1000, help="samples each agent declares"
+    )
+    _add_tls_options(swarm)
+    swarm.set_defaults(func=run_swarm_command)
+
     status = commands.add_parser("status", help="what the agent is doing and has done")
     status.add_argument("--config", type=Path, help="config file (names the agent when idle)")
     status.add_argument("--state-dir", type=Path, help=f"(default {default_state_dir()})")
@@ -340,6 +359,27 @@ def _transport(config: AgentConfig, choice: str, backoff: Backoff) -> Transport:
         client_key=config.client_key,
         backoff=backoff.fresh(),
     )
+
+
+def run_swarm_command(args: argparse.Namespace) -> int:
+    """Many agents on real transports in this process, until a signal (``swarm``)."""
+    from bitfleet.edge_agent.swarm import read_agents, run_swarm
+
+    logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    agents = read_agents(Path(args.agents_file))
+    base = AgentConfig(args.coordinator, agents[0][0], agents[0][1], args.mqtt_url)
+    base = replace(base, **_tls(args))
+    _check_links(base, args.insecure)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    def transport(agent_id: str, secret: str) -> Transport:
+        config = replace(base, agent_id=agent_id, secret=secret)
+        return _transport(config, args.transport, Backoff(max_s=config.max_backoff_s))
+
+    run_swarm(agents, transport, args.samples, stop)
+    return 0
 
 
 def _reachable(host: str, port: int, timeout: float = 3.0) -> bool:

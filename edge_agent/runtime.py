@@ -84,12 +84,14 @@ class AgentRuntime:
     done: set[TaskKey] = field(default_factory=set)
     stop: threading.Event = field(default_factory=threading.Event)
     _state: dict[str, Any] = field(default_factory=dict)
+    # How tasks become updates: training on x, y (a load test's agents echo instead).
+    jobs: LocalJobs | None = None
     _coordinator_returns: int = 0
     _jobs: LocalJobs = field(init=False)
     _poll_error: str | None = None
 
     def __post_init__(self) -> None:
-        self._jobs = LocalJobs(self.agent_id)
+        self._jobs = self.jobs if self.jobs is not None else LocalJobs(self.agent_id)
 
     def status(self, state: str) -> AgentStatus:
         return AgentStatus(self.agent_id, state, capabilities(self.y))

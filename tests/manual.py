@@ -11,14 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bitfleet.algorithms.bitflip import AGGREGATION, INPUT_MEAN
-from bitfleet.bitmlp import PackedLayer
-from bitfleet.bitpack import pack_ternary
-from bitfleet.counterlink import CHANGE, SCALES
 from bitfleet.datasets import load_dataset
 from bitfleet.edge_agent.runtime import AgentRuntime
+from bitfleet.edge_agent.swarm import echo_tensors
 from bitfleet.federated import update_frame
-from bitfleet.frames import Tensor, decode_frame
+from bitfleet.frames import decode_frame
 from bitfleet.httpclient import ApiClient, ApiError
 from bitfleet.modelfile import bitmlp_from_frame
 from bitfleet.partition import partition
@@ -74,26 +71,9 @@ def echo_update(
     flip: bool,
     samples: int,
 ) -> bytes:
-    """A signed update that votes the model's own weights (inverted if ``flip``); for a
-    ``counters`` job, that moves every counter one step towards them (away if ``flip``)."""
-    frame = decode_frame(model_frame)
-    model = bitmlp_from_frame(frame)
-    counters = frame.meta.get(AGGREGATION) == "counters"
-    tensors = []
-    for index, layer in enumerate(model.layers):
-        values = layer.values() * (-1 if flip else 1)
-        shape = (layer.outputs, layer.inputs)
-        if counters:
-            planes = np.stack(pack_ternary(values))
-            tensors.append(Tensor(f"{CHANGE}_{index}", "ternary", shape, planes))
-        else:
-            packed = PackedLayer.from_values(values, "binary")
-            tensors.append(Tensor(f"dense_{index}", "binary", shape, packed.positive[None]))
-    features = model.layer_sizes[0]
-    tensors.append(Tensor(INPUT_MEAN, "uint8", (features,), np.full(features, 3, np.uint8)))
-    meta = {"samples": samples, "round": round_index, "job_id": job_id}
-    if counters:
-        meta[SCALES] = [1] * len(model.layers)
+    """A signed update that votes the model's own weights (inverted if ``flip``)."""
+    tensors, meta = echo_tensors(decode_frame(model_frame), flip)
+    meta |= {"samples": samples, "round": round_index, "job_id": job_id}
     return update_frame(tensors, meta, agent_id, secret.encode())
 
 

@@ -1,0 +1,367 @@
+"""``bitfleet bench fleet``: one coordinator under N agents, measured round by round.
+
+A real Mosquitto and a real coordinator start on loopback (TLS on every link, as the demo);
+N agents are enrolled through the REST API and run in a few ``bitfleet-agent swarm``
+processes, each agent a real agent runtime on its own MQTT client (or HTTP session) that
+does everything but train: its update votes the round's own weights. Each round reports
+the fan-out (round open until every agent holds the model), the upload phase and its
+acceptance rate, the close (last receipt until the next round opens: vote, evaluation,
+store), the coordinator's CPU seconds, and the broker's bytes in and out; the run reports
+both processes' peak RSS, and the model and update bytes the agents moved. Everything but
+training is round overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from bitfleet.cliargs import positive_int
+from bitfleet.errors import BitfleetError, ConfigError
+from bitfleet.jobstatus import TERMINAL
+from bitfleet.server.cli.demo.cluster import Broker, Coordinator, stop_process
+from bitfleet.server.cli.output import print_json
+from bitfleet.server.cli.service.tls_cmd import load_tlsca
+
+MAX_AGENTS = 10_000
+MAX_ROUNDS = 100
+MAX_PROCESSES = 64
+AGENTS_PER_PROCESS = 250  # threads and clients one swarm process carries well
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def register(benches: Any) -> None:
+    parser = benches.add_parser(
+        "fleet",
+        help="one coordinator under N simulated agents: round overhead, rates, memory",
+        description=(
+            "Starts Mosquitto and a coordinator on loopback and N agents (real protocol, "
+            "no training) in a few processes, runs a 784-512-10 bit-flip job with every "
+            "agent in every round, and reports per round: fan-out, upload rate, close, "
+            "coordinator CPU seconds and broker bytes; and both processes' peak RSS."
+        ),
+    )
+    parser.add_argument("--agents", type=positive_int, required=True, help=f"1..{MAX_AGENTS}")
+    parser.add_argument("--rounds", type=positive_int, default=3, help="(default 3)")
+    parser.add_argument("--transport", choices=("mqtt", "http"), default="mqtt")
+    parser.add_argument(
+        "--processes",
+        type=positive_int,
+        help=f"swarm processes (default: one per {AGENTS_PER_PROCESS} agents)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(func=run)
+
+
+@dataclass(frozen=True)
+class ProcessSample:
+    """What /proc says of one process at one moment."""
+
+    cpu_s: float
+    peak_rss_mb: float
+    bytes_read: int
+    bytes_written: int
+
+
+def sample_process(pid: int) -> ProcessSample:
+    """CPU seconds (user + system), peak RSS and the bytes it read and wrote (sockets
+    included) of a live process of this user."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    peak = 0.0
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) / 1024
+    io: dict[str, int] = {}
+    with open(f"/proc/{pid}/io") as counters:
+        for line in counters:
+            name, value = line.split(":")
+            io[name] = int(value)
+    return ProcessSample(cpu, peak, io["rchar"], io["wchar"])
+
+
+class Sampler:
+    """Samples processes every ``interval`` seconds in a thread, so that figures per round
+    can be read at the rounds' own boundaries (from the agents' events)."""
+
+    def __init__(self, pids: dict[str, int], interval: float = 0.05) -> None:
+        self.pids, self.interval = pids, interval
+        self.samples: list[tuple[float, dict[str, ProcessSample]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _take(self) -> None:
+        now = time.time()
+        self.samples.append((now, {name: sample_process(pid) for name, pid in self.pids.items()}))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._take()
+
+    def __enter__(self) -> Sampler:
+        self._take()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._take()
+
+    def at(self, moment: float) -> dict[str, ProcessSample]:
+        """The last sample taken at or before ``moment`` (the first one if none was)."""
+        chosen = self.samples[0][1]
+        for taken, sample in self.samples:
+            if taken > moment:
+                break
+            chosen = sample
+        return chosen
+
+
+@dataclass
+class EventLog:
+    """Every JSON line the swarms print, gathered by one reader thread per swarm."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def read(self, stream: IO[bytes]) -> None:
+        for raw in stream:
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue  # a swarm's stray output is not an event
+            if isinstance(event, dict):
+                with self.lock:
+                    self.events.append(event)
+
+    def of(self, kind: str, round_index: int) -> list[dict[str, Any]]:
+        with self.lock:
+            return [
+                e for e in self.events if e.get("event") == kind and e.get("round") == round_index
+            ]
+
+    def started(self) -> int:
+        with self.lock:
+            return sum(e.get("agents", 0) for e in self.events if e.get("event") == "started")
+
+
+def _check(args: argparse.Namespace) -> int:
+    if args.agents > MAX_AGENTS:
+        raise ConfigError(f"--agents {args.agents} is above {MAX_AGENTS}")
+    if args.rounds > MAX_ROUNDS:
+        raise ConfigError(f"--rounds {args.rounds} is above {MAX_ROUNDS}")
+    processes = args.processes or -(-args.agents // AGENTS_PER_PROCESS)
+    if processes > min(MAX_PROCESSES, args.agents):
+        raise ConfigError(f"--processes must be at most {min(MAX_PROCESSES, args.agents)}")
+    return processes
+
+
+def _say(text: str) -> None:
+    """Progress on stderr: stdout is the result."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    processes = _check(args)
+    workdir = Path(tempfile.mkdtemp(prefix="bitfleet-fleet-"))
+    ca = load_tlsca().create_ca(workdir / "tls")
+    broker = Broker(workdir / "broker", tls=ca)
+    coordinator = Coordinator(
+        workdir / "coordinator", broker if args.transport == "mqtt" else None, tls=ca
+    )
+    swarms: list[subprocess.Popen[bytes]] = []
+    log = EventLog()
+    try:
+        if args.transport == "mqtt":
+            broker.start()
+        coordinator.start()
+        _say(f"enrolling {args.agents} agents")
+        agents = _enroll(coordinator, args.agents)
+        for index in range(processes):
+            part = agents[index::processes]
+            swarms.append(_start_swarm(workdir, index, part, coordinator, broker, args, log))
+        coordinator.wait_online(args.agents, timeout=60 + args.agents / 10)
+        _say(f"{args.agents} agents online in {processes} swarm process(es); job starts")
+        result = _run_job(coordinator, broker if args.transport == "mqtt" else None, args, log)
+        result |= {"agents": args.agents, "transport": args.transport, "processes": processes}
+        if args.json:
+            print_json(result)
+        else:
+            _print(result)
+        return 0
+    finally:
+        for swarm in swarms:
+            stop_process(swarm)
+        coordinator.stop()
+        broker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _enroll(coordinator: Coordinator, count: int) -> list[tuple[str, str]]:
+    api = coordinator.api
+    agents = []
+    for index in range(count):
+        agent_id = f"sim-{index:05d}"
+        reply = api.request("POST", "/api/v1/agents", json_body={"agent_id": agent_id})
+        agents.append((agent_id, str(reply.json()["secret"])))
+    return agents
+
+
+def _start_swarm(
+    workdir: Path,
+    index: int,
+    agents: list[tuple[str, str]],
+    coordinator: Coordinator,
+    broker: Broker,
+    args: argparse.Namespace,
+    log: EventLog,
+) -> subprocess.Popen[bytes]:
+    listing = workdir / f"swarm-{index}.agents"
+    listing.write_text("".join(f"{agent_id} {secret}\n" for agent_id, secret in agents))
+    listing.chmod(0o600)
+    command = [
+        sys.executable,
+        "-m",
+        "bitfleet.edge_agent",
+        "swarm",
+        "--agents-file",
+        str(listing),
+        "--coordinator",
+        coordinator.url,
+        "--transport",
+        args.transport,
+        "--ca-file",
+        str(ca_path(coordinator)),
+    ]
+    if args.transport == "mqtt":
+        command += ["--mqtt-url", broker.agent_url]
+    errors = open(workdir / f"swarm-{index}.log", "wb")  # noqa: SIM115 - the child owns it
+    swarm = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors)
+    assert swarm.stdout is not None
+    threading.Thread(target=log.read, args=(swarm.stdout,), daemon=True).start()
+    return swarm
+
+
+def ca_path(coordinator: Coordinator) -> str:
+    if coordinator.ca_file is None:
+        raise BitfleetError("the bench cluster runs with TLS")
+    return coordinator.ca_file
+
+
+def _run_job(
+    coordinator: Coordinator, broker: Broker | None, args: argparse.Namespace, log: EventLog
+) -> dict[str, Any]:
+    spec = {
+        "name": f"bench-fleet-{args.agents}",
+        "algorithm": "bitflip",
+        "model": {"layers": [784, 512, 10], "weights": "binary"},
+        "dataset": "fashion-mnist",
+        "rounds": args.rounds,
+        "agents_per_round": args.agents,
+        "min_agents": args.agents,
+        "round_deadline_s": 600,
+        "seed": 0,
+    }
+    job_id = coordinator.api.request("POST", "/api/v1/jobs", json_body=spec).json()["id"]
+    assert coordinator.process is not None
+    pids = {"coordinator": coordinator.process.pid}
+    if broker is not None and broker.process is not None:
+        pids["broker"] = broker.process.pid
+    seen_round, deadline = 0, time.monotonic() + 600 + 2 * args.agents
+    with Sampler(pids) as sampler:
+        while True:
+            job = coordinator.job(job_id)
+            if job["round"] > seen_round:
+                seen_round = job["round"]
+                _say(f"round {seen_round} of {args.rounds} opened")
+            if job["status"] in TERMINAL:
+                break
+            if time.monotonic() > deadline:
+                raise BitfleetError(f"the bench job did not finish: {job}")
+            time.sleep(0.1)
+    if job["status"] != "completed":
+        raise BitfleetError(f"the bench job {job['status']}: {job.get('reason')}")
+    return _figures(log, sampler, args.rounds)
+
+
+def _figures(log: EventLog, sampler: Sampler, rounds: int) -> dict[str, Any]:
+    opens = [min((e["t"] for e in log.of("task", r)), default=None) for r in range(rounds)]
+    done_at = sampler.samples[-1][0]
+    per_round = []
+    for r in range(rounds):
+        models, uploads = log.of("model", r), log.of("upload", r)
+        receipts = [e for e in log.of("receipt", r) if e.get("accepted")]
+        start = opens[r]
+        if start is None or not models or not receipts:
+            raise BitfleetError(f"round {r}: no agent saw its task, model or receipt")
+        last_receipt = max(e["t"] for e in receipts)
+        first_upload = min(e["t"] for e in uploads)
+        next_open = opens[r + 1] if r + 1 < rounds and opens[r + 1] is not None else done_at
+        window = max(last_receipt - first_upload, 1e-6)
+        entry = {
+            "round": r,
+            "agents_with_model": len({e["agent"] for e in models}),
+            "accepted_uploads": len({e["agent"] for e in receipts}),
+            "fanout_s": round(max(e["t"] for e in models) - start, 3),
+            "upload_s": round(window, 3),
+            "uploads_per_s": round(len(receipts) / window, 1),
+            "close_s": round(next_open - last_receipt, 3),
+            "overhead_s": round(next_open - start, 3),
+            "payload_bytes_down": sum(e.get("bytes", 0) for e in models),
+            "payload_bytes_up": sum(e.get("bytes", 0) for e in uploads),
+        }
+        entry |= _process_figures(sampler.at(start), sampler.at(next_open))
+        per_round.append(entry)
+    first, last = sampler.samples[0][1], sampler.samples[-1][1]
+    overheads = [entry["overhead_s"] for entry in per_round]
+    return {
+        "median_overhead_s": round(statistics.median(overheads), 3),
+        "coordinator_cpu_s": round(last["coordinator"].cpu_s - first["coordinator"].cpu_s, 2),
+        "coordinator_peak_rss_mb": round(last["coordinator"].peak_rss_mb, 1),
+        "broker_peak_rss_mb": round(last["broker"].peak_rss_mb, 1) if "broker" in last else None,
+        "rounds": per_round,
+    }
+
+
+def _process_figures(
+    then: dict[str, ProcessSample], now: dict[str, ProcessSample]
+) -> dict[str, Any]:
+    """The coordinator's CPU seconds between two samples, and the broker's socket bytes in
+    and out (TLS and MQTT framing included; uvicorn's socket sends are not counted by
+    /proc, so HTTP runs report the agents' payload bytes only)."""
+    figures: dict[str, Any] = {
+        "coordinator_cpu_s": round(now["coordinator"].cpu_s - then["coordinator"].cpu_s, 2)
+    }
+    if "broker" in now:
+        figures["broker_bytes_in"] = now["broker"].bytes_read - then["broker"].bytes_read
+        figures["broker_bytes_out"] = now["broker"].bytes_written - then["broker"].bytes_written
+    return figures
+
+
+def _print(result: dict[str, Any]) -> None:
+    print(
+        f"{result['agents']} agents over {result['transport']} in {result['processes']} "
+        f"process(es); coordinator peak RSS {result['coordinator_peak_rss_mb']} MB, "
+        f"broker {result['broker_peak_rss_mb']} MB"
+    )
+    print("round  fan-out s  upload s  uploads/s  close s  overhead s  coordinator CPU s")
+    for entry in result["rounds"]:
+        print(
+            f"{entry['round']:5d}  {entry['fanout_s']:9.2f}  {entry['upload_s']:8.2f}  "
+            f"{entry['uploads_per_s']:9.1f}  {entry['close_s']:7.2f}  {entry['overhead_s']:10.2f}"
+            f"  {entry.get('coordinator_cpu_s', 0):17.2f}"
+        )

@@ -1,0 +1,70 @@
+"""``bitfleet bench fleet``: a real broker, coordinator and swarm processes of agents that
+speak the whole protocol without training; the figures it reports are the rounds it ran."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bitfleet.edge_agent.cli import main as agent_main
+
+MODEL_BYTES = 50_000  # a 784-512-10 binary model is 50,816 bytes of weight bits alone
+
+
+def _bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "bitfleet.server.cli", "bench", "fleet", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("transport", ["mqtt", "http"])
+def test_every_agent_of_every_round_gets_the_model_and_a_receipt(transport: str) -> None:
+    result = _bench(
+        "--agents", "4", "--rounds", "2", "--processes", "2", "--transport", transport, "--json"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert (report["agents"], report["processes"], report["transport"]) == (4, 2, transport)
+    assert [entry["round"] for entry in report["rounds"]] == [0, 1]
+    for entry in report["rounds"]:
+        assert entry["agents_with_model"] == entry["accepted_uploads"] == 4
+        assert 0 <= entry["fanout_s"] <= entry["overhead_s"]
+        assert entry["close_s"] >= 0 and entry["uploads_per_s"] > 0
+        assert entry["payload_bytes_down"] > 4 * MODEL_BYTES
+        assert entry["payload_bytes_up"] > 4 * MODEL_BYTES
+        if transport == "mqtt":  # the broker carried them, framed and encrypted
+            assert entry["broker_bytes_out"] > entry["payload_bytes_down"]
+            assert entry["broker_bytes_in"] > entry["payload_bytes_up"]
+    assert report["coordinator_peak_rss_mb"] > 50
+    assert (report["broker_peak_rss_mb"] is None) == (transport == "http")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--agents", "10001"], "above 10000"),
+        (["--agents", "3", "--processes", "4"], "--processes must be at most 3"),
+        (["--agents", "3", "--rounds", "101"], "above 100"),
+        (["--agents", "0"], "must be at least 1, got 0"),
+    ],
+)
+def test_impossible_loads_are_refused_before_anything_starts(args: list[str], message: str) -> None:
+    result = _bench(*args, "--json", timeout=60)
+    assert result.returncode == 2
+    assert message in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_swarm_refuses_an_agents_file_it_cannot_read_line_by_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    listing = tmp_path / "agents"
+    listing.write_text("sim-1 secret\nsim-2\n")
+    code = agent_main(
+        ["swarm", "--agents-file", str(listing), "--coordinator", "http://127.0.0.1:9"]
+    )
+    assert code == 2
+    assert f"{listing}:2: expected 'AGENT_ID SECRET'" in capsys.readouterr().err
