@@ -64,10 +64,26 @@ def password_line(user: str, password: str, salt: bytes | None = None) -> str:
     return f"{user}:$7${PBKDF2_ITERATIONS}${encoded_salt}${encoded_hash}"
 
 
-def write_password_file(path: Path, users: dict[str, str], mode: int = PRIVATE) -> None:
-    """Atomically replace the password file: the broker never reads half a file."""
-    lines = "".join(password_line(u, p) + "\n" for u, p in sorted(users.items()))
-    write_atomic(path, lines.encode(), mode)
+def write_password_file(
+    path: Path,
+    users: dict[str, str],
+    mode: int = PRIVATE,
+    known: dict[tuple[str, str], str] | None = None,
+) -> None:
+    """Atomically replace the password file: the broker never reads half a file. ``known``
+    keeps each (user, password)'s line between rewrites, so a rewrite hashes only the new
+    ones (without it, enrolling N agents one by one cost N²/2 PBKDF2 hashes: 1,000 agents
+    took minutes, measured with ``bitfleet bench fleet``)."""
+    cache = {} if known is None else known
+    lines = []
+    for user, password in sorted(users.items()):
+        line = cache.get((user, password))
+        if line is None:
+            line = cache[user, password] = password_line(user, password)
+        lines.append(line + "\n")
+    for stale in set(cache) - set(users.items()):
+        del cache[stale]  # revoked agents' lines go with them
+    write_atomic(path, "".join(lines).encode(), mode)
 
 
 def check_group_directory(directory: Path, group: str) -> None:
@@ -188,6 +204,7 @@ class BrokerCredentials:
     reload_command: list[str] | None = None
     mode: int = PRIVATE
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _lines: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def sync(self) -> None:
         """Rewrite the password file; enrollments run in parallel threads, so one at a time
@@ -208,7 +225,7 @@ class BrokerCredentials:
                 )
             elif secret is not None:
                 users[agent.agent_id] = secret
-        write_password_file(self.password_file, users, self.mode)
+        write_password_file(self.password_file, users, self.mode, self._lines)
         self._reload()
 
     def _reload(self) -> None:

@@ -276,6 +276,7 @@ def _run_job(
         "round_deadline_s": 600,
         "seed": 0,
     }
+    stored_before = _directory_bytes(coordinator.data_dir)
     job_id = coordinator.api.request("POST", "/api/v1/jobs", json_body=spec).json()["id"]
     assert coordinator.process is not None
     pids = {"coordinator": coordinator.process.pid}
@@ -295,7 +296,13 @@ def _run_job(
             time.sleep(0.1)
     if job["status"] != "completed":
         raise BitfleetError(f"the bench job {job['status']}: {job.get('reason')}")
-    return _figures(log, sampler, args.rounds)
+    stored = _directory_bytes(coordinator.data_dir) - stored_before
+    return _figures(log, sampler, args.rounds) | {"stored_bytes_per_round": stored // args.rounds}
+
+
+def _directory_bytes(directory: Path) -> int:
+    """Bytes of every file under ``directory``: what the coordinator keeps on disk."""
+    return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())
 
 
 def _figures(log: EventLog, sampler: Sampler, rounds: int) -> dict[str, Any]:
