@@ -62,7 +62,12 @@ def echo_tensors(frame: Frame, flip: bool = False) -> tuple[list[Tensor], dict[s
 
 
 class EchoJobs(LocalJobs):
-    """An agent's jobs that train nothing: every round's update is :func:`echo_tensors`."""
+    """An agent's jobs that train nothing: every round's update is :func:`echo_tensors`,
+    computed once per round for all the swarm's agents (each still signs its own), so the
+    load generator spends its CPU on the protocol, as the coordinator sees it."""
+
+    _shared: dict[tuple[str, int], tuple[list[Tensor], dict[str, Any]]] = {}  # noqa: RUF012
+    _lock = threading.Lock()
 
     def train(
         self,
@@ -73,7 +78,12 @@ class EchoJobs(LocalJobs):
         y: NDArray[np.integer],
         should_stop: Callable[[], bool] = lambda: False,
     ) -> tuple[list[Tensor], dict[str, Any]]:
-        tensors, meta = echo_tensors(global_frame)
+        key = (task.job_id, task.round)
+        with self._lock:
+            if key not in self._shared:
+                self._shared.clear()  # only the current round's is ever asked for
+                self._shared[key] = echo_tensors(global_frame)
+            tensors, meta = self._shared[key]
         return tensors, {**meta, "samples": len(y), "round": task.round, "job_id": task.job_id}
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -180,17 +181,20 @@ def run(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bitfleet-fleet-"))
     ca = load_tlsca().create_ca(workdir / "tls")
     broker = Broker(workdir / "broker", tls=ca)
+    agents = _provisioned(workdir, args.agents)
     coordinator = Coordinator(
-        workdir / "coordinator", broker if args.transport == "mqtt" else None, tls=ca
+        workdir / "coordinator",
+        broker if args.transport == "mqtt" else None,
+        tls=ca,
+        extra_args=["--provision-agents", str(workdir / "agents.json")],
     )
     swarms: list[subprocess.Popen[bytes]] = []
     log = EventLog()
     try:
         if args.transport == "mqtt":
             broker.start()
+        _say(f"starting the coordinator with {args.agents} agents provisioned")
         coordinator.start()
-        _say(f"enrolling {args.agents} agents")
-        agents = _enroll(coordinator, args.agents)
         for index in range(processes):
             part = agents[index::processes]
             swarms.append(_start_swarm(workdir, index, part, coordinator, broker, args, log))
@@ -202,22 +206,25 @@ def run(args: argparse.Namespace) -> int:
             print_json(result)
         else:
             _print(result)
+        shutil.rmtree(workdir, ignore_errors=True)
         return 0
+    except BitfleetError as error:
+        raise BitfleetError(f"{error} (logs kept in {workdir})") from None
     finally:
         for swarm in swarms:
             stop_process(swarm)
         coordinator.stop()
         broker.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _enroll(coordinator: Coordinator, count: int) -> list[tuple[str, str]]:
-    api = coordinator.api
-    agents = []
-    for index in range(count):
-        agent_id = f"sim-{index:05d}"
-        reply = api.request("POST", "/api/v1/agents", json_body={"agent_id": agent_id})
-        agents.append((agent_id, str(reply.json()["secret"])))
+def _provisioned(workdir: Path, count: int) -> list[tuple[str, str]]:
+    """Agents the coordinator enrolls at start (``--provision-agents``, how a fleet managed
+    by configuration management is enrolled): one password-file write for all of them,
+    where N enrollments through the API rewrite it N times."""
+    agents = [(f"sim-{index:05d}", secrets.token_hex(24)) for index in range(count)]
+    listing = workdir / "agents.json"
+    listing.write_text(json.dumps([{"agent_id": a, "secret": s} for a, s in agents]))
+    listing.chmod(0o600)
     return agents
 
 
