@@ -119,6 +119,10 @@ class TimedTransport:
     def coordinator_returns(self) -> int:
         return self.inner.coordinator_returns
 
+    @coordinator_returns.setter
+    def coordinator_returns(self, value: int) -> None:
+        self.inner.coordinator_returns = value
+
     def start(self, status: Any) -> None:
         self.inner.start(status)
 

@@ -303,12 +303,14 @@ def _run_job(
             time.sleep(0.1)
     if job["status"] != "completed":
         raise BitfleetError(f"the bench job {job['status']}: {job.get('reason')}")
-    stored = _directory_bytes(coordinator.data_dir) - stored_before
-    return _figures(log, sampler, args.rounds) | {"stored_bytes_per_round": stored // args.rounds}
+    stored = {"state_bytes_before": stored_before}
+    stored["state_bytes_after"] = _directory_bytes(coordinator.data_dir)
+    return _figures(log, sampler, args.rounds) | stored
 
 
 def _directory_bytes(directory: Path) -> int:
-    """Bytes of every file under ``directory``: what the coordinator keeps on disk."""
+    """Bytes of every file under ``directory``: what the coordinator keeps on disk (its
+    SQLite file and write-ahead log; freed pages stay in the file and are reused)."""
     return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())
 
 
@@ -324,7 +326,8 @@ def _figures(log: EventLog, sampler: Sampler, rounds: int) -> dict[str, Any]:
             raise BitfleetError(f"round {r}: no agent saw its task, model or receipt")
         last_receipt = max(e["t"] for e in receipts)
         first_upload = min(e["t"] for e in uploads)
-        next_open = opens[r + 1] if r + 1 < rounds and opens[r + 1] is not None else done_at
+        following = opens[r + 1] if r + 1 < rounds else None
+        next_open: float = following if following is not None else done_at
         window = max(last_receipt - first_upload, 1e-6)
         entry = {
             "round": r,
