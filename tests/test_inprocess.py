@@ -17,7 +17,7 @@ from bitfleet.bitpack import pack_binary
 from bitfleet.counterlink import SCALES
 from bitfleet.federated import update_frame
 from bitfleet.frames import decode_frame
-from bitfleet.modelfile import tensor_values
+from bitfleet.modelfile import COORDINATOR_COUNTERS, tensor_values
 from bitfleet.protocol import OUTLIER, RESENT
 from bitfleet.server import scheduler
 from bitfleet.server.closing import close_round
@@ -84,6 +84,22 @@ def test_the_quorum_closes_a_round_early(coordinator: InProcessCoordinator) -> N
     assert ["a2"] in coordinator.publisher.withdrawn  # the third is told the round is over
     assert [r.round for r in coordinator.publisher.rounds] == [0, 1]
     assert third.upload(job_id, 0, third.update(model, job_id, 0)).json()["reason"] == "late"
+
+
+def test_a_closed_rounds_stored_model_keeps_no_coordinator_counters(
+    coordinator: InProcessCoordinator,
+) -> None:
+    """Only the latest model's counters are ever read again: closing a round slims the model
+    it opened with to what agents were given (bounded storage per round)."""
+    job_id, agents, model = _open_round(coordinator, 2, agents_per_round=2, min_agents=2)
+    for agent in agents:
+        assert agent.upload(job_id, 0, agent.update(model, job_id, 0)).json()["accepted"]
+    coordinator.tick()
+    store = coordinator.coordinator.store
+    closed, latest = (decode_frame(store.get_model(job_id, r) or b"") for r in (0, 1))
+    assert not any(name.startswith(COORDINATOR_COUNTERS) for name in closed.tensors)
+    assert any(name.startswith(COORDINATOR_COUNTERS) for name in latest.tensors)
+    assert store.get_model(job_id, 0) == coordinator.coordinator.jobs.model(job_id, 0)
 
 
 def test_at_its_deadline_a_round_closes_with_the_uploads_it_has(

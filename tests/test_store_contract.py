@@ -236,6 +236,17 @@ def test_closing_a_round_advances_the_job_and_counts_its_uploads(
     assert running.get_model("job-1") == b"model-1"
 
 
+def test_a_close_may_slim_the_closed_rounds_model_and_only_that_one(running: StateStore) -> None:
+    running.close_round("job-1", 0, b"model-1 with state", METRICS, RUNNING, b"model-0 slim")
+    assert running.get_model("job-1", 0) == b"model-0 slim"
+    assert running.get_model("job-1") == b"model-1 with state"
+    running.open_round("job-1", 1, 0, EPOCH + 60, ["a1"], RUNNING)
+    unwritable = RoundMetrics(1, 0.5, 1.0, 1, 7, 9, 0.1, extra={"not json": object()})
+    with pytest.raises(TypeError):  # a failed close slims nothing either
+        running.close_round("job-1", 1, b"model-2", unwritable, RUNNING, b"model-1 slim")
+    assert running.get_model("job-1", 1) == b"model-1 with state"
+
+
 def test_the_final_round_completes_the_job_and_metrics_come_in_round_order(
     running: StateStore,
 ) -> None:

@@ -226,15 +226,23 @@ class StateStore(ABC):
 
     @abstractmethod
     def close_round(
-        self, job_id: str, round_index: int, next_model: bytes, metrics: RoundMetrics, status: str
+        self,
+        job_id: str,
+        round_index: int,
+        next_model: bytes,
+        metrics: RoundMetrics,
+        status: str,
+        slim_model: bytes | None = None,
     ) -> None:
         """In one transaction: store ``next_model`` as the model of round ``round_index + 1``
         and the round's metrics, advance the job to that round with ``status`` (what
         :func:`bitfleet.jobstatus.transition` gave), count a round for each agent that
         uploaded, drop the uploads' payloads and remember whose were counted
-        (:meth:`counted`). MUST fail with :class:`UnknownRecord` if the job has no open round
-        ``round_index``; a failure at any point (e.g. metrics that are not JSON values) MUST
-        leave all of it unwritten."""
+        (:meth:`counted`); and, given ``slim_model``, replace the model of round
+        ``round_index`` with it (the retention rule: state only the latest model is read
+        for goes with the round). MUST fail with :class:`UnknownRecord` if the job has no
+        open round ``round_index``; a failure at any point (e.g. metrics that are not JSON
+        values) MUST leave all of it unwritten."""
 
     # models and metrics
     @abstractmethod

@@ -355,7 +355,13 @@ class SqliteStore(StateStore):
                 yield UploadRecord(agent_id, rows[0]["samples"], bytes(rows[0]["payload"]))
 
     def close_round(
-        self, job_id: str, round_index: int, next_model: bytes, metrics: RoundMetrics, status: str
+        self,
+        job_id: str,
+        round_index: int,
+        next_model: bytes,
+        metrics: RoundMetrics,
+        status: str,
+        slim_model: bytes | None = None,
     ) -> None:
         now = self._clock()
         with self._transaction() as db:
@@ -375,6 +381,11 @@ class SqliteStore(StateStore):
                 "UPDATE rounds SET closed = 1 WHERE job_id = ? AND round = ?",
                 (job_id, round_index),
             )
+            if slim_model is not None:
+                db.execute(
+                    "UPDATE models SET frame = ? WHERE job_id = ? AND round = ?",
+                    (slim_model, job_id, round_index),
+                )
             db.execute(
                 "INSERT OR REPLACE INTO models (job_id, round, frame) VALUES (?, ?, ?)",
                 (job_id, round_index + 1, next_model),
