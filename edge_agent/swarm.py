@@ -162,11 +162,20 @@ class TimedTransport:
 
 
 def read_agents(path: Path) -> list[tuple[str, str]]:
-    """``agent_id secret`` per line; a bad file is a ConfigError saying which line."""
+    """``agent_id secret`` per line; a bad file is a ConfigError saying which line. Its
+    size is bounded before it is read."""
+    limit = MAX_AGENTS_PER_SWARM * (2 * MAX_ID_BYTES + 2)
     try:
-        lines = path.read_text().splitlines()
+        with path.open("rb") as listing:
+            raw = listing.read(limit + 1)
     except OSError as error:
         raise ConfigError(f"cannot read the agents file {path}: {error.strerror}") from None
+    if len(raw) > limit:
+        raise ConfigError(f"{path} is over {limit} bytes: more agents than one swarm runs")
+    try:
+        lines = raw.decode().splitlines()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not text: expected 'AGENT_ID SECRET' lines") from None
     agents = []
     for number, line in enumerate(lines, 1):
         parts = line.split()

@@ -68,3 +68,15 @@ def test_a_swarm_refuses_an_agents_file_it_cannot_read_line_by_line(
     )
     assert code == 2
     assert f"{listing}:2: expected 'AGENT_ID SECRET'" in capsys.readouterr().err
+
+
+def test_a_swarm_refuses_an_agents_file_larger_than_any_swarm_before_reading_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    listing = tmp_path / "agents"
+    listing.write_bytes(b"sim-1 secret\n" * 100_000)
+    code = agent_main(
+        ["swarm", "--agents-file", str(listing), "--coordinator", "http://127.0.0.1:9"]
+    )
+    assert code == 2
+    assert "more agents than one swarm runs" in capsys.readouterr().err

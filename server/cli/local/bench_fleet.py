@@ -39,6 +39,7 @@ MAX_AGENTS = 10_000
 MAX_ROUNDS = 100
 MAX_PROCESSES = 64
 AGENTS_PER_PROCESS = 250  # threads and clients one swarm process carries well
+MAX_EVENT_BYTES = 4096  # one swarm event line; a longer one is cut and skipped
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -140,7 +141,7 @@ class EventLog:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def read(self, stream: IO[bytes]) -> None:
-        for raw in stream:
+        while raw := stream.readline(MAX_EVENT_BYTES):
             try:
                 event = json.loads(raw)
             except ValueError:
