@@ -50,11 +50,17 @@ def register(benches: Any) -> None:
         description=(
             "Starts Mosquitto and a coordinator on loopback and N agents (real protocol, "
             "no training) in a few processes, runs a 784-512-10 bit-flip job with every "
-            "agent in every round, and reports per round: fan-out, upload rate, close, "
+            "agent (or --selected of them) in every round, and reports per round: fan-out, "
+            "upload rate, close, "
             "coordinator CPU seconds and broker bytes; and both processes' peak RSS."
         ),
     )
     parser.add_argument("--agents", type=positive_int, required=True, help=f"1..{MAX_AGENTS}")
+    parser.add_argument(
+        "--selected",
+        type=positive_int,
+        help="agents selected per round, of the N online (default: all N)",
+    )
     parser.add_argument("--rounds", type=positive_int, default=3, help="(default 3)")
     parser.add_argument("--transport", choices=("mqtt", "http"), default="mqtt")
     parser.add_argument(
@@ -164,6 +170,8 @@ class EventLog:
 def _check(args: argparse.Namespace) -> int:
     if args.agents > MAX_AGENTS:
         raise ConfigError(f"--agents {args.agents} is above {MAX_AGENTS}")
+    if args.selected is not None and args.selected > args.agents:
+        raise ConfigError(f"--selected {args.selected} is more than --agents {args.agents}")
     if args.rounds > MAX_ROUNDS:
         raise ConfigError(f"--rounds {args.rounds} is above {MAX_ROUNDS}")
     processes = args.processes or -(-args.agents // AGENTS_PER_PROCESS)
@@ -202,7 +210,8 @@ def run(args: argparse.Namespace) -> int:
         coordinator.wait_online(args.agents, timeout=60 + args.agents / 10)
         _say(f"{args.agents} agents online in {processes} swarm process(es); job starts")
         result = _run_job(coordinator, broker if args.transport == "mqtt" else None, args, log)
-        result |= {"agents": args.agents, "transport": args.transport, "processes": processes}
+        result |= {"agents": args.agents, "selected": args.selected or args.agents}
+        result |= {"transport": args.transport, "processes": processes}
         if args.json:
             print_json(result)
         else:
@@ -279,8 +288,8 @@ def _run_job(
         "model": {"layers": [784, 512, 10], "weights": "binary"},
         "dataset": "fashion-mnist",
         "rounds": args.rounds,
-        "agents_per_round": args.agents,
-        "min_agents": args.agents,
+        "agents_per_round": args.selected or args.agents,
+        "min_agents": args.selected or args.agents,
         "round_deadline_s": 600,
         "seed": 0,
     }
