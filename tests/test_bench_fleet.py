@@ -49,6 +49,7 @@ def test_every_agent_of_every_round_gets_the_model_and_a_receipt(transport: str)
         (["--agents", "3", "--processes", "4"], "--processes must be at most 3"),
         (["--agents", "3", "--rounds", "101"], "above 100"),
         (["--agents", "3", "--selected", "4"], "--selected 4 is more than --agents 3"),
+        (["--agents", "3", "--enrolled", "2"], "--enrolled must be between --agents (3)"),
         (["--agents", "0"], "must be at least 1, got 0"),
     ],
 )
@@ -83,10 +84,12 @@ def test_a_swarm_refuses_an_agents_file_larger_than_any_swarm_before_reading_it(
     assert "more agents than one swarm runs" in capsys.readouterr().err
 
 
-def test_a_round_of_a_few_selected_among_more_online_agents_is_measured_on_those() -> None:
-    result = _bench("--agents", "6", "--selected", "3", "--rounds", "1", "--json")
+def test_a_round_of_a_few_selected_among_more_enrolled_and_online_is_measured_on_those() -> None:
+    result = _bench(
+        "--enrolled", "9", "--agents", "6", "--selected", "3", "--rounds", "1", "--json"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
-    assert (report["agents"], report["selected"]) == (6, 3)
+    assert (report["enrolled"], report["agents"], report["selected"]) == (9, 6, 3)
     (entry,) = report["rounds"]
     assert entry["agents_with_model"] == entry["accepted_uploads"] == 3

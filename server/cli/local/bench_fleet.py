@@ -57,6 +57,11 @@ def register(benches: Any) -> None:
     )
     parser.add_argument("--agents", type=positive_int, required=True, help=f"1..{MAX_AGENTS}")
     parser.add_argument(
+        "--enrolled",
+        type=positive_int,
+        help=f"agents enrolled, of which --agents run (default: --agents; at most {MAX_AGENTS})",
+    )
+    parser.add_argument(
         "--selected",
         type=positive_int,
         help="agents selected per round, of the N online (default: all N)",
@@ -170,6 +175,8 @@ class EventLog:
 def _check(args: argparse.Namespace) -> int:
     if args.agents > MAX_AGENTS:
         raise ConfigError(f"--agents {args.agents} is above {MAX_AGENTS}")
+    if args.enrolled is not None and not args.agents <= args.enrolled <= MAX_AGENTS:
+        raise ConfigError(f"--enrolled must be between --agents ({args.agents}) and {MAX_AGENTS}")
     if args.selected is not None and args.selected > args.agents:
         raise ConfigError(f"--selected {args.selected} is more than --agents {args.agents}")
     if args.rounds > MAX_ROUNDS:
@@ -190,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bitfleet-fleet-"))
     ca = load_tlsca().create_ca(workdir / "tls")
     broker = Broker(workdir / "broker", tls=ca)
-    agents = _provisioned(workdir, args.agents)
+    agents = _provisioned(workdir, args.enrolled or args.agents)[: args.agents]
     coordinator = Coordinator(
         workdir / "coordinator",
         broker if args.transport == "mqtt" else None,
@@ -202,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.transport == "mqtt":
             broker.start()
-        _say(f"starting the coordinator with {args.agents} agents provisioned")
+        _say(f"starting the coordinator with {args.enrolled or args.agents} agents provisioned")
         coordinator.start()
         for index in range(processes):
             part = agents[index::processes]
@@ -211,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
         _say(f"{args.agents} agents online in {processes} swarm process(es); job starts")
         result = _run_job(coordinator, broker if args.transport == "mqtt" else None, args, log)
         result |= {"agents": args.agents, "selected": args.selected or args.agents}
+        result |= {"enrolled": args.enrolled or args.agents}
         result |= {"transport": args.transport, "processes": processes}
         if args.json:
             print_json(result)
