@@ -215,7 +215,6 @@ def run_swarm(
         thread = threading.Thread(target=runtime.run, args=(stop,), daemon=True)
         thread.start()
         threads.append(thread)
-    events.emit("started", "swarm", agents=len(threads))
     stop.wait()
     for thread in threads:
         thread.join(timeout=10)

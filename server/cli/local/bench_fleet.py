@@ -167,10 +167,6 @@ class EventLog:
                 e for e in self.events if e.get("event") == kind and e.get("round") == round_index
             ]
 
-    def started(self) -> int:
-        with self.lock:
-            return sum(e.get("agents", 0) for e in self.events if e.get("event") == "started")
-
 
 def _check(args: argparse.Namespace) -> int:
     if args.agents > MAX_AGENTS:
