@@ -3,6 +3,7 @@ speak the whole protocol without training; the figures it reports are the rounds
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bitfleet.edge_agent.cli import main as agent_main
+from bitfleet.server.cli.local.bench_fleet import MAX_EVENT_BYTES, EventLog
 
 MODEL_BYTES = 50_000  # a 784-512-10 binary model is 50,816 bytes of weight bits alone
 
@@ -93,3 +95,34 @@ def test_a_round_of_a_few_selected_among_more_enrolled_and_online_is_measured_on
     assert (report["enrolled"], report["agents"], report["selected"]) == (9, 6, 3)
     (entry,) = report["rounds"]
     assert entry["agents_with_model"] == entry["accepted_uploads"] == 3
+
+
+def test_a_swarm_refuses_an_agents_file_that_is_not_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    listing = tmp_path / "agents"
+    listing.write_bytes(b"sim-1 \xff\xfe\n")
+    code = agent_main(
+        ["swarm", "--agents-file", str(listing), "--coordinator", "http://127.0.0.1:9"]
+    )
+    assert code == 2
+    assert "is not text" in capsys.readouterr().err
+
+
+def test_the_bench_keeps_only_well_formed_events_from_its_swarms() -> None:
+    good = b'{"event": "model", "agent": "sim-1", "t": 1.5, "round": 0, "bytes": 9}\n'
+    junk = [
+        b"not json\n",
+        b"[1, 2]\n",
+        b'{"event": "model", "agent": "sim-1", "round": 0}\n',  # no time
+        b'{"event": "model", "agent": "sim-1", "t": "soon", "round": 0}\n',
+        b'{"event": "model", "agent": "sim-1", "t": 1, "round": "0"}\n',
+        b'{"event": "model", "agent": "sim-1", "t": 1, "round": 0, "bytes": []}\n',
+        b'{"event": "model", "agent": "' + b"x" * (2 * MAX_EVENT_BYTES) + b'", "t": 1}\n',
+        b'{"a": ' * 100_000 + b"\n",  # longer than the bound: cut, then refused
+        b"[" * 4000 + b"]" * 4000 + b"\n",  # nested deeper than json's recursion
+    ]
+    log = EventLog()
+    log.read(io.BytesIO(b"".join([*junk, good])))
+    assert log.events == [json.loads(good)]
+    assert log.of("model", 0) == [json.loads(good)]

@@ -155,9 +155,9 @@ class EventLog:
         while raw := stream.readline(MAX_EVENT_BYTES):
             try:
                 event = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue  # a swarm's stray output is not an event
-            if isinstance(event, dict):
+            if _well_formed(event):
                 with self.lock:
                     self.events.append(event)
 
@@ -166,6 +166,19 @@ class EventLog:
             return [
                 e for e in self.events if e.get("event") == kind and e.get("round") == round_index
             ]
+
+
+def _well_formed(event: object) -> bool:
+    """An event the figures can use: a kind, an agent, a time, and a round where it has one."""
+    if not isinstance(event, dict):
+        return False
+    kinds_ok = isinstance(event.get("event"), str) and isinstance(event.get("agent"), str)
+    time_ok = isinstance(event.get("t"), int | float) and not isinstance(event.get("t"), bool)
+    round_ok = "round" not in event or (
+        isinstance(event["round"], int) and not isinstance(event["round"], bool)
+    )
+    bytes_ok = isinstance(event.get("bytes", 0), int)
+    return kinds_ok and time_ok and round_ok and bytes_ok
 
 
 def _check(args: argparse.Namespace) -> int:
