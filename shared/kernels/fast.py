@@ -14,8 +14,12 @@ from numba import types
 from numba.extending import intrinsic
 from numpy.typing import NDArray
 
-from bitfleet.intmath import max_abs
-from bitfleet.kernels.reference import check_counter_step, check_masked_sums, vote_dtype
+from bitfleet.kernels.reference import (
+    check_counter_step,
+    check_masked_sums,
+    largest_product,
+    vote_dtype,
+)
 from bitfleet.prng import GOLDEN, HASH32_MIX1, HASH32_MIX2, MIX1, MIX2
 
 
@@ -325,13 +329,13 @@ def error_votes(
     error: NDArray[np.int64], activations: NDArray[np.integer]
 ) -> NDArray[np.int32] | NDArray[np.int64]:
     """See :func:`bitfleet.kernels.reference.error_votes`."""
-    dtype = vote_dtype(error, activations)
+    largest = largest_product(error, activations)
+    dtype = vote_dtype(error, largest)
     votes: NDArray[np.int32] | NDArray[np.int64] = np.zeros(
         (error.shape[1], activations.shape[1]), dtype
     )
     rows = np.ascontiguousarray(activations)
-    largest_product = max_abs(error) * max_abs(activations)
-    chunk = _INT16_MAX // largest_product if largest_product else 0
+    chunk = _INT16_MAX // largest if largest else 0
     if dtype == np.int32 and chunk >= 2 and rows.dtype in (np.int8, np.int16):
         _error_votes_int16(np.ascontiguousarray(error.T, dtype=np.int16), rows, votes, chunk)
     else:

@@ -136,10 +136,15 @@ def counter_step(
     weights[...] = (updated >= zero_threshold).astype(np.int8) - (updated < -zero_threshold)
 
 
-def vote_dtype(error: NDArray[np.integer], activations: NDArray[np.integer]) -> type:
-    """int32 when no vote can leave it (int32 lanes vectorize twice as wide), else int64."""
-    bound = len(error) * max_abs(error) * max_abs(activations)
-    return np.int32 if bound < 2**31 else np.int64
+def largest_product(error: NDArray[np.integer], activations: NDArray[np.integer]) -> int:
+    """``max|e| * max|a|``: the bound on one term of a vote (and of the int16 chunks)."""
+    return max_abs(error) * max_abs(activations)
+
+
+def vote_dtype(error: NDArray[np.integer], largest: int) -> type:
+    """int32 when no vote can leave it (int32 lanes vectorize twice as wide), else int64;
+    ``largest`` is :func:`largest_product`."""
+    return np.int32 if len(error) * largest < 2**31 else np.int64
 
 
 def error_votes(
@@ -149,7 +154,7 @@ def error_votes(
     by inputs), and with ``error.T`` and a layer's weights the error attributed to its
     inputs. The numba twin adds only the nonzero errors' rows: a sample that meets its
     margin, a unit outside the window and all but two classes of a sample carry none."""
-    dtype = vote_dtype(error, activations)
+    dtype = vote_dtype(error, largest_product(error, activations))
     return np.einsum("sj,si->ji", error.astype(dtype), activations.astype(dtype))
 
 
