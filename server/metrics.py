@@ -73,6 +73,13 @@ class Metrics:
         self.http_refused = counter(
             "bitfleet_http_refused_total", "HTTP requests answered with a 4xx, by reason", "reason"
         )
+        self.lead_changes = counter(
+            "bitfleet_lead_changes_total",
+            "Times this worker took or lost the round engine's lease",
+        )
+        self.leading = Gauge(
+            "bitfleet_leading", "1 while this worker leads the round engine", registry=self.registry
+        )
         self.declines = counter("bitfleet_declines_total", "Tasks agents declined")
         self.bytes_in = counter("bitfleet_bytes_in_total", "Update bytes received from agents")
         self.bytes_out = counter("bitfleet_bytes_out_total", "Model bytes sent to agents")

@@ -8,6 +8,11 @@ Every inbound message is hostile until checked: whatever it holds, it is refused
 reason counted in ``bitfleet_messages_refused_total`` (or answered with a receipt), and
 nothing it does can stop the network thread. Each selected agent gets the round's model on
 its own topic, which only it may read.
+
+Several workers of one deployment subscribe to uploads in one shared-subscription group, so
+the broker hands each upload message to one of them. Each keeps the coordinator's status
+topic online while it lives: a worker that dies leaves its Last Will (offline) there, and the
+others answer it with online, which also tells agents to resend what they hold.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from bitfleet.chunks import DEFAULT_CHUNK_BYTES, Reassembler, split_frame
+from bitfleet.chunks import CHUNK_MAGIC, DEFAULT_CHUNK_BYTES, Reassembler, split_frame
 from bitfleet.errors import BitfleetError
 from bitfleet.frames import FrameError
 from bitfleet.mqttclient import QOS, connect_in_background, new_client
@@ -62,6 +67,7 @@ class MqttBridge:
         client_id: str = "bitfleet-coordinator",
         max_message_bytes: int = DEFAULT_CHUNK_BYTES,
         shared_group: str | None = None,
+        worker_id: str | None = None,
         ca_file: str | None = None,
         client_cert: str | None = None,
         client_key: str | None = None,
@@ -77,7 +83,7 @@ class MqttBridge:
         self._refusals_logged: dict[str, float] = {}
         self.client = new_client(
             self.address,
-            client_id,
+            f"{client_id}-{worker_id}" if shared_group and worker_id else client_id,
             (COORDINATOR_STATUS_TOPIC, COORDINATOR_OFFLINE),
             username=self.address.username,
             password=self.address.password,
@@ -119,10 +125,11 @@ class MqttBridge:
                 reason,
             )
             return
-        updates = ALL_UPDATE_TOPICS
+        topics = [(ALL_STATUS_TOPICS, QOS), (ALL_UPDATE_TOPICS, QOS), (ALL_DECLINE_TOPICS, QOS)]
         if self.shared_group:
-            updates = f"$share/{self.shared_group}/{updates}"
-        client.subscribe([(ALL_STATUS_TOPICS, QOS), (updates, QOS), (ALL_DECLINE_TOPICS, QOS)])
+            topics[1] = (f"$share/{self.shared_group}/{ALL_UPDATE_TOPICS}", QOS)
+            topics.append((COORDINATOR_STATUS_TOPIC, QOS))
+        client.subscribe(topics)
         self.connected.set()
         log.info("connected to broker %s:%d", self.address.host, self.address.port)
         try:
@@ -141,7 +148,9 @@ class MqttBridge:
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
             payload = bytes(message.payload)
-            if message.topic.endswith("/status"):
+            if message.topic == COORDINATOR_STATUS_TOPIC:
+                self._coordinator_status(payload)
+            elif message.topic.endswith("/status"):
                 self._status(message.topic, payload)
             elif "/declines/" in message.topic:
                 self._decline(message.topic, payload)
@@ -163,6 +172,11 @@ class MqttBridge:
         ):
             self._refusals_logged[reason] = now
             log.warning("refused message on %.200s (%s): %.300s", topic, reason, detail)
+
+    def _coordinator_status(self, payload: bytes) -> None:
+        """Another worker went offline (its Last Will): the deployment is still up."""
+        if payload == COORDINATOR_OFFLINE and self.connected.is_set():
+            self.client.publish(COORDINATOR_STATUS_TOPIC, COORDINATOR_ONLINE, qos=QOS, retain=True)
 
     def _status(self, topic: str, payload: bytes) -> None:
         agent_id = parse_status_topic(topic)
@@ -187,6 +201,12 @@ class MqttBridge:
     def _update(self, topic: str, payload: bytes) -> None:
         job_id, round_index, agent_id = parse_update_topic(topic)
         try:
+            if self.shared_group and payload[:4] == CHUNK_MAGIC:  # its siblings go elsewhere
+                raise FrameError(
+                    "chunked",
+                    "workers sharing uploads take each in one message: the agent's "
+                    "--max-message-bytes must exceed its update",
+                )
             frame = self._reassembler.feed(payload, source=agent_id)
         except FrameError as error:
             self.fleet.uploads.receipt(job_id, round_index, agent_id, error.reason, "mqtt")

@@ -6,11 +6,19 @@ ask and tell about their tasks goes to :mod:`bitfleet.server.tasks`, their uploa
 engine's own thread runs (:mod:`bitfleet.server.engine`): an upload or a decline that
 completes a round rings ``wake`` and returns, so no transport thread ever votes, evaluates or
 publishes.
+
+Several coordinator workers may share one store (PostgreSQL) and split the uploads between
+them (MQTT shared subscriptions, or a load balancer in front of HTTP). Each tick, a worker
+renews the round engine's lease in the store: the one that holds it leads (opens, closes and
+publishes rounds, as a lone coordinator does); the others follow the rounds it opens and
+checkpoint their partial tallies for it to merge. A leader that dies stops renewing, and
+another takes over once the lease runs out.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from bitfleet.jobstatus import CANCELLED, FAILED, RUNNING, transition
 from bitfleet.server.closing import close_round
@@ -19,18 +27,33 @@ from bitfleet.server.datasets import DatasetCache
 from bitfleet.server.jobs import Job
 from bitfleet.server.rounds import OpenRound
 from bitfleet.server.selection import select, waiting_reason
-from bitfleet.server.state.base import RoundRecord, StoreError
+from bitfleet.server.state.base import StoreError
 from bitfleet.server.tasks import task_of
 
 log = logging.getLogger("bitfleet.rounds")
+ENGINE_LEASE = "round-engine"
+
+
+@dataclass(frozen=True)
+class WorkerRole:
+    """Who this coordinator is among the workers of one deployment: ``worker_id`` (unique
+    per worker), how long its lead lasts unrenewed, how often it checkpoints its tally
+    while following."""
+
+    worker_id: str = "coordinator"
+    lease_s: float = 10.0
+    checkpoint_s: float = 1.0
 
 
 class RoundScheduler:
-    def __init__(self, context: Context, datasets: DatasetCache) -> None:
+    def __init__(self, context: Context, datasets: DatasetCache, role: WorkerRole) -> None:
         self._ctx = context
         self._datasets = datasets
+        self._role = role
+        self.leading = False
         # Why an active job cannot open its round now (shown by the API, logged on change).
         self._waiting: dict[str, str] = {}
+        self._checkpointed_at: dict[str, float] = {}
 
     # driving (the engine's thread)
     def recover(self) -> None:
@@ -39,37 +62,78 @@ class RoundScheduler:
         with self._ctx.rounds.lock:
             for job in self._ctx.jobs.active():
                 try:
-                    record = self._ctx.store.get_open_round(job.job_id)
-                    if record is not None and record.round == job.round and record.selected:
-                        self._restore(job, record)
+                    self._ctx.rounds.synced(self._ctx.store, self._ctx.jobs, job)
                 except Exception as error:  # one broken job must not keep the rest down
                     self._ctx.rounds.by_job.pop(job.job_id, None)
                     self._ctx.conditions.failing(f"job {job.job_id}", repr(error), traceback=True)
 
     def tick(self) -> None:
-        """Open rounds that can open, close rounds that are ready (a close the disk refused
-        is tried again) or whose deadline passed."""
+        """Lead or follow, as the lease says. Leading: open rounds that can open, close
+        rounds that are ready (a close the disk refused is tried again) or whose deadline
+        passed. Following: track the rounds the leader opens, checkpoint the tally."""
         with self._ctx.rounds.lock:
+            took_lead = self._hold_lead()
             active = self._ctx.jobs.active()
             for gone in set(self._ctx.rounds.by_job).difference(job.job_id for job in active):
-                del self._ctx.rounds.by_job[gone]  # failed while it was open (its stored spec)
+                del self._ctx.rounds.by_job[gone]  # ended while it was open
+            if took_lead:  # publish the rounds another worker (or an earlier run) opened
+                self.recover()
+                self.republish()
             for job in active:
                 try:
-                    self._tick_job(job)
+                    if self.leading:
+                        self._tick_job(job)
+                    else:
+                        self._follow(job)
                     self._ctx.conditions.cleared(f"job {job.job_id}")
                 except StoreError as error:
                     self._ctx.conditions.failing(f"job {job.job_id}", str(error))
                 except Exception as error:  # one broken job must not stall the others
                     self._ctx.conditions.failing(f"job {job.job_id}", repr(error), traceback=True)
 
+    def _hold_lead(self) -> bool:
+        """Renew (or take, once it ran out) the round engine's lease; True if this worker
+        has just taken it."""
+        role = self._role
+        try:
+            leading = self._ctx.store.hold_lease(ENGINE_LEASE, role.worker_id, role.lease_s)
+        except StoreError as error:
+            self._ctx.conditions.failing("round engine lease", str(error))
+            leading = False
+        if leading != self.leading:
+            self.leading = leading
+            self._ctx.metrics.lead_changes.inc()
+            self._ctx.metrics.leading.set(int(leading))
+            log.info(
+                "worker %s %s the round engine", role.worker_id, "leads" if leading else "follows"
+            )
+            return leading
+        return False
+
     def _tick_job(self, job: Job) -> None:
-        state = self._ctx.rounds.by_job.get(job.job_id)
+        state = self._ctx.rounds.synced(self._ctx.store, self._ctx.jobs, job)
         if state is None:
             self._try_open(job, self._waiting_attempt(job))
-        elif state.accepted and state.ready():
+            return
+        state.refresh(self._ctx.store)
+        if state.accepted and state.ready():
             self._try_close(job, state)
         elif self._ctx.clock() >= state.record.deadline:
             self._deadline(job, state)
+
+    def _follow(self, job: Job) -> None:
+        """Track the job's open round; checkpoint this worker's tally when it grew, at most
+        every ``checkpoint_s``, and at once when the round is ready to close."""
+        state = self._ctx.rounds.synced(self._ctx.store, self._ctx.jobs, job)
+        if state is None or state.saved == len(state.tallied):
+            return
+        state.refresh(self._ctx.store)
+        now = self._ctx.clock()
+        due = now - self._checkpointed_at.get(job.job_id, 0.0) >= self._role.checkpoint_s
+        if due or state.ready() or now >= state.record.deadline:
+            checkpoint = state.checkpoint(self._role.worker_id)
+            self._ctx.store.save_tally(job.job_id, state.record.round, checkpoint)
+            self._checkpointed_at[job.job_id] = now
 
     def _waiting_attempt(self, job: Job) -> int:
         """The attempt a job waiting for agents is at (a retry that found too few agents)."""
@@ -77,19 +141,6 @@ class RoundScheduler:
         if record is not None and record.round == job.round and not record.selected:
             return record.attempt
         return 0
-
-    def _restore(self, job: Job, record: RoundRecord) -> OpenRound:
-        model = self._ctx.jobs.stored_model(job.job_id, record.round)
-        published = job.algorithm.published(model)
-        state = OpenRound.restore(self._ctx.store, job, record, model, len(published))
-        self._ctx.rounds.by_job[job.job_id] = state
-        log.info(
-            "job %s round %d (re)opened with %d accepted uploads",
-            job.job_id,
-            record.round,
-            len(state.accepted),
-        )
-        return state
 
     def _try_open(self, job: Job, attempt: int) -> None:
         """Select agents and open the round; agents whose upload an earlier attempt of this
@@ -107,7 +158,7 @@ class RoundScheduler:
         self._waiting.pop(job.job_id, None)
         agents = {agent.agent_id: agent for agent, _ in self._ctx.registry.all()}
         chosen = select(job, attempt, online, prior, agents)
-        record = self._ctx.store.open_round(
+        self._ctx.store.open_round(
             job.job_id,
             job.round,
             attempt,
@@ -116,7 +167,8 @@ class RoundScheduler:
             transition(job.status, RUNNING),
             chosen.vote_caps,
         )
-        state = self._restore(job, record)
+        state = self._ctx.rounds.synced(self._ctx.store, self._ctx.jobs, job)
+        assert state is not None, "a round just opened with agents selected"
         self._ctx.metrics.rounds_opened.inc()
         self._publish(job, state, [a for a in chosen.selected if a not in state.accepted])
 
@@ -195,8 +247,10 @@ class RoundScheduler:
                 self._ctx.fanout.withdraw(state.record.selected)
 
     def republish(self) -> None:
-        """Publish every open round again (after a transport reconnects)."""
+        """Publish every open round again (after a transport reconnects), if leading."""
         with self._ctx.rounds.lock:
+            if not self.leading:
+                return
             for job_id, state in list(self._ctx.rounds.by_job.items()):
                 waiting = [a for a in state.record.selected if a not in state.accepted]
                 try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from bitfleet.frames import DEFAULT_MAX_FRAME_BYTES
@@ -23,7 +23,7 @@ from bitfleet.server.jobs import JobBook
 from bitfleet.server.metrics import Metrics
 from bitfleet.server.registry import AgentRegistry
 from bitfleet.server.rounds import OpenRounds
-from bitfleet.server.scheduler import RoundScheduler
+from bitfleet.server.scheduler import RoundScheduler, WorkerRole
 from bitfleet.server.state import StateStore
 from bitfleet.server.tasks import TaskDesk
 from bitfleet.server.uploads import UploadDesk
@@ -40,6 +40,7 @@ class CoordinatorSettings:
     max_model_weights: int = 4_000_000
     tick_s: float = 0.25
     data_dir: str | None = None
+    role: WorkerRole = field(default_factory=WorkerRole)
 
 
 class Transport(Publisher, Protocol):
@@ -94,7 +95,7 @@ class Coordinator:
             clock,
             self.engine.wake,
         )
-        self.scheduler = RoundScheduler(context, datasets)
+        self.scheduler = RoundScheduler(context, datasets, settings.role)
         self.uploads = UploadDesk(context, settings.max_frame_bytes)
         self.tasks = TaskDesk(context)
         self.fleet = FleetHandlers(

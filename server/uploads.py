@@ -27,6 +27,7 @@ from bitfleet.protocol import (
 )
 from bitfleet.server.context import Context
 from bitfleet.server.errors import NotFound
+from bitfleet.server.rounds import OpenRound
 from bitfleet.server.state.base import StoreError
 
 log = logging.getLogger("bitfleet.uploads")
@@ -90,6 +91,8 @@ class UploadDesk:
             except NotFound:
                 return UNKNOWN_JOB
             state = self._ctx.rounds.by_job.get(job_id)
+            if job.status in ACTIVE and (state is None or state.record.round < job.round):
+                state = self._follow(job_id)  # another worker opened the round just now
             open_round = state.record.round if state is not None else None
             if round_index != open_round and self._ctx.store.counted(job_id, round_index, agent_id):
                 return RESENT  # counted before its round closed; the receipt was lost
@@ -109,8 +112,7 @@ class UploadDesk:
             samples = int(frame.meta["samples"])
             if not self._ctx.store.add_upload(job_id, round_index, agent_id, samples, data):
                 return RESENT
-            state.add(agent_id, frame)
-            state.bytes_up += len(data)
+            state.add(agent_id, frame, len(data))
             log.info(
                 "job %s round %d: upload from %s accepted (%d/%d)",
                 job_id,
@@ -122,6 +124,10 @@ class UploadDesk:
             if state.ready():
                 self._ctx.wake()
         return ""
+
+    def _follow(self, job_id: str) -> OpenRound | None:
+        """The job's open round as the store has it."""
+        return self._ctx.rounds.synced(self._ctx.store, self._ctx.jobs, self._ctx.jobs.get(job_id))
 
     def _secret_lookup(self, agent_id: str) -> Callable[[dict[str, object]], bytes]:
         def lookup(meta: dict[str, object]) -> bytes:

@@ -9,6 +9,8 @@ its :class:`bitfleet.algorithms.Algorithm`, which the job checks here use too.
 
 from __future__ import annotations
 
+import json
+import struct
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -18,18 +20,34 @@ from bitfleet.errors import ConfigError
 from bitfleet.frames import Frame, FrameError
 from bitfleet.protocol import MAX_SAMPLES
 from bitfleet.server.jobspec import JobSpec
+from bitfleet.tally import ModelTally, TallyError
 
 # What an update must hold: name -> (encoding, shape) of each tensor.
 Expected = dict[str, tuple[str, tuple[int, ...]]]
 
 
 class Accumulator(ABC):
-    """The running aggregate of one round's accepted updates."""
+    """The running aggregate of one round's accepted updates. Additive: coordinator workers
+    each keep one of the uploads they accept, checkpoint it (:meth:`to_bytes`), and the one
+    that closes the round merges them."""
 
     @abstractmethod
     def add(self, update: Frame, weight: int, samples: int) -> None:
         """Add a checked update: its vote counts ``weight`` times; ``samples`` is its
         bounded sample count (for sample-weighted means)."""
+
+    @abstractmethod
+    def merge(self, other: Accumulator) -> None:
+        """Add what ``other`` (an accumulator of the same round's model) counted."""
+
+    @abstractmethod
+    def to_bytes(self) -> bytes:
+        """Everything counted, for :meth:`load`."""
+
+    @abstractmethod
+    def load(self, blob: bytes) -> None:
+        """Fill this empty accumulator from :meth:`to_bytes` of one of the same model;
+        TallyError for a blob that is not one (the accumulator is then to be dropped)."""
 
 
 class JobAlgorithm(ABC):
@@ -95,3 +113,40 @@ def check_update_tensors(update: Frame, expected: Expected) -> None:
 def tally_specs(voted: Expected) -> dict[str, tuple[str, int, int]]:
     """The tally's (encoding, rows, columns) of each voted 2-D tensor."""
     return {name: (encoding, shape[0], shape[1]) for name, (encoding, shape) in voted.items()}
+
+
+# A serialized accumulator: the length of a JSON header of its side sums, the header, its
+# tally's own self-checking bytes.
+_HEADER_LENGTH = struct.Struct(">I")
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+
+
+def pack_accumulator(side: dict[str, Any], tally: ModelTally) -> bytes:
+    """An accumulator's side sums (JSON values) and tally as one blob."""
+    header = json.dumps(side, separators=(",", ":")).encode()
+    return _HEADER_LENGTH.pack(len(header)) + header + tally.to_bytes()
+
+
+def unpack_accumulator(blob: bytes) -> tuple[dict[str, Any], ModelTally]:
+    """The side sums and tally of :func:`pack_accumulator`; TallyError for anything else."""
+    if len(blob) < _HEADER_LENGTH.size:
+        raise TallyError("accumulator blob is truncated")
+    (length,) = _HEADER_LENGTH.unpack_from(blob)
+    end = _HEADER_LENGTH.size + length
+    if length > MAX_HEADER_BYTES or end > len(blob):
+        raise TallyError("accumulator blob has a header longer than itself")
+    try:
+        side = json.loads(blob[_HEADER_LENGTH.size : end])
+    except (ValueError, RecursionError):
+        raise TallyError("accumulator blob has a header that is not JSON") from None
+    if not isinstance(side, dict):
+        raise TallyError("accumulator blob has a header that is not an object")
+    return side, ModelTally.from_bytes(blob[end:])
+
+
+def side_int(side: dict[str, Any], key: str) -> int:
+    """A non-negative integer of a header, else TallyError."""
+    value = side.get(key)
+    if type(value) is not int or value < 0:
+        raise TallyError(f"accumulator blob's {key!r} is not a non-negative integer")
+    return value

@@ -57,10 +57,13 @@ from bitfleet.server.algorithms.base import (
     Expected,
     JobAlgorithm,
     check_update_tensors,
+    pack_accumulator,
+    side_int,
     tally_specs,
+    unpack_accumulator,
 )
 from bitfleet.server.jobspec import JobSpec
-from bitfleet.tally import ModelTally
+from bitfleet.tally import ModelTally, TallyError
 
 # How far above a coin's half a layer's agreement must be to count as honest.
 CHANCE_SIGMAS = 4
@@ -84,6 +87,45 @@ class BitFlipAccumulator(Accumulator):
         if SCALES in update.meta:
             self.scales.append(update.meta[SCALES])
             self.weights.append(weight)
+
+    def merge(self, other: Accumulator) -> None:
+        assert isinstance(other, BitFlipAccumulator)
+        self.tally.merge(other.tally)
+        self.mean_sums += other.mean_sums
+        self.samples += other.samples
+        self.scales += other.scales
+        self.weights += other.weights
+
+    def to_bytes(self) -> bytes:
+        side = {
+            "mean_sums": self.mean_sums.tolist(),
+            "samples": self.samples,
+            "scales": self.scales,
+            "weights": self.weights,
+        }
+        return pack_accumulator(side, self.tally)
+
+    def load(self, blob: bytes) -> None:
+        side, tally = unpack_accumulator(blob)
+        means, scales, weights = side.get("mean_sums"), side.get("scales"), side.get("weights")
+        if not (
+            isinstance(means, list)
+            and len(means) == len(self.mean_sums)
+            and all(type(m) is int and 0 <= m < 2**62 for m in means)
+        ):
+            raise TallyError("accumulator blob's feature sums do not fit the model")
+        if not (
+            isinstance(scales, list)
+            and isinstance(weights, list)
+            and len(scales) == len(weights)
+            and all(type(w) is int and w >= 1 for w in weights)
+            and all(isinstance(s, list) and all(type(v) is int for v in s) for s in scales)
+        ):
+            raise TallyError("accumulator blob's scales and weights do not pair up")
+        self.tally.merge(tally)  # checks the tensors are the model's
+        self.mean_sums += np.asarray(means, np.int64)
+        self.samples = side_int(side, "samples")
+        self.scales, self.weights = scales, weights
 
     def input_offset(self) -> NDArray[np.uint8] | None:
         """The agents' sample-weighted feature mean, rounded (None if nobody counted)."""

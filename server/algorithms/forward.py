@@ -16,10 +16,13 @@ from bitfleet.server.algorithms.base import (
     Expected,
     JobAlgorithm,
     check_update_tensors,
+    pack_accumulator,
+    side_int,
     tally_specs,
+    unpack_accumulator,
 )
 from bitfleet.server.jobspec import JobSpec
-from bitfleet.tally import ModelTally
+from bitfleet.tally import ModelTally, TallyError
 
 MAX_STEP = 2**31
 
@@ -35,6 +38,29 @@ class ForwardAccumulator(Accumulator):
         for name, step in update.meta["steps"].items():
             self.step_sums[name] += int(step) * samples
         self.samples += samples
+
+    def merge(self, other: Accumulator) -> None:
+        assert isinstance(other, ForwardAccumulator)
+        self.tally.merge(other.tally)
+        for name, value in other.step_sums.items():
+            self.step_sums[name] += value
+        self.samples += other.samples
+
+    def to_bytes(self) -> bytes:
+        return pack_accumulator({"step_sums": self.step_sums, "samples": self.samples}, self.tally)
+
+    def load(self, blob: bytes) -> None:
+        side, tally = unpack_accumulator(blob)
+        sums = side.get("step_sums")
+        if not (
+            isinstance(sums, dict)
+            and sums.keys() == self.step_sums.keys()
+            and all(type(v) is int for v in sums.values())
+        ):
+            raise TallyError("accumulator blob's step sums do not fit the model")
+        self.tally.merge(tally)  # checks the tensors are the model's
+        self.step_sums = dict(sums)
+        self.samples = side_int(side, "samples")
 
     def steps(self) -> dict[str, int]:
         """Per tensor, the sample-weighted mean of the agents' typical change."""

@@ -147,6 +147,5 @@ class Simulation:
         if screened is not None:
             log.info("round %d: update of %s refused: %s", round_index, agent_id, screened)
             return False
-        state.add(agent_id, update)
-        state.bytes_up += len(data)
+        state.add(agent_id, update, len(data))
         return True

@@ -7,7 +7,7 @@ whole change or none of it, so a restarted coordinator resumes exactly where it 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +77,17 @@ class UploadRecord:
     agent_id: str
     samples: int
     payload: bytes
+
+
+@dataclass(frozen=True)
+class TallyCheckpoint:
+    """One coordinator worker's partial tally of an open round: the uploads it accepted
+    (``agents``, ``bytes_up`` bytes of them) counted in ``tally`` (its accumulator's bytes)."""
+
+    worker_id: str
+    agents: list[str]
+    bytes_up: int
+    tally: bytes
 
 
 @dataclass(frozen=True)
@@ -220,9 +231,12 @@ class StateStore(ABC):
         """The job's declines; MUST return them in ``agent_id`` order."""
 
     @abstractmethod
-    def iter_uploads(self, job_id: str, round_index: int) -> Iterator[UploadRecord]:
+    def iter_uploads(
+        self, job_id: str, round_index: int, agents: Collection[str] | None = None
+    ) -> Iterator[UploadRecord]:
         """Uploads one at a time, so a tally can be rebuilt without holding them all; MUST
-        yield them in the order of :meth:`upload_agents`."""
+        yield them in the order of :meth:`upload_agents`, only those of ``agents`` if
+        given."""
 
     @abstractmethod
     def close_round(
@@ -237,12 +251,32 @@ class StateStore(ABC):
         """In one transaction: store ``next_model`` as the model of round ``round_index + 1``
         and the round's metrics, advance the job to that round with ``status`` (what
         :func:`bitfleet.jobstatus.transition` gave), count a round for each agent that
-        uploaded, drop the uploads' payloads and remember whose were counted
-        (:meth:`counted`); and, given ``slim_model``, replace the model of round
+        uploaded, drop the uploads' payloads and the round's tally checkpoints and remember
+        whose were counted (:meth:`counted`); and, given ``slim_model``, replace the model of round
         ``round_index`` with it (the retention rule: state only the latest model is read
         for goes with the round). MUST fail with :class:`UnknownRecord` if the job has no
-        open round ``round_index``; a failure at any point (e.g. metrics that are not JSON
-        values) MUST leave all of it unwritten."""
+        open round ``round_index`` (so of several workers racing to close it, one
+        succeeds); a failure at any point (e.g. metrics that are not JSON values) MUST
+        leave all of it unwritten."""
+
+    # coordinator workers
+    @abstractmethod
+    def hold_lease(self, name: str, holder: str, lease_s: float) -> bool:
+        """Take or renew the lease ``name`` for ``holder`` until the store's clock passes
+        now + ``lease_s``; True if ``holder`` holds it now. A lease another holder renewed
+        within its term MUST NOT be taken (False, nothing changed); an expired one MUST be,
+        by exactly one of several holders racing for it."""
+
+    @abstractmethod
+    def save_tally(self, job_id: str, round_index: int, checkpoint: TallyCheckpoint) -> None:
+        """Store ``checkpoint`` as its worker's partial tally of the open round, replacing
+        the one it stored before. MUST fail with :class:`UnknownRecord` if the job has no
+        open round ``round_index``."""
+
+    @abstractmethod
+    def list_tallies(self, job_id: str, round_index: int) -> list[TallyCheckpoint]:
+        """The round's tally checkpoints; MUST return them in ``worker_id`` order (empty
+        once the round closed, and for unknown ids)."""
 
     # models and metrics
     @abstractmethod

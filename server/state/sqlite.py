@@ -12,7 +12,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from bitfleet.server.state.base import (
     StateStore,
     StateVersionError,
     StoreError,
+    TallyCheckpoint,
     UnknownRecord,
     UploadRecord,
 )
@@ -344,8 +345,13 @@ class SqliteStore(StateStore):
         )
         return [DeclineRecord(row["agent_id"], row["round"], row["reason"]) for row in rows]
 
-    def iter_uploads(self, job_id: str, round_index: int) -> Iterator[UploadRecord]:
+    def iter_uploads(
+        self, job_id: str, round_index: int, agents: Collection[str] | None = None
+    ) -> Iterator[UploadRecord]:
+        wanted = None if agents is None else set(agents)
         for agent_id in self.upload_agents(job_id, round_index):
+            if wanted is not None and agent_id not in wanted:
+                continue
             rows = self._query(
                 "SELECT samples, payload FROM uploads WHERE job_id = ? AND round = ? "
                 "AND agent_id = ?",
@@ -377,6 +383,7 @@ class SqliteStore(StateStore):
                 (job_id, round_index),
             )
             db.execute("DELETE FROM uploads WHERE job_id = ? AND round = ?", (job_id, round_index))
+            db.execute("DELETE FROM tallies WHERE job_id = ? AND round = ?", (job_id, round_index))
             db.execute(
                 "UPDATE rounds SET closed = 1 WHERE job_id = ? AND round = ?",
                 (job_id, round_index),
@@ -398,6 +405,49 @@ class SqliteStore(StateStore):
                 "UPDATE jobs SET round = ?, status = ?, updated_at = ? WHERE job_id = ?",
                 (round_index + 1, status, now, job_id),
             )
+
+    # coordinator workers
+    def hold_lease(self, name: str, holder: str, lease_s: float) -> bool:
+        now = self._clock()
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
+                "expires_at = excluded.expires_at WHERE leases.holder = excluded.holder "
+                "OR leases.expires_at <= ?",
+                (name, holder, now + lease_s, now),
+            )
+            row = db.execute("SELECT holder FROM leases WHERE name = ?", (name,)).fetchone()
+            return bool(row[0] == holder)
+
+    def save_tally(self, job_id: str, round_index: int, checkpoint: TallyCheckpoint) -> None:
+        with self._transaction() as db:
+            _require_open_round(db, job_id, round_index)
+            db.execute(
+                "INSERT OR REPLACE INTO tallies (job_id, round, worker_id, agents, bytes_up, "
+                "tally) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    round_index,
+                    checkpoint.worker_id,
+                    json.dumps(checkpoint.agents),
+                    checkpoint.bytes_up,
+                    checkpoint.tally,
+                ),
+            )
+
+    def list_tallies(self, job_id: str, round_index: int) -> list[TallyCheckpoint]:
+        rows = self._query(
+            "SELECT worker_id, agents, bytes_up, tally FROM tallies WHERE job_id = ? AND "
+            "round = ? ORDER BY worker_id",
+            (job_id, round_index),
+        )
+        return [
+            TallyCheckpoint(
+                row["worker_id"], json.loads(row["agents"]), row["bytes_up"], bytes(row["tally"])
+            )
+            for row in rows
+        ]
 
     # models and metrics
     def get_model(self, job_id: str, round_index: int | None = None) -> bytes | None:
@@ -524,7 +574,31 @@ def _to_version_1(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE rounds ADD COLUMN vote_caps TEXT NOT NULL DEFAULT '{}'")
 
 
+VERSION_2_TABLES = """
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tallies (
+    job_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    worker_id TEXT NOT NULL,
+    agents TEXT NOT NULL,
+    bytes_up INTEGER NOT NULL,
+    tally BLOB NOT NULL,
+    PRIMARY KEY (job_id, round, worker_id)
+);
+"""
+
+
+def _to_version_2(db: sqlite3.Connection) -> None:
+    """Coordinator workers: the round engine's lease and each worker's partial tallies."""
+    for statement in VERSION_2_TABLES.split(";"):
+        db.execute(statement)
+
+
 # The steps to the current schema: UPGRADES[n] turns version n into version n + 1, so the
 # number of steps is the version this bitfleet writes (in PRAGMA user_version).
-UPGRADES: tuple[Callable[[sqlite3.Connection], None], ...] = (_to_version_1,)
+UPGRADES: tuple[Callable[[sqlite3.Connection], None], ...] = (_to_version_1, _to_version_2)
 SCHEMA_VERSION = len(UPGRADES)

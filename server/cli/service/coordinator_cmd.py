@@ -25,9 +25,12 @@ from bitfleet.tls import CA_FILE_ENV, require_secure
 
 if TYPE_CHECKING:
     from bitfleet.server.registry import AgentRegistry
+    from bitfleet.server.scheduler import WorkerRole
     from bitfleet.server.state import StateStore
 
 MQTT_URL_ENV = "BITFLEET_MQTT_URL"
+STORE_ENV = "BITFLEET_STORE"
+LONE_WORKER = "coordinator"
 
 
 def register(subparsers: Any) -> None:
@@ -43,6 +46,7 @@ def register(subparsers: Any) -> None:
     _mqtt_arguments(parser.add_argument_group("the MQTT link"))
     _broker_arguments(parser.add_argument_group("the broker's files (passwords, ACL, config)"))
     _limit_arguments(parser.add_argument_group("limits"))
+    _worker_arguments(parser.add_argument_group("several workers (one deployment)"))
     parser.add_argument(
         "--provision-agents",
         type=Path,
@@ -105,7 +109,34 @@ def _mqtt_arguments(group: Any) -> None:
         default=DEFAULT_CHUNK_BYTES,
         help="largest MQTT message; bigger frames travel in chunks (default %(default)s)",
     )
-    group.add_argument("--shared-subscription", help="MQTT 5 shared-subscription group")
+
+
+def _worker_arguments(group: Any) -> None:
+    group.add_argument(
+        "--store",
+        default=os.environ.get(STORE_ENV),
+        help="the state database: a postgresql://user:pass@host/db URL, shared by every "
+        f"worker of a deployment (env {STORE_ENV}; default: SQLite at DATA_DIR/bitfleet.db)",
+    )
+    group.add_argument(
+        "--worker-id",
+        default=LONE_WORKER,
+        help="this worker's name among the coordinators sharing --store, unique to it "
+        "(default %(default)s: a lone coordinator)",
+    )
+    group.add_argument(
+        "--leader-lease",
+        type=positive_float,
+        default=10.0,
+        help="seconds the worker that leads the round engine keeps the lead unrenewed: "
+        "another takes over this long after it dies (default %(default)s)",
+    )
+    group.add_argument(
+        "--shared-subscription",
+        metavar="GROUP",
+        help="split the agents' uploads across the workers subscribed with this MQTT 5 "
+        "shared-subscription group; needs a postgresql:// --store and a --worker-id",
+    )
 
 
 def _broker_arguments(group: Any) -> None:
@@ -203,12 +234,14 @@ def run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     broker = _checked_links(args)
+    role = _checked_role(args)
     clock = time.time  # one clock for the store's stamps and the engine's deadlines
-    store = open_store(args.data_dir, clock)
+    store = open_store(args.store or args.data_dir, clock)
     try:
         settings = CoordinatorSettings(
             presence_timeout_s=args.presence_timeout,
             max_frame_bytes=args.max_frame_bytes,
+            role=role,
             **_given(max_model_weights=args.max_model_weights),
         )
         coordinator = Coordinator(store, settings, clock)
@@ -234,6 +267,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checked_role(args: argparse.Namespace) -> WorkerRole:
+    """This coordinator's place among the workers of its deployment."""
+    from bitfleet.server.scheduler import WorkerRole
+
+    check_id(args.worker_id, "--worker-id")
+    if args.shared_subscription is not None:
+        check_id(args.shared_subscription, "--shared-subscription group")
+        if not (args.store or "").startswith(("postgresql://", "postgres://")):
+            raise ConfigError(
+                "workers splitting uploads with --shared-subscription share their state "
+                "through PostgreSQL: add --store postgresql://user:pass@host/db"
+            )
+        if args.worker_id == LONE_WORKER:
+            raise ConfigError(
+                "workers splitting uploads with --shared-subscription each need a name of "
+                "their own: add --worker-id (e.g. the host name)"
+            )
+    return WorkerRole(worker_id=args.worker_id, lease_s=args.leader_lease)
+
+
 def _admit_agents(
     args: argparse.Namespace,
     broker: BrokerAddress | None,
@@ -254,6 +307,7 @@ def _mqtt_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "max_message_bytes": args.max_message_bytes,
         "shared_group": args.shared_subscription,
+        "worker_id": args.worker_id,
         "ca_file": args.ca_file,
         "client_cert": args.mqtt_client_cert,
         "client_key": args.mqtt_client_key,
