@@ -28,6 +28,7 @@ import signal
 import stat
 import subprocess
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,14 +46,19 @@ PRIVATE = 0o600  # the broker runs as our user (its own container, the demo, the
 GROUP_READABLE = 0o640  # a packaged broker runs as its own user and reads through the group
 RELOAD_TIMEOUT_S = 30.0
 
-ACL_TEMPLATE = f"""# bitfleet broker ACL: agents write only under their own id.
-user {{coordinator}}
-topic readwrite {TOPIC_ROOT}/#
-
-""" + "".join(
+AGENT_ACL = "".join(
     [f"pattern write {topic}\n" for topic in AGENT_PUBLISHES]
     + [f"pattern read {topic}\n" for topic in AGENT_SUBSCRIBES]
 )
+
+
+def acl_text(coordinator_users: Iterable[str]) -> str:
+    """The ACL: each coordinator user (one per worker of a deployment) reads and writes the
+    whole tree, agents only under their own id."""
+    blocks = "".join(
+        f"user {user}\ntopic readwrite {TOPIC_ROOT}/#\n\n" for user in coordinator_users
+    )
+    return f"# bitfleet broker ACL: agents write only under their own id.\n{blocks}{AGENT_ACL}"
 
 
 def password_line(user: str, password: str, salt: bytes | None = None) -> str:
@@ -135,15 +141,15 @@ class BrokerFiles:
 def write_broker_files(
     directory: Path,
     port: int,
-    coordinator_user: str,
-    coordinator_password: str,
+    coordinator_logins: dict[str, str],
     host: str = "127.0.0.1",
     max_packet_bytes: int = 4 * DEFAULT_CHUNK_BYTES,
     tls: BrokerTls | None = None,
     mode: int = PRIVATE,
 ) -> BrokerFiles:
     """A mosquitto configuration: authenticated listener (TLS when ``tls`` is given),
-    password file, per-agent ACL, client ids bound to user names; every file ``mode``."""
+    password file (``coordinator_logins``: user -> password of each coordinator worker),
+    per-agent ACL, client ids bound to user names; every file ``mode``."""
     directory.mkdir(parents=True, exist_ok=True)
     files = BrokerFiles(
         directory / "mosquitto.conf",
@@ -152,8 +158,8 @@ def write_broker_files(
         directory / "acl",
         directory / "mosquitto.pid",
     )
-    write_password_file(files.passwords, {coordinator_user: coordinator_password}, mode)
-    write_atomic(files.acl, ACL_TEMPLATE.format(coordinator=coordinator_user).encode(), mode)
+    write_password_file(files.passwords, coordinator_logins, mode)
+    write_atomic(files.acl, acl_text(coordinator_logins).encode(), mode)
     # Authentication is global in mosquitto (per_listener_settings false): a broker that
     # includes this listener serves bitfleet alone.
     listener = (
@@ -194,12 +200,12 @@ def _own_user() -> str | None:
 
 @dataclass
 class BrokerCredentials:
-    """Keeps the broker's password file equal to coordinator + enrolled, unrevoked agents."""
+    """Keeps the broker's password file equal to the coordinator workers' logins (user ->
+    password) + enrolled, unrevoked agents."""
 
     store: StateStore
     password_file: Path
-    coordinator_user: str
-    coordinator_password: str
+    coordinator_logins: dict[str, str]
     pid_file: Path | None = None
     reload_command: list[str] | None = None
     mode: int = PRIVATE
@@ -213,10 +219,10 @@ class BrokerCredentials:
             self._sync()
 
     def _sync(self) -> None:
-        users = {self.coordinator_user: self.coordinator_password}
+        users = dict(self.coordinator_logins)
         for agent in self.store.list_agents():
             secret = self.store.agent_secret(agent.agent_id)
-            if agent.agent_id == self.coordinator_user:
+            if agent.agent_id in self.coordinator_logins:
                 log.error(
                     "agent id %r is the coordinator's broker user: it gets no broker login "
                     "(revoke it with 'bitfleet agents revoke %s')",

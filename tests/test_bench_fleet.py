@@ -44,6 +44,20 @@ def test_every_agent_of_every_round_gets_the_model_and_a_receipt(transport: str)
     assert (report["broker_peak_rss_mb"] is None) == (transport == "http")
 
 
+def test_two_workers_on_postgresql_split_the_uploads_of_each_round(postgres_url: str) -> None:
+    result = _bench(
+        "--agents", "6", "--rounds", "2", "--workers", "2", "--store", postgres_url, "--json"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert (report["workers"], report["store"]) == (2, "postgresql")
+    for entry in report["rounds"]:
+        assert entry["agents_with_model"] == entry["accepted_uploads"] == 6
+    assert sum(report["uploads_per_worker"]) == 12
+    assert min(report["uploads_per_worker"]) > 0, report["uploads_per_worker"]
+    assert report["state_bytes_after"] > report["state_bytes_before"] > 0
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -53,6 +67,8 @@ def test_every_agent_of_every_round_gets_the_model_and_a_receipt(transport: str)
         (["--agents", "3", "--selected", "4"], "--selected 4 is more than --agents 3"),
         (["--agents", "3", "--enrolled", "2"], "--enrolled must be between --agents (3)"),
         (["--agents", "0"], "must be at least 1, got 0"),
+        (["--agents", "3", "--workers", "2"], "add --store postgresql://"),
+        (["--agents", "3", "--workers", "9"], "--workers 9 is above 8"),
     ],
 )
 def test_impossible_loads_are_refused_before_anything_starts(args: list[str], message: str) -> None:

@@ -23,6 +23,8 @@ FAMILIES = {
     "bitfleet_messages_refused_total": "counter",
     "bitfleet_http_refused_total": "counter",
     "bitfleet_declines_total": "counter",
+    "bitfleet_lead_changes_total": "counter",
+    "bitfleet_leading": "gauge",
     "bitfleet_bytes_in_total": "counter",
     "bitfleet_bytes_out_total": "counter",
     "bitfleet_round_duration_seconds": "summary",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import secrets
 import shutil
@@ -105,6 +106,9 @@ class Broker:
     port: int = field(default_factory=free_port)
     user: str = "coordinator"
     password: str = field(default_factory=lambda: secrets.token_hex(12))
+    # Broker users of further coordinator workers, each with a password of its own.
+    worker_users: list[str] = field(default_factory=list)
+    worker_passwords: dict[str, str] = field(default_factory=dict)
     tls: ThrowawayCa | None = None
     mutual_tls: bool = False  # agents must present a client certificate of ``tls``
     process: subprocess.Popen[bytes] | None = None
@@ -117,9 +121,10 @@ class Broker:
             if self.tls is not None:
                 client_ca = self.tls.ca if self.mutual_tls else None
                 listener = BrokerTls(self.tls.server.cert, self.tls.server.key, client_ca)
-            self.files = write_broker_files(
-                self.directory, self.port, self.user, self.password, tls=listener
-            )
+            for user in self.worker_users:
+                self.worker_passwords.setdefault(user, secrets.token_hex(12))
+            logins = {self.user: self.password, **self.worker_passwords}
+            self.files = write_broker_files(self.directory, self.port, logins, tls=listener)
         log = self.directory / "mosquitto.log"
         self.process = spawn([mosquitto_binary(), "-c", str(self.files.config)], log)
         if not wait_for_port(self.port):
@@ -133,7 +138,21 @@ class Broker:
 
     @property
     def coordinator_url(self) -> str:
-        return f"{self.scheme}://{self.user}:{self.password}@127.0.0.1:{self.port}"
+        return self.login_url(self.user)
+
+    def login_url(self, user: str) -> str:
+        """The URL a coordinator worker logs in with as ``user``."""
+        password = self.password if user == self.user else self.worker_passwords[user]
+        return f"{self.scheme}://{user}:{password}@127.0.0.1:{self.port}"
+
+    def logins_file(self, user: str, path: Path) -> Path:
+        """What --broker-worker-logins of the worker ``user`` holds: the others' logins."""
+        logins = {self.user: self.password, **self.worker_passwords}
+        entries = [{"user": u, "password": p} for u, p in logins.items() if u != user]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(entries))
+        path.chmod(0o600)
+        return path
 
     @property
     def agent_url(self) -> str:
@@ -152,6 +171,8 @@ class Coordinator:
     extra_args: list[str] = field(default_factory=list)
     tls: ThrowawayCa | None = None
     process: subprocess.Popen[bytes] | None = None
+    # The broker user this coordinator logs in as (a worker's own; default the broker's).
+    broker_user: str | None = None
 
     @property
     def url(self) -> str:
@@ -189,18 +210,8 @@ class Coordinator:
         if self.tls is not None:
             command += ["--tls-cert", str(self.tls.server.cert), "--tls-key"]
             command += [str(self.tls.server.key), "--ca-file", str(self.tls.ca)]
-        if self.tls is not None and self.broker is not None and self.broker.mutual_tls:
-            pair = self.tls.client(self.broker.user)
-            command += ["--mqtt-client-cert", str(pair.cert), "--mqtt-client-key", str(pair.key)]
-        if self.broker is not None and self.broker.files is not None:
-            command += [
-                "--mqtt-url",
-                self.broker.coordinator_url,
-                "--broker-passwd-file",
-                str(self.broker.files.passwords),
-                "--broker-pid-file",
-                str(self.broker.files.pid),
-            ]
+        if self.broker is not None:
+            command += self._broker_options(self.broker)
         self.process = spawn(command, self.log_path)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -216,6 +227,22 @@ class Coordinator:
             except ApiError:
                 time.sleep(0.1)
         raise BitfleetError("the coordinator did not become healthy within 60 s")
+
+    def _broker_options(self, broker: Broker) -> list[str]:
+        """Its broker login (and client certificate), and the broker files it keeps."""
+        user = self.broker_user or broker.user
+        options = []
+        if self.tls is not None and broker.mutual_tls:
+            pair = self.tls.client(user)
+            options += ["--mqtt-client-cert", str(pair.cert), "--mqtt-client-key", str(pair.key)]
+        if broker.files is not None:
+            options += ["--mqtt-url", broker.login_url(user)]
+            options += ["--broker-passwd-file", str(broker.files.passwords)]
+            options += ["--broker-pid-file", str(broker.files.pid)]
+            if broker.worker_users:
+                logins = broker.logins_file(user, self.data_dir.parent / f"logins-{user}.json")
+                options += ["--broker-worker-logins", str(logins)]
+        return options
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         stop_process(self.process, sig)

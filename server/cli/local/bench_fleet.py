@@ -38,9 +38,11 @@ from bitfleet.server.cli.service.tls_cmd import load_tlsca
 MAX_AGENTS = 10_000
 MAX_ROUNDS = 100
 MAX_PROCESSES = 64
+MAX_WORKERS = 8
 AGENTS_PER_PROCESS = 250  # threads and clients one swarm process carries well
 MAX_EVENT_BYTES = 4096  # one swarm event line; a longer one is cut and skipped
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+COORDINATOR = "coordinator-"  # the sampler's key of each worker, numbered
 
 
 def register(benches: Any) -> None:
@@ -72,6 +74,18 @@ def register(benches: Any) -> None:
         "--processes",
         type=positive_int,
         help=f"swarm processes (default: one per {AGENTS_PER_PROCESS} agents)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="coordinator workers splitting the uploads (MQTT shared subscription; "
+        f"1..{MAX_WORKERS}, default 1); more than one needs --store",
+    )
+    parser.add_argument(
+        "--store",
+        help="a postgresql:// URL of an empty database for the coordinators' state (default: "
+        "SQLite in the coordinator's directory)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
@@ -190,6 +204,13 @@ def _check(args: argparse.Namespace) -> int:
         raise ConfigError(f"--selected {args.selected} is more than --agents {args.agents}")
     if args.rounds > MAX_ROUNDS:
         raise ConfigError(f"--rounds {args.rounds} is above {MAX_ROUNDS}")
+    if args.workers > MAX_WORKERS:
+        raise ConfigError(f"--workers {args.workers} is above {MAX_WORKERS}")
+    if args.workers > 1 and (args.store is None or args.transport != "mqtt"):
+        raise ConfigError(
+            "several --workers share a PostgreSQL --store and split MQTT uploads: add "
+            "--store postgresql://user:pass@host/db (and keep --transport mqtt)"
+        )
     processes = args.processes or -(-args.agents // AGENTS_PER_PROCESS)
     if processes > min(MAX_PROCESSES, args.agents):
         raise ConfigError(f"--processes must be at most {min(MAX_PROCESSES, args.agents)}")
@@ -205,28 +226,30 @@ def run(args: argparse.Namespace) -> int:
     processes = _check(args)
     workdir = Path(tempfile.mkdtemp(prefix="bitfleet-fleet-"))
     ca = load_tlsca().create_ca(workdir / "tls")
-    broker = Broker(workdir / "broker", tls=ca)
+    names = [f"w{index + 1}" for index in range(args.workers)] if args.workers > 1 else []
+    broker = Broker(workdir / "broker", tls=ca, worker_users=[f"worker-{n}" for n in names])
     agents = _provisioned(workdir, args.enrolled or args.agents)[: args.agents]
-    coordinator = Coordinator(
-        workdir / "coordinator",
-        broker if args.transport == "mqtt" else None,
-        tls=ca,
-        extra_args=["--provision-agents", str(workdir / "agents.json")],
-    )
+    workers = _workers(workdir, broker if args.transport == "mqtt" else None, ca, names, args)
+    coordinator = workers[0]
     swarms: list[subprocess.Popen[bytes]] = []
     log = EventLog()
     try:
         if args.transport == "mqtt":
             broker.start()
-        _say(f"starting the coordinator with {args.enrolled or args.agents} agents provisioned")
-        coordinator.start()
+        _say(
+            f"starting {len(workers)} coordinator(s) with {args.enrolled or args.agents} "
+            "agents provisioned"
+        )
+        for worker in workers:
+            worker.start()
         for index in range(processes):
             part = agents[index::processes]
             swarms.append(_start_swarm(workdir, index, part, coordinator, broker, args, log))
         coordinator.wait_online(args.agents, timeout=60 + args.agents / 10)
         _say(f"{args.agents} agents online in {processes} swarm process(es); job starts")
-        result = _run_job(coordinator, broker if args.transport == "mqtt" else None, args, log)
+        result = _run_job(workers, broker if args.transport == "mqtt" else None, args, log)
         result |= {"agents": args.agents, "selected": args.selected or args.agents}
+        result |= {"workers": len(workers), "store": "postgresql" if args.store else "sqlite"}
         result |= {"enrolled": args.enrolled or args.agents}
         result |= {"transport": args.transport, "processes": processes}
         if args.json:
@@ -240,8 +263,29 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for swarm in swarms:
             stop_process(swarm)
-        coordinator.stop()
+        for worker in workers:
+            worker.stop()
         broker.stop()
+
+
+def _workers(
+    workdir: Path, broker: Broker | None, ca: Any, names: list[str], args: argparse.Namespace
+) -> list[Coordinator]:
+    """The lone coordinator, or one worker per name sharing --store and the uploads."""
+    provision = ["--provision-agents", str(workdir / "agents.json")]
+    store = ["--store", args.store] if args.store else []
+    if not names:
+        return [Coordinator(workdir / "coordinator", broker, tls=ca, extra_args=provision + store)]
+    return [
+        Coordinator(
+            workdir / name,
+            broker,
+            tls=ca,
+            extra_args=[*provision, *store, "--worker-id", name, "--shared-subscription", "bench"],
+            broker_user=f"worker-{name}",
+        )
+        for name in names
+    ]
 
 
 def _provisioned(workdir: Path, count: int) -> list[tuple[str, str]]:
@@ -297,8 +341,9 @@ def ca_path(coordinator: Coordinator) -> str:
 
 
 def _run_job(
-    coordinator: Coordinator, broker: Broker | None, args: argparse.Namespace, log: EventLog
+    workers: list[Coordinator], broker: Broker | None, args: argparse.Namespace, log: EventLog
 ) -> dict[str, Any]:
+    coordinator = workers[0]
     spec = {
         "name": f"bench-fleet-{args.agents}",
         "algorithm": "bitflip",
@@ -310,10 +355,12 @@ def _run_job(
         "round_deadline_s": 600,
         "seed": 0,
     }
-    stored_before = _directory_bytes(coordinator.data_dir)
+    stored_before = _state_bytes(coordinator, args.store)
     job_id = coordinator.api.request("POST", "/api/v1/jobs", json_body=spec).json()["id"]
-    assert coordinator.process is not None
-    pids = {"coordinator": coordinator.process.pid}
+    pids = {}
+    for index, worker in enumerate(workers):
+        assert worker.process is not None
+        pids[f"{COORDINATOR}{index}"] = worker.process.pid
     if broker is not None and broker.process is not None:
         pids["broker"] = broker.process.pid
     seen_round, deadline = 0, time.monotonic() + 600 + 2 * args.agents
@@ -331,14 +378,35 @@ def _run_job(
     if job["status"] != "completed":
         raise BitfleetError(f"the bench job {job['status']}: {job.get('reason')}")
     stored = {"state_bytes_before": stored_before}
-    stored["state_bytes_after"] = _directory_bytes(coordinator.data_dir)
-    return _figures(log, sampler, args.rounds) | stored
+    stored["state_bytes_after"] = _state_bytes(coordinator, args.store)
+    accepted = [_accepted_uploads(worker) for worker in workers]
+    return _figures(log, sampler, args.rounds) | stored | {"uploads_per_worker": accepted}
 
 
-def _directory_bytes(directory: Path) -> int:
-    """Bytes of every file under ``directory``: what the coordinator keeps on disk (its
-    SQLite file and write-ahead log; freed pages stay in the file and are reused)."""
+def _state_bytes(coordinator: Coordinator, store: str | None) -> int:
+    """What the coordinators keep: the PostgreSQL database's size, or every file under the
+    coordinator's directory (its SQLite file and write-ahead log; freed pages stay in the
+    file and are reused)."""
+    if store is not None:
+        import psycopg
+
+        with psycopg.connect(store) as db:
+            row = db.execute("SELECT pg_database_size(current_database())").fetchone()
+            return int(row[0]) if row else 0
+    directory = coordinator.data_dir
     return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())
+
+
+def _accepted_uploads(worker: Coordinator) -> int:
+    """Uploads this worker accepted, from its /metrics."""
+    text = worker.api.request("GET", "/metrics").body.decode()
+    return int(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("bitfleet_uploads_accepted_total{")
+        )
+    )
 
 
 def _figures(log: EventLog, sampler: Sampler, rounds: int) -> dict[str, Any]:
@@ -374,8 +442,10 @@ def _figures(log: EventLog, sampler: Sampler, rounds: int) -> dict[str, Any]:
     overheads = [entry["overhead_s"] for entry in per_round]
     return {
         "median_overhead_s": round(statistics.median(overheads), 3),
-        "coordinator_cpu_s": round(last["coordinator"].cpu_s - first["coordinator"].cpu_s, 2),
-        "coordinator_peak_rss_mb": round(last["coordinator"].peak_rss_mb, 1),
+        "coordinator_cpu_s": round(_coordinator_cpu(last) - _coordinator_cpu(first), 2),
+        "coordinator_peak_rss_mb": round(
+            max(s.peak_rss_mb for k, s in last.items() if k.startswith(COORDINATOR)), 1
+        ),
         "broker_peak_rss_mb": round(last["broker"].peak_rss_mb, 1) if "broker" in last else None,
         "rounds": per_round,
     }
@@ -388,7 +458,7 @@ def _process_figures(
     and out (TLS and MQTT framing included; uvicorn's socket sends are not counted by
     /proc, so HTTP runs report the agents' payload bytes only)."""
     figures: dict[str, Any] = {
-        "coordinator_cpu_s": round(now["coordinator"].cpu_s - then["coordinator"].cpu_s, 2)
+        "coordinator_cpu_s": round(_coordinator_cpu(now) - _coordinator_cpu(then), 2)
     }
     if "broker" in now:
         figures["broker_bytes_in"] = now["broker"].bytes_read - then["broker"].bytes_read
@@ -396,10 +466,17 @@ def _process_figures(
     return figures
 
 
+def _coordinator_cpu(sample: dict[str, ProcessSample]) -> float:
+    """CPU seconds of every coordinator worker, together."""
+    return sum(s.cpu_s for key, s in sample.items() if key.startswith(COORDINATOR))
+
+
 def _print(result: dict[str, Any]) -> None:
     print(
         f"{result['agents']} agents over {result['transport']} in {result['processes']} "
-        f"process(es); coordinator peak RSS {result['coordinator_peak_rss_mb']} MB, "
+        f"process(es), {result['workers']} coordinator worker(s) on {result['store']} "
+        f"(uploads taken {result['uploads_per_worker']}); "
+        f"coordinator peak RSS {result['coordinator_peak_rss_mb']} MB, "
         f"broker {result['broker_peak_rss_mb']} MB"
     )
     print("round  fan-out s  upload s  uploads/s  close s  overhead s  coordinator CPU s")

@@ -165,6 +165,13 @@ def _broker_arguments(group: Any) -> None:
         "e.g. in another container)",
     )
     group.add_argument(
+        "--broker-worker-logins",
+        type=Path,
+        help='JSON list of {"user": ..., "password": ...}: the broker logins of the other '
+        "coordinator workers of this deployment, kept in the password file and ACL beside "
+        "this one's (each worker needs a broker user of its own)",
+    )
+    group.add_argument(
         "--broker-group",
         help="make the broker files readable by this group (0640; e.g. mosquitto, the packaged "
         "broker's user); their directory must be of this group with the setgid bit",
@@ -295,11 +302,38 @@ def _admit_agents(
 ) -> None:
     """Who may connect: the broker user is no agent id, provisioned agents are enrolled,
     and the broker's password file follows the registry."""
-    if broker is not None and broker.username:
-        registry.reserved_agent_ids.add(broker.username)
+    logins = _coordinator_logins(args, broker)
+    registry.reserved_agent_ids.update(logins)
     if args.provision_agents is not None:
         provision_agents(registry, args.provision_agents)
-    _keep_broker_files(args, broker, store, registry)
+    _keep_broker_files(args, broker, logins, store, registry)
+
+
+# Bound on --broker-worker-logins: a few thousand workers' logins.
+MAX_LOGINS_BYTES = 1 << 20
+
+
+def _coordinator_logins(args: argparse.Namespace, broker: BrokerAddress | None) -> dict[str, str]:
+    """Broker user -> password of this worker (from --mqtt-url) and of the other workers."""
+    logins = {}
+    if broker is not None and broker.username:
+        logins[broker.username] = broker.password or ""
+    path = args.broker_worker_logins
+    if path is None:
+        return logins
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_LOGINS_BYTES + 1)
+        if len(data) > MAX_LOGINS_BYTES:
+            raise ValueError(f"larger than {MAX_LOGINS_BYTES} bytes")
+        entries = json.loads(data)
+        others = {check_id(str(e["user"]), "broker user"): str(e["password"]) for e in entries}
+    except (OSError, ValueError, TypeError, KeyError, RecursionError) as error:
+        raise ConfigError(
+            f"--broker-worker-logins {path}: expected a JSON list of "
+            f'{{"user": ..., "password": ...}} ({error})'
+        ) from None
+    return {**others, **logins}
 
 
 def _mqtt_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -343,6 +377,7 @@ def _checked_links(args: argparse.Namespace) -> BrokerAddress | None:
 def _keep_broker_files(
     args: argparse.Namespace,
     broker: BrokerAddress | None,
+    logins: dict[str, str],
     store: StateStore,
     registry: AgentRegistry,
 ) -> None:
@@ -381,8 +416,7 @@ def _keep_broker_files(
         files = write_broker_files(
             args.broker_config_dir,
             broker.port,
-            broker.username,
-            broker.password,
+            logins,
             args.broker_listen_host,
             tls=_broker_tls(args, broker.tls),
             mode=mode,
@@ -391,8 +425,7 @@ def _keep_broker_files(
     credentials = BrokerCredentials(
         store,
         passwords,
-        broker.username,
-        broker.password,
+        logins,
         args.broker_pid_file,
         reload_command,
         mode,
