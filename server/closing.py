@@ -71,8 +71,12 @@ def gather(store: StateStore, state: OpenRound) -> OpenRound:
     counted, bytes_up = set(state.tallied), state.bytes_up
     for checkpoint in store.list_tallies(job_id, round_index):
         agents = set(checkpoint.agents)
-        if agents & counted or not agents.issubset(stored):
-            continue  # stale (its worker has counted more since), or this worker's own
+        if (
+            checkpoint.attempt != state.record.attempt  # under other vote caps
+            or agents & counted  # stale (its worker counted more since), or this worker's own
+            or not agents.issubset(stored)
+        ):
+            continue
         partial = state.algorithm.accumulator(state.model)
         try:
             partial.load(checkpoint.tally)

@@ -102,7 +102,11 @@ class OpenRound:
         """This worker's tally as a checkpoint for the worker that closes the round."""
         self.saved = len(self.tallied)
         return TallyCheckpoint(
-            worker_id, sorted(self.tallied), self.bytes_up, self.accumulator.to_bytes()
+            worker_id,
+            self.record.attempt,
+            sorted(self.tallied),
+            self.bytes_up,
+            self.accumulator.to_bytes(),
         )
 
 

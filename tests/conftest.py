@@ -1,4 +1,5 @@
-"""Fixtures that start real parts: a Mosquitto broker and coordinator processes, over TLS.
+"""Fixtures that start real parts: a Mosquitto broker and coordinator processes, over TLS,
+and PostgreSQL databases (``postgres_url``, from tests/postgres.py).
 
 One throwaway CA serves the whole session; ``BITFLEET_CA_FILE`` points every client (the
 agent processes, the CLIs, in-process transports) at it, as an operator with a private CA
@@ -16,6 +17,7 @@ import pytest
 from bitfleet.server.tlsca import ThrowawayCa, create_ca
 from bitfleet.tls import CA_FILE_ENV
 from tests.cluster import Broker, Coordinator
+from tests.postgres import postgres_server, postgres_url  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(scope="session", autouse=True)

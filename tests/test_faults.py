@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,7 +57,27 @@ def _acknowledged(agent: AgentProcess, job_id: str) -> set[int]:
     }
 
 
-def _wait_mid_round(coordinator: Coordinator, job_id: str, round_index: int) -> None:
+def assert_counted_once(
+    coordinator: Coordinator, agents: list[AgentProcess], job: dict[str, Any]
+) -> None:
+    """Every upload an agent holds an accepted receipt for counted, and none twice."""
+    contributed = {
+        entry["agent_id"]: entry["rounds_contributed"]
+        for entry in coordinator.api.request("GET", "/api/v1/agents").json()
+    }
+    # The last round closes on its last upload, before that agent journals the receipt.
+    settle = time.monotonic() + 30
+    while time.monotonic() < settle and any(
+        contributed[a.agent_id] != len(_acknowledged(a, job["id"])) for a in agents
+    ):
+        time.sleep(0.1)
+    for agent in agents:
+        # Lost: acknowledged but not counted; twice: counted more often than acknowledged.
+        assert contributed[agent.agent_id] == len(_acknowledged(agent, job["id"])), agent.agent_id
+    assert sum(contributed.values()) == sum(m["uploads"] for m in job["metrics"])
+
+
+def wait_mid_round(coordinator: Coordinator, job_id: str, round_index: int) -> None:
     """Until the job is in ``round_index`` (or later) and its open round holds an upload."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -90,7 +111,7 @@ def test_a_job_rides_out_coordinator_kills_and_broker_restarts(
         for round_index, part in sorted(faults.items()):
             if round_index >= ROUNDS:
                 continue
-            _wait_mid_round(coordinator, job_id, round_index)
+            wait_mid_round(coordinator, job_id, round_index)
             if part == "coordinator":
                 coordinator.kill(signal.SIGKILL)
                 coordinator.start()
@@ -101,20 +122,7 @@ def test_a_job_rides_out_coordinator_kills_and_broker_restarts(
         assert job["status"] == "completed", job
         # No round waited out its deadline: each closed at quorum, however it was hit.
         assert all(m["seconds"] < JOB["round_deadline_s"] for m in job["metrics"]), job
-        contributed = {
-            entry["agent_id"]: entry["rounds_contributed"]
-            for entry in coordinator.api.request("GET", "/api/v1/agents").json()
-        }
-        # The last round closes on its last upload, before that agent journals the receipt.
-        settle = time.monotonic() + 30
-        while time.monotonic() < settle and any(
-            contributed[a.agent_id] != len(_acknowledged(a, job_id)) for a in agents
-        ):
-            time.sleep(0.1)
-        for agent in agents:
-            # Lost: acknowledged but not counted; twice: counted more often than acknowledged.
-            assert contributed[agent.agent_id] == len(_acknowledged(agent, job_id)), agent.agent_id
-        assert sum(contributed.values()) == sum(m["uploads"] for m in job["metrics"])
+        assert_counted_once(coordinator, agents, job)
         # An agent a loaded machine left out of a round's selection (an HTTP agent silent for
         # the presence timeout) may make a round smaller, never an upload disappear.
         assert sum(m["uploads"] for m in job["metrics"]) >= AGENTS * ROUNDS - ROUNDS // 4

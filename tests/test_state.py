@@ -107,8 +107,21 @@ def _version(path: Path) -> int:
 
 def test_a_fresh_database_gets_the_current_schema_version(tmp_path: Path) -> None:
     SqliteStore(tmp_path / "bitfleet.db").close()
-    assert SCHEMA_VERSION == 1
+    assert SCHEMA_VERSION == 2
     assert _version(tmp_path / "bitfleet.db") == SCHEMA_VERSION
+
+
+def test_a_version_1_database_gains_the_worker_tables(store: SqliteStore) -> None:
+    store.add_upload("job-1", 0, "a1", 5, b"payload")
+    store.close()
+    _raw(store.path, "DROP TABLE leases", "DROP TABLE tallies", "PRAGMA user_version = 1")
+
+    upgraded = SqliteStore(store.path)
+    assert _version(store.path) == SCHEMA_VERSION
+    assert upgraded.hold_lease("round-engine", "w1", 5.0)
+    assert upgraded.list_tallies("job-1", 0) == []
+    assert [u.payload for u in upgraded.iter_uploads("job-1", 0)] == [b"payload"]
+    upgraded.close()
 
 
 @pytest.mark.parametrize("before_vote_caps", [False, True])

@@ -1,27 +1,37 @@
 """The contract of :class:`StateStore` (its docstrings' MUSTs), run against every backend.
 
-Each test gets a fresh store of each backend in ``BACKENDS`` on a real database, stamping
-time with a :class:`ManualClock`; a new backend is one more line there.
+Each test gets a fresh store of each backend in ``BACKENDS`` on a real database (SQLite in
+the test's directory, a database of its own on a PostgreSQL server that tests/postgres.py
+starts), stamping time with a :class:`ManualClock`; a new backend is one more entry there,
+with a function that opens it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
 from bitfleet.jobstatus import COMPLETED, RUNNING
-from bitfleet.server.state import SqliteStore
+from bitfleet.server.state import PostgresStore, SqliteStore
 from bitfleet.server.state.base import AlreadyExists, RoundMetrics, StateStore, UnknownRecord
 from tests.inprocess import EPOCH, ManualClock
 
-Backend = Callable[[Path, ManualClock], StateStore]
+# A backend opens a store on a fresh database, taking the fixtures it needs from the test's
+# request (so that only the PostgreSQL tests start a PostgreSQL server).
+Backend = Callable[[pytest.FixtureRequest, ManualClock], StateStore]
 
-BACKENDS = [
-    pytest.param(lambda tmp, clock: SqliteStore(tmp / "bitfleet.db", clock), id="sqlite"),
-]
+
+def _sqlite(request: pytest.FixtureRequest, clock: ManualClock) -> StateStore:
+    return SqliteStore(request.getfixturevalue("tmp_path") / "bitfleet.db", clock)
+
+
+def _postgresql(request: pytest.FixtureRequest, clock: ManualClock) -> StateStore:
+    return PostgresStore(request.getfixturevalue("postgres_url"), clock)
+
+
+BACKENDS = [pytest.param(_sqlite, id="sqlite"), pytest.param(_postgresql, id="postgresql")]
 
 METRICS = RoundMetrics(0, 0.5, 1.0, 2, 7, 9, 0.1, extra={"votes": [1, 2]})
 
@@ -32,11 +42,9 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture(params=BACKENDS)
-def store(
-    request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock
-) -> Iterator[StateStore]:
+def store(request: pytest.FixtureRequest, clock: ManualClock) -> Iterator[StateStore]:
     backend: Backend = request.param
-    created = backend(tmp_path, clock)
+    created = backend(request, clock)
     yield created
     created.close()
 

@@ -53,20 +53,20 @@ def test_of_holders_racing_for_a_free_lease_exactly_one_wins(
 def test_a_worker_replaces_its_checkpoint_and_the_close_drops_them(
     running: StateStore,  # noqa: F811
 ) -> None:
-    running.save_tally("job-1", 0, TallyCheckpoint("w2", ["a2"], 7, b"t2"))
-    running.save_tally("job-1", 0, TallyCheckpoint("w1", ["a1"], 5, b"old"))
-    running.save_tally("job-1", 0, TallyCheckpoint("w1", ["a1", "a3"], 9, b"new"))
+    running.save_tally("job-1", 0, TallyCheckpoint("w2", 0, ["a2"], 7, b"t2"))
+    running.save_tally("job-1", 0, TallyCheckpoint("w1", 0, ["a1"], 5, b"old"))
+    running.save_tally("job-1", 0, TallyCheckpoint("w1", 0, ["a1", "a3"], 9, b"new"))
     assert running.list_tallies("job-1", 0) == [
-        TallyCheckpoint("w1", ["a1", "a3"], 9, b"new"),
-        TallyCheckpoint("w2", ["a2"], 7, b"t2"),
+        TallyCheckpoint("w1", 0, ["a1", "a3"], 9, b"new"),
+        TallyCheckpoint("w2", 0, ["a2"], 7, b"t2"),
     ]
     running.add_upload("job-1", 0, "a1", 5, b"u1")
     running.close_round("job-1", 0, b"model-1", METRICS, "running")
     assert running.list_tallies("job-1", 0) == []
     with pytest.raises(UnknownRecord):
-        running.save_tally("job-1", 0, TallyCheckpoint("w1", [], 0, b""))
+        running.save_tally("job-1", 0, TallyCheckpoint("w1", 0, [], 0, b""))
     with pytest.raises(UnknownRecord):
-        running.save_tally("job-9", 0, TallyCheckpoint("w1", [], 0, b""))
+        running.save_tally("job-9", 0, TallyCheckpoint("w1", 0, [], 0, b""))
     assert running.list_tallies("job-9", 0) == []
 
 

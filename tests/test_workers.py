@@ -16,7 +16,7 @@ from bitfleet.server.tlsca import ThrowawayCa
 from tests.agents import AgentProcess
 from tests.cluster import Broker, Coordinator
 from tests.manual import partition_files
-from tests.test_faults import _acknowledged, _wait_mid_round
+from tests.test_faults import assert_counted_once, wait_mid_round
 
 AGENTS = 4
 ROUNDS = 6
@@ -92,24 +92,12 @@ def test_two_workers_split_uploads_and_a_killed_leader_loses_none(
         follower.wait_for(job_id, round_index=2, timeout=300)
         split = [_metric(w, "bitfleet_uploads_accepted_total") for w in (leader, follower)]
         assert min(split) > 0, f"the broker gave every upload to one worker: {split}"
-        _wait_mid_round(follower, job_id, 3)
+        wait_mid_round(follower, job_id, 3)
         leader.kill(signal.SIGKILL)
         job = follower.wait_for(job_id, timeout=300)
         assert job["status"] == "completed", job
         assert _metric(follower, "bitfleet_leading") == 1
-        contributed = {
-            entry["agent_id"]: entry["rounds_contributed"]
-            for entry in follower.api.request("GET", "/api/v1/agents").json()
-        }
-        settle = time.monotonic() + 30  # the last receipt may reach its journal after the close
-        while time.monotonic() < settle and any(
-            contributed[a.agent_id] != len(_acknowledged(a, job_id)) for a in agents
-        ):
-            time.sleep(0.1)
-        for agent in agents:
-            # Lost: acknowledged but not counted; twice: counted more often than acknowledged.
-            assert contributed[agent.agent_id] == len(_acknowledged(agent, job_id)), agent.agent_id
-        assert sum(contributed.values()) == sum(m["uploads"] for m in job["metrics"])
+        assert_counted_once(follower, agents, job)
         assert len(job["metrics"]) == ROUNDS
         print("round seconds:", [m["seconds"] for m in job["metrics"]], "uploads split", split)
     finally:

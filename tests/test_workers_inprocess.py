@@ -49,6 +49,16 @@ def _open_job(leader: Coordinator) -> str:
     return job_id
 
 
+def _workers(tmp_path: Path) -> tuple[ManualClock, Coordinator, Coordinator, str]:
+    """Two workers on one store: w1 leads, with the job's round 0 open; w2 follows it."""
+    clock = ManualClock()
+    leader = _worker(tmp_path / "state.db", clock, "w1")
+    job_id = _open_job(leader)
+    follower = _worker(tmp_path / "state.db", clock, "w2")
+    follower.scheduler.tick()
+    return clock, leader, follower, job_id
+
+
 def _upload(worker: Coordinator, job_id: str, agent_id: str) -> str:
     model = worker.jobs.model(job_id, 0)
     frame = echo_update(model, job_id, 0, agent_id, f"secret-{agent_id}", agent_id in FLIPS, 10)
@@ -80,11 +90,7 @@ def _counted_once(worker: Coordinator, job_id: str) -> None:
 
 
 def test_split_uploads_merge_into_the_model_a_lone_coordinator_votes(tmp_path: Path) -> None:
-    clock = ManualClock()
-    leader = _worker(tmp_path / "state.db", clock, "w1")
-    job_id = _open_job(leader)
-    follower = _worker(tmp_path / "state.db", clock, "w2")
-    follower.scheduler.tick()
+    clock, leader, follower, job_id = _workers(tmp_path)
     assert not follower.scheduler.leading
 
     assert [_upload(leader, job_id, a) for a in ("e0", "e1")] == ["accepted"] * 2
@@ -105,11 +111,7 @@ def test_split_uploads_merge_into_the_model_a_lone_coordinator_votes(tmp_path: P
 
 
 def test_a_follower_that_dies_before_its_checkpoint_loses_no_upload(tmp_path: Path) -> None:
-    clock = ManualClock()
-    leader = _worker(tmp_path / "state.db", clock, "w1")
-    job_id = _open_job(leader)
-    follower = _worker(tmp_path / "state.db", clock, "w2")
-    follower.scheduler.tick()
+    _clock, leader, follower, job_id = _workers(tmp_path)
     assert [_upload(follower, job_id, a) for a in ("e3", "e4")] == ["accepted"] * 2
     follower.store.close()  # killed: its tally is gone, its uploads are stored
     assert [_upload(leader, job_id, a) for a in ("e0", "e1", "e2")] == ["accepted"] * 3
@@ -121,11 +123,7 @@ def test_a_follower_that_dies_before_its_checkpoint_loses_no_upload(tmp_path: Pa
 def test_when_the_leader_dies_a_follower_takes_over_once_the_lease_runs_out(
     tmp_path: Path,
 ) -> None:
-    clock = ManualClock()
-    leader = _worker(tmp_path / "state.db", clock, "w1")
-    job_id = _open_job(leader)
-    follower = _worker(tmp_path / "state.db", clock, "w2")
-    follower.scheduler.tick()
+    clock, leader, follower, job_id = _workers(tmp_path)
     assert [_upload(leader, job_id, a) for a in ("e0", "e3")] == ["accepted"] * 2
     leader.store.close()  # killed mid-round, holding the only tally of e0 and e3
     assert [_upload(follower, job_id, a) for a in ("e1", "e2", "e4")] == ["accepted"] * 3
@@ -141,15 +139,11 @@ def test_when_the_leader_dies_a_follower_takes_over_once_the_lease_runs_out(
 
 
 def test_a_damaged_checkpoint_is_skipped_for_the_stored_uploads(tmp_path: Path) -> None:
-    clock = ManualClock()
-    leader = _worker(tmp_path / "state.db", clock, "w1")
-    job_id = _open_job(leader)
-    follower = _worker(tmp_path / "state.db", clock, "w2")
-    follower.scheduler.tick()
+    _clock, leader, follower, job_id = _workers(tmp_path)
     assert [_upload(follower, job_id, a) for a in ("e3", "e4")] == ["accepted"] * 2
     checkpoint = follower.rounds.by_job[job_id].checkpoint("w2")
     damaged = checkpoint.tally[:-9] + bytes(9)
-    follower.store.save_tally(job_id, 0, type(checkpoint)("w2", ["e3", "e4"], 1, damaged))
+    follower.store.save_tally(job_id, 0, type(checkpoint)("w2", 0, ["e3", "e4"], 1, damaged))
     assert [_upload(leader, job_id, a) for a in ("e0", "e1", "e2")] == ["accepted"] * 3
     leader.scheduler.tick()
     _counted_once(leader, job_id)

@@ -81,10 +81,12 @@ class UploadRecord:
 
 @dataclass(frozen=True)
 class TallyCheckpoint:
-    """One coordinator worker's partial tally of an open round: the uploads it accepted
-    (``agents``, ``bytes_up`` bytes of them) counted in ``tally`` (its accumulator's bytes)."""
+    """One coordinator worker's partial tally of an attempt of an open round: the uploads it
+    accepted (``agents``, ``bytes_up`` bytes of them) counted in ``tally`` (its
+    accumulator's bytes)."""
 
     worker_id: str
+    attempt: int
     agents: list[str]
     bytes_up: int
     tally: bytes

@@ -33,6 +33,13 @@ from bitfleet.server.state.base import (
     UnknownRecord,
     UploadRecord,
 )
+from bitfleet.server.state.rows import (
+    agent_record,
+    job_record,
+    round_metrics,
+    round_record,
+    tally_checkpoint,
+)
 
 # Version 1 of the layout: the tables as bitfleet made them before schema versions. Later
 # versions change the layout with steps of their own in UPGRADES, never by editing this.
@@ -171,7 +178,7 @@ class SqliteStore(StateStore):
 
     def get_agent(self, agent_id: str) -> AgentRecord | None:
         rows = self._query("SELECT * FROM agents WHERE agent_id = ?", (agent_id,))
-        return _agent(rows[0]) if rows else None
+        return agent_record(rows[0]) if rows else None
 
     def agent_secret(self, agent_id: str) -> str | None:
         rows = self._query(
@@ -180,7 +187,7 @@ class SqliteStore(StateStore):
         return str(rows[0]["secret"]) if rows else None
 
     def list_agents(self) -> list[AgentRecord]:
-        return [_agent(row) for row in self._query("SELECT * FROM agents ORDER BY agent_id")]
+        return [agent_record(row) for row in self._query("SELECT * FROM agents ORDER BY agent_id")]
 
     def revoke_agent(self, agent_id: str) -> bool:
         with self._transaction() as db:
@@ -228,7 +235,7 @@ class SqliteStore(StateStore):
 
     def get_job(self, job_id: str) -> JobRecord | None:
         rows = self._query("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
-        return _job(rows[0]) if rows else None
+        return job_record(rows[0]) if rows else None
 
     def list_jobs(self, statuses: tuple[str, ...] | None = None) -> list[JobRecord]:
         if statuses:
@@ -239,7 +246,7 @@ class SqliteStore(StateStore):
             )
         else:
             rows = self._query("SELECT * FROM jobs ORDER BY created_at, job_id")
-        return [_job(row) for row in rows]
+        return [job_record(row) for row in rows]
 
     def set_job_status(self, job_id: str, status: str, reason: str | None = None) -> None:
         with self._transaction() as db:
@@ -292,16 +299,7 @@ class SqliteStore(StateStore):
         )
         if not rows:
             return None
-        row = rows[0]
-        return RoundRecord(
-            row["job_id"],
-            row["round"],
-            row["attempt"],
-            row["opened_at"],
-            row["deadline"],
-            json.loads(row["selected"]),
-            json.loads(row["vote_caps"]),
-        )
+        return round_record(rows[0])
 
     def add_upload(
         self, job_id: str, round_index: int, agent_id: str, samples: int, payload: bytes
@@ -424,12 +422,13 @@ class SqliteStore(StateStore):
         with self._transaction() as db:
             _require_open_round(db, job_id, round_index)
             db.execute(
-                "INSERT OR REPLACE INTO tallies (job_id, round, worker_id, agents, bytes_up, "
-                "tally) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO tallies (job_id, round, worker_id, attempt, agents, "
+                "bytes_up, tally) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     round_index,
                     checkpoint.worker_id,
+                    checkpoint.attempt,
                     json.dumps(checkpoint.agents),
                     checkpoint.bytes_up,
                     checkpoint.tally,
@@ -438,16 +437,11 @@ class SqliteStore(StateStore):
 
     def list_tallies(self, job_id: str, round_index: int) -> list[TallyCheckpoint]:
         rows = self._query(
-            "SELECT worker_id, agents, bytes_up, tally FROM tallies WHERE job_id = ? AND "
+            "SELECT worker_id, attempt, agents, bytes_up, tally FROM tallies WHERE job_id = ? AND "
             "round = ? ORDER BY worker_id",
             (job_id, round_index),
         )
-        return [
-            TallyCheckpoint(
-                row["worker_id"], json.loads(row["agents"]), row["bytes_up"], bytes(row["tally"])
-            )
-            for row in rows
-        ]
+        return [tally_checkpoint(row) for row in rows]
 
     # models and metrics
     def get_model(self, job_id: str, round_index: int | None = None) -> bytes | None:
@@ -463,12 +457,7 @@ class SqliteStore(StateStore):
 
     def list_metrics(self, job_id: str) -> list[RoundMetrics]:
         rows = self._query("SELECT data FROM metrics WHERE job_id = ? ORDER BY round", (job_id,))
-        metrics = []
-        for row in rows:
-            data = json.loads(row["data"])
-            core = {k: data.pop(k) for k in list(data) if k in RoundMetrics.__dataclass_fields__}
-            metrics.append(RoundMetrics(**core, extra=data))
-        return metrics
+        return [round_metrics(row) for row in rows]
 
     def close(self) -> None:
         with self._lock:
@@ -488,31 +477,6 @@ def _require_open_round(db: sqlite3.Connection, job_id: str, round_index: int) -
     ).fetchone()
     if found is None:
         raise UnknownRecord(f"job {job_id!r} has no open round {round_index}")
-
-
-def _agent(row: sqlite3.Row) -> AgentRecord:
-    return AgentRecord(
-        agent_id=row["agent_id"],
-        created_at=row["created_at"],
-        revoked=bool(row["revoked"]),
-        last_seen=row["last_seen"],
-        online=bool(row["online"]),
-        transport=row["transport"],
-        capabilities=json.loads(row["capabilities"]),
-        rounds_contributed=row["rounds_contributed"],
-    )
-
-
-def _job(row: sqlite3.Row) -> JobRecord:
-    return JobRecord(
-        job_id=row["job_id"],
-        spec=json.loads(row["spec"]),
-        status=row["status"],
-        round=row["round"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        reason=row["reason"],
-    )
 
 
 def _explain(error: sqlite3.Error) -> str:
@@ -584,6 +548,7 @@ CREATE TABLE IF NOT EXISTS tallies (
     job_id TEXT NOT NULL,
     round INTEGER NOT NULL,
     worker_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
     agents TEXT NOT NULL,
     bytes_up INTEGER NOT NULL,
     tally BLOB NOT NULL,

@@ -377,10 +377,22 @@ def _run_job(
             time.sleep(0.1)
     if job["status"] != "completed":
         raise BitfleetError(f"the bench job {job['status']}: {job.get('reason')}")
+    _settle(log, args.rounds, args.selected or args.agents)
     stored = {"state_bytes_before": stored_before}
     stored["state_bytes_after"] = _state_bytes(coordinator, args.store)
     accepted = [_accepted_uploads(worker) for worker in workers]
     return _figures(log, sampler, args.rounds) | stored | {"uploads_per_worker": accepted}
+
+
+def _settle(log: EventLog, rounds: int, selected: int, timeout: float = 30.0) -> None:
+    """Wait for the swarms' last events: a round closes on its last stored upload, and the
+    receipt of it reaches its agent (and the log) a moment later."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(
+        len({e["agent"] for e in log.of("receipt", r) if e.get("accepted")}) < selected
+        for r in range(rounds)
+    ):
+        time.sleep(0.1)
 
 
 def _state_bytes(coordinator: Coordinator, store: str | None) -> int:
