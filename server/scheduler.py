@@ -71,6 +71,11 @@ class RoundScheduler:
         """Lead or follow, as the lease says. Leading: open rounds that can open, close
         rounds that are ready (a close the disk refused is tried again) or whose deadline
         passed. Following: track the rounds the leader opens, checkpoint the tally."""
+        try:
+            self._ctx.registry.flush_presence()
+            self._ctx.conditions.cleared("recording presence")
+        except StoreError as error:
+            self._ctx.conditions.failing("recording presence", str(error))
         with self._ctx.rounds.lock:
             took_lead = self._hold_lead()
             active = self._ctx.jobs.active()

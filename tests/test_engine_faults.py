@@ -153,3 +153,23 @@ def test_a_resend_after_its_round_closed_is_answered_accepted_not_late(tmp_path:
     outsider = echo_update(model, job_id, 0, b, "secret-1", False, 10)
     assert coordinator.uploads.handle(job_id, 0, b, outsider, "http").accepted  # b was counted too
     assert coordinator.store.list_metrics(job_id)[0].uploads == 2
+
+
+def test_presence_a_full_disk_refused_is_kept_and_written_once_space_is_back(
+    tmp_path: Path,
+) -> None:
+    coordinator = _coordinator(tmp_path / "state.db")
+    coordinator.registry.enroll("e0", "secret-0")
+    store = coordinator.store
+    assert isinstance(store, SqliteStore)
+    coordinator.registry.presence("e0", True, "mqtt", {"samples": 10})
+    assert store.get_agent("e0").online is False  # type: ignore[union-attr]  # noted, not written
+    _fill_disk(store)
+    coordinator.scheduler.tick()  # the flush is refused: the report stays in memory
+    assert store.get_agent("e0").online is False  # type: ignore[union-attr]
+    coordinator.registry.presence("e0", True, "mqtt", None)  # a later report keeps capabilities
+    store._db.execute("PRAGMA max_page_count = 1073741823")
+    coordinator.scheduler.tick()
+    agent = store.get_agent("e0")
+    assert agent is not None and (agent.online, agent.capabilities) == (True, {"samples": 10})
+    assert coordinator.registry.online() == ["e0"]

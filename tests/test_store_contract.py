@@ -15,7 +15,13 @@ import pytest
 
 from bitfleet.jobstatus import COMPLETED, RUNNING
 from bitfleet.server.state import PostgresStore, SqliteStore
-from bitfleet.server.state.base import AlreadyExists, RoundMetrics, StateStore, UnknownRecord
+from bitfleet.server.state.base import (
+    AlreadyExists,
+    Presence,
+    RoundMetrics,
+    StateStore,
+    UnknownRecord,
+)
 from tests.inprocess import EPOCH, ManualClock
 
 # A backend opens a store on a fresh database, taking the fixtures it needs from the test's
@@ -84,9 +90,9 @@ def test_agents_are_listed_in_id_order_revoked_ones_included(store: StateStore) 
     assert [agent.agent_id for agent in store.list_agents()] == ["a", "b", "c"]
 
 
-def test_revoking_is_idempotent_and_takes_the_secret(store: StateStore) -> None:
+def test_revoking_is_idempotent_and_takes_the_secret(store: StateStore, clock: ManualClock) -> None:
     store.create_agent("a1", "s1")
-    store.record_presence("a1", True, "mqtt", None)
+    store.record_presence([Presence("a1", True, "mqtt", clock(), None)])
     assert store.revoke_agent("a1") is True
     assert store.revoke_agent("a1") is False
     assert store.agent_secret("a1") is None
@@ -100,18 +106,42 @@ def test_presence_keeps_capabilities_unless_given_and_ignores_unknown_or_revoked
     store: StateStore, clock: ManualClock
 ) -> None:
     store.create_agent("a1", "s1")
-    store.record_presence("a1", True, "http", {"memory": 4})
+    store.record_presence([Presence("a1", True, "http", clock(), {"memory": 4})])
     clock.advance(5)
-    store.record_presence("a1", False, "mqtt", None)
+    store.record_presence([Presence("a1", False, "mqtt", clock(), None)])
     agent = store.get_agent("a1")
     assert agent is not None
     assert (agent.online, agent.transport, agent.capabilities) == (False, "mqtt", {"memory": 4})
     assert agent.last_seen == EPOCH + 5
-    store.record_presence("ghost", True, "http", {})
+    store.record_presence([Presence("ghost", True, "http", clock(), {})])
     assert store.get_agent("ghost") is None
     store.revoke_agent("a1")
-    store.record_presence("a1", True, "http", {"memory": 8})
+    store.record_presence([Presence("a1", True, "http", clock(), {"memory": 8})])
     assert store.get_agent("a1") == replace(agent, revoked=True)
+
+
+def test_presence_of_many_agents_is_one_write_that_skips_the_unknown(
+    store: StateStore, clock: ManualClock
+) -> None:
+    for agent_id in ("a1", "a2"):
+        store.create_agent(agent_id, "s")
+    clock.advance(3)
+    heard = clock()
+    clock.advance(1)  # written a moment after it was heard: last_seen says when it was heard
+    reports = [
+        Presence("a1", True, "mqtt", heard, {"samples": 5}),
+        Presence("ghost", True, "http", heard),
+    ]
+    store.record_presence([*reports, Presence("a2", True, "http", heard)])
+    seen = {
+        a.agent_id: (a.online, a.transport, a.capabilities, a.last_seen)
+        for a in store.list_agents()
+    }
+    assert seen == {
+        "a1": (True, "mqtt", {"samples": 5}, EPOCH + 3),
+        "a2": (True, "http", {}, EPOCH + 3),
+    }
+    store.record_presence([])  # nothing to write
 
 
 # jobs

@@ -7,7 +7,7 @@ whole change or none of it, so a restarted coordinator resumes exactly where it 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,18 @@ class AgentRecord:
     transport: str | None
     capabilities: dict[str, Any]
     rounds_contributed: int
+
+
+@dataclass(frozen=True)
+class Presence:
+    """What an agent last said of itself, heard at ``seen_at``: online or not, over which
+    transport, and its capabilities (None: as it reported them before)."""
+
+    agent_id: str
+    online: bool
+    transport: str
+    seen_at: float
+    capabilities: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -153,12 +165,11 @@ class StateStore(ABC):
         that revoked it, False for an unknown or already revoked agent (no change)."""
 
     @abstractmethod
-    def record_presence(
-        self, agent_id: str, online: bool, transport: str, capabilities: dict[str, Any] | None
-    ) -> None:
-        """Record that an agent is (or went) online over ``transport``, stamping
-        ``last_seen``; ``capabilities=None`` keeps the ones it reported before. MUST NOT
-        create an agent: for an unknown or revoked one it changes nothing."""
+    def record_presence(self, reports: Sequence[Presence]) -> None:
+        """Record, in one transaction, that each agent is (or went) online over its
+        transport, its ``last_seen`` the report's ``seen_at`` (the engine's clock, read when
+        the report was heard); ``capabilities=None`` keeps the ones it reported before.
+        MUST NOT create an agent: for an unknown or revoked one it changes nothing."""
 
     # jobs
     @abstractmethod

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,6 +39,7 @@ from bitfleet.server.state.base import (
     AlreadyExists,
     DeclineRecord,
     JobRecord,
+    Presence,
     RoundMetrics,
     RoundRecord,
     StateStore,
@@ -270,20 +271,22 @@ class PostgresStore(StateStore):
             )
             return cursor.rowcount == 1
 
-    def record_presence(
-        self, agent_id: str, online: bool, transport: str, capabilities: dict[str, Any] | None
-    ) -> None:
+    def record_presence(self, reports: Sequence[Presence]) -> None:
+        rows = [
+            (
+                report.online,
+                report.transport,
+                report.seen_at,
+                None if report.capabilities is None else json.dumps(report.capabilities),
+                report.agent_id,
+            )
+            for report in reports
+        ]
         with self._transaction() as db:
-            db.execute(
+            db.cursor().executemany(
                 "UPDATE agents SET online = %s, transport = %s, last_seen = %s, "
                 "capabilities = COALESCE(%s, capabilities) WHERE agent_id = %s AND NOT revoked",
-                (
-                    online,
-                    transport,
-                    self._clock(),
-                    None if capabilities is None else json.dumps(capabilities),
-                    agent_id,
-                ),
+                rows,
             )
 
     # jobs

@@ -12,7 +12,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from bitfleet.server.state.base import (
     AlreadyExists,
     DeclineRecord,
     JobRecord,
+    Presence,
     RoundMetrics,
     RoundRecord,
     StateStore,
@@ -197,20 +198,22 @@ class SqliteStore(StateStore):
             )
             return cursor.rowcount == 1
 
-    def record_presence(
-        self, agent_id: str, online: bool, transport: str, capabilities: dict[str, Any] | None
-    ) -> None:
+    def record_presence(self, reports: Sequence[Presence]) -> None:
+        rows = [
+            (
+                int(report.online),
+                report.transport,
+                report.seen_at,
+                None if report.capabilities is None else json.dumps(report.capabilities),
+                report.agent_id,
+            )
+            for report in reports
+        ]
         with self._transaction() as db:
-            db.execute(
+            db.executemany(
                 "UPDATE agents SET online = ?, transport = ?, last_seen = ?, "
                 "capabilities = COALESCE(?, capabilities) WHERE agent_id = ? AND revoked = 0",
-                (
-                    int(online),
-                    transport,
-                    self._clock(),
-                    None if capabilities is None else json.dumps(capabilities),
-                    agent_id,
-                ),
+                rows,
             )
 
     # jobs
