@@ -155,7 +155,7 @@ def test_a_resend_after_its_round_closed_is_answered_accepted_not_late(tmp_path:
     assert coordinator.store.list_metrics(job_id)[0].uploads == 2
 
 
-def test_presence_a_full_disk_refused_is_kept_and_written_once_space_is_back(
+def test_presence_the_store_refused_is_kept_and_written_once_it_takes_writes_again(
     tmp_path: Path,
 ) -> None:
     coordinator = _coordinator(tmp_path / "state.db")
@@ -164,11 +164,11 @@ def test_presence_a_full_disk_refused_is_kept_and_written_once_space_is_back(
     assert isinstance(store, SqliteStore)
     coordinator.registry.presence("e0", True, "mqtt", {"samples": 10})
     assert store.get_agent("e0").online is False  # type: ignore[union-attr]  # noted, not written
-    _fill_disk(store)
+    store._db.execute("PRAGMA query_only = 1")  # every write refused, as by a failing disk
     coordinator.scheduler.tick()  # the flush is refused: the report stays in memory
     assert store.get_agent("e0").online is False  # type: ignore[union-attr]
     coordinator.registry.presence("e0", True, "mqtt", None)  # a later report keeps capabilities
-    store._db.execute("PRAGMA max_page_count = 1073741823")
+    store._db.execute("PRAGMA query_only = 0")
     coordinator.scheduler.tick()
     agent = store.get_agent("e0")
     assert agent is not None and (agent.online, agent.capabilities) == (True, {"samples": 10})
