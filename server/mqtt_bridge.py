@@ -50,6 +50,8 @@ from bitfleet.protocol import (
     parse_update_topic,
 )
 from bitfleet.server.service import FleetHandlers
+from bitfleet.server.upload_batches import UploadBatches
+from bitfleet.server.uploads import Upload
 
 log = logging.getLogger("bitfleet.mqtt")
 # At most one log line per refusal reason in this many seconds: a flood stays a counter.
@@ -78,6 +80,7 @@ class MqttBridge:
         self.shared_group = shared_group
         self.connected = threading.Event()
         self._reassembler = Reassembler(max_frame_bytes=fleet.uploads.max_frame_bytes)
+        self._uploads = UploadBatches(fleet.uploads, fleet.conditions)
         # Per open round, each agent's retained model topics (to clear when it closes).
         self._model_topics: dict[tuple[str, int], list[str]] = {}
         self._refusals_logged: dict[str, float] = {}
@@ -98,6 +101,7 @@ class MqttBridge:
         self.client.on_message = self._on_message
 
     def start(self) -> None:
+        self._uploads.start()
         connect_in_background(self.client, self.address)
 
     def is_up(self) -> bool:
@@ -111,6 +115,7 @@ class MqttBridge:
             info.wait_for_publish(timeout=5)
         self.client.disconnect()
         self.client.loop_stop()
+        self._uploads.stop()
 
     # connection
     def _on_connect(
@@ -212,7 +217,7 @@ class MqttBridge:
             self.fleet.uploads.receipt(job_id, round_index, agent_id, error.reason, "mqtt")
             return
         if frame is not None:
-            self.fleet.uploads.handle(job_id, round_index, agent_id, frame, "mqtt")
+            self._uploads.submit(Upload(job_id, round_index, agent_id, frame, "mqtt"))
 
     # outbound (a Publisher of the fan-out)
     def publish_round(

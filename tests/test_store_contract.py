@@ -21,6 +21,7 @@ from bitfleet.server.state.base import (
     RoundMetrics,
     StateStore,
     UnknownRecord,
+    UploadRecord,
 )
 from tests.inprocess import EPOCH, ManualClock
 
@@ -230,6 +231,18 @@ def test_uploads_are_idempotent_per_agent_and_kept_in_arrival_order(
     uploads = [(u.agent_id, u.samples, u.payload) for u in running.iter_uploads("job-1", 0)]
     assert uploads == [("a2", 5, b"vote-a2"), ("a1", 7, b"vote-a1")]
     assert running.counted("job-1", 0, "a2") is False  # open rounds count nothing yet
+
+
+def test_a_batch_of_uploads_is_stored_at_once_each_agent_once(running: StateStore) -> None:
+    running.add_upload("job-1", 0, "a2", 5, b"first")
+    batch = [UploadRecord("a1", 7, b"vote-a1"), UploadRecord("a2", 9, b"again")]
+    batch.append(UploadRecord("a1", 3, b"twice in one batch"))
+    assert running.add_uploads("job-1", 0, batch) == [True, False, False]
+    uploads = [(u.agent_id, u.samples, u.payload) for u in running.iter_uploads("job-1", 0)]
+    assert uploads == [("a2", 5, b"first"), ("a1", 7, b"vote-a1")]
+    assert running.add_uploads("job-1", 0, []) == []
+    with pytest.raises(UnknownRecord):  # a round that is not open stores none of them
+        running.add_uploads("job-1", 1, [UploadRecord("a3", 1, b"x")])
 
 
 def test_an_upload_fails_without_an_open_round(running: StateStore) -> None:

@@ -215,12 +215,20 @@ class StateStore(ABC):
         the job is unknown)."""
 
     @abstractmethod
+    def add_uploads(
+        self, job_id: str, round_index: int, uploads: Sequence[UploadRecord]
+    ) -> list[bool]:
+        """Store accepted uploads of one round in one transaction; for each, True if it was
+        stored. MUST be idempotent on (job, round, agent): False, and the first payload
+        kept, for an agent that already uploaded (in an earlier call or earlier in this
+        one). MUST fail with :class:`UnknownRecord`, storing none, if the job has no open
+        round ``round_index``."""
+
     def add_upload(
         self, job_id: str, round_index: int, agent_id: str, samples: int, payload: bytes
     ) -> bool:
-        """Store an accepted upload. MUST be idempotent on (job, round, agent): False, and
-        the first payload kept, if this agent already uploaded. MUST fail with
-        :class:`UnknownRecord` if the job has no open round ``round_index``."""
+        """:meth:`add_uploads` of one upload."""
+        return self.add_uploads(job_id, round_index, [UploadRecord(agent_id, samples, payload)])[0]
 
     @abstractmethod
     def upload_agents(self, job_id: str, round_index: int) -> list[str]:

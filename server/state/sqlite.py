@@ -304,17 +304,21 @@ class SqliteStore(StateStore):
             return None
         return round_record(rows[0])
 
-    def add_upload(
-        self, job_id: str, round_index: int, agent_id: str, samples: int, payload: bytes
-    ) -> bool:
+    def add_uploads(
+        self, job_id: str, round_index: int, uploads: Sequence[UploadRecord]
+    ) -> list[bool]:
+        now = self._clock()
         with self._transaction() as db:
             _require_open_round(db, job_id, round_index)
-            cursor = db.execute(
-                "INSERT OR IGNORE INTO uploads (job_id, round, agent_id, samples, received_at, "
-                "payload) VALUES (?, ?, ?, ?, ?, ?)",
-                (job_id, round_index, agent_id, samples, self._clock(), payload),
-            )
-            return cursor.rowcount == 1
+            return [
+                db.execute(
+                    "INSERT OR IGNORE INTO uploads (job_id, round, agent_id, samples, "
+                    "received_at, payload) VALUES (?, ?, ?, ?, ?, ?)",
+                    (job_id, round_index, upload.agent_id, upload.samples, now, upload.payload),
+                ).rowcount
+                == 1
+                for upload in uploads
+            ]
 
     def upload_agents(self, job_id: str, round_index: int) -> list[str]:
         rows = self._query(
