@@ -43,6 +43,7 @@ AGENTS_PER_PROCESS = 250  # threads and clients one swarm process carries well
 MAX_EVENT_BYTES = 4096  # one swarm event line; a longer one is cut and skipped
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 COORDINATOR = "coordinator-"  # the sampler's key of each worker, numbered
+SWARM = "swarm-"  # and of each swarm process
 
 
 def register(benches: Any) -> None:
@@ -247,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
             swarms.append(_start_swarm(workdir, index, part, coordinator, broker, args, log))
         coordinator.wait_online(args.agents, timeout=60 + args.agents / 10)
         _say(f"{args.agents} agents online in {processes} swarm process(es); job starts")
-        result = _run_job(workers, broker if args.transport == "mqtt" else None, args, log)
+        result = _run_job(workers, broker if args.transport == "mqtt" else None, swarms, args, log)
         result |= {"agents": args.agents, "selected": args.selected or args.agents}
         result |= {"workers": len(workers), "store": "postgresql" if args.store else "sqlite"}
         result |= {"enrolled": args.enrolled or args.agents}
@@ -341,7 +342,11 @@ def ca_path(coordinator: Coordinator) -> str:
 
 
 def _run_job(
-    workers: list[Coordinator], broker: Broker | None, args: argparse.Namespace, log: EventLog
+    workers: list[Coordinator],
+    broker: Broker | None,
+    swarms: list[subprocess.Popen[bytes]],
+    args: argparse.Namespace,
+    log: EventLog,
 ) -> dict[str, Any]:
     coordinator = workers[0]
     spec = {
@@ -363,6 +368,8 @@ def _run_job(
         pids[f"{COORDINATOR}{index}"] = worker.process.pid
     if broker is not None and broker.process is not None:
         pids["broker"] = broker.process.pid
+    for index, swarm in enumerate(swarms):
+        pids[f"{SWARM}{index}"] = swarm.pid
     seen_round, deadline = 0, time.monotonic() + 600 + 2 * args.agents
     with Sampler(pids) as sampler:
         while True:
@@ -374,7 +381,7 @@ def _run_job(
                 break
             if time.monotonic() > deadline:
                 raise BitfleetError(f"the bench job did not finish: {job}")
-            time.sleep(0.1)
+            time.sleep(0.25)  # each poll is an HTTPS request to the coordinator
     if job["status"] != "completed":
         raise BitfleetError(f"the bench job {job['status']}: {job.get('reason')}")
     _settle(log, args.rounds, args.selected or args.agents)
@@ -454,7 +461,7 @@ def _figures(log: EventLog, sampler: Sampler, rounds: int) -> dict[str, Any]:
     overheads = [entry["overhead_s"] for entry in per_round]
     return {
         "median_overhead_s": round(statistics.median(overheads), 3),
-        "coordinator_cpu_s": round(_coordinator_cpu(last) - _coordinator_cpu(first), 2),
+        "coordinator_cpu_s": round(_cpu(last, COORDINATOR) - _cpu(first, COORDINATOR), 2),
         "coordinator_peak_rss_mb": round(
             max(s.peak_rss_mb for k, s in last.items() if k.startswith(COORDINATOR)), 1
         ),
@@ -470,17 +477,19 @@ def _process_figures(
     and out (TLS and MQTT framing included; uvicorn's socket sends are not counted by
     /proc, so HTTP runs report the agents' payload bytes only)."""
     figures: dict[str, Any] = {
-        "coordinator_cpu_s": round(_coordinator_cpu(now) - _coordinator_cpu(then), 2)
+        "coordinator_cpu_s": round(_cpu(now, COORDINATOR) - _cpu(then, COORDINATOR), 2),
+        "generator_cpu_s": round(_cpu(now, SWARM) - _cpu(then, SWARM), 2),
     }
     if "broker" in now:
+        figures["broker_cpu_s"] = round(now["broker"].cpu_s - then["broker"].cpu_s, 2)
         figures["broker_bytes_in"] = now["broker"].bytes_read - then["broker"].bytes_read
         figures["broker_bytes_out"] = now["broker"].bytes_written - then["broker"].bytes_written
     return figures
 
 
-def _coordinator_cpu(sample: dict[str, ProcessSample]) -> float:
-    """CPU seconds of every coordinator worker, together."""
-    return sum(s.cpu_s for key, s in sample.items() if key.startswith(COORDINATOR))
+def _cpu(sample: dict[str, ProcessSample], kind: str) -> float:
+    """CPU seconds of every process of a kind (coordinator workers, swarms), together."""
+    return sum(s.cpu_s for key, s in sample.items() if key.startswith(kind))
 
 
 def _print(result: dict[str, Any]) -> None:
