@@ -12,17 +12,20 @@ request::
         for closed in client.follow(job.id):
             print(closed.round, closed.test_accuracy)
         model = client.download_model(job.id)
+        open("rounds.csv", "w").write(client.metrics_csv(job.id))  # for your own plots
 """
 
 from __future__ import annotations
 
 import base64
+import csv
 import dataclasses
+import io
 import os
 import time
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -64,6 +67,7 @@ __all__ = [
     "ServerError",
     "StatusError",
     "TLSError",
+    "rounds_csv",
 ]
 
 URL_ENV = "BITFLEET_URL"
@@ -82,6 +86,22 @@ class Round:
     bytes_up: int
     bytes_down: int
     seconds: float
+
+
+# The CSV columns of per-round metrics: Round's fields, in order.
+ROUND_COLUMNS = tuple(field.name for field in dataclasses.fields(Round))
+
+
+def rounds_csv(rounds: Iterable[Round], header: bool = True) -> str:
+    """Per-round metrics as CSV (RFC 4180, ``\n`` line ends): a header row of
+    :data:`ROUND_COLUMNS` (unless ``header`` is false), then one row per round."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    if header:
+        writer.writerow(ROUND_COLUMNS)
+    for closed in rounds:
+        writer.writerow(getattr(closed, column) for column in ROUND_COLUMNS)
+    return out.getvalue()
 
 
 @dataclass(frozen=True)
@@ -212,6 +232,11 @@ class Client:
         except FrameError as error:
             raise ResponseError(200, f"the coordinator's model is not a model: {error}") from None
         return frame
+
+    def metrics_csv(self, job_id: str) -> str:
+        """The job's closed rounds as CSV (:func:`rounds_csv`), for spreadsheets and
+        plotting tools."""
+        return rounds_csv(self.job(job_id).metrics)
 
     def watch(self, job_id: str, poll_s: float = 1.0) -> Iterator[Job]:
         """The job now, then each time it changes (a round closes, its status or reason

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import json
 import subprocess
@@ -248,3 +250,32 @@ def _job_once(client: Client, job_id: str, holds: Callable[[Job], bool]) -> Job:
             raise TimeoutError(f"job {job_id} never got there: {job}")
         time.sleep(0.05)
     return job
+
+
+def test_per_round_metrics_come_out_as_csv_from_the_cli_and_the_client(
+    capsys: pytest.CaptureFixture[str], http_coordinator: Coordinator, tmp_path: Path
+) -> None:
+    base = ["--url", http_coordinator.url, "--token", http_coordinator.token]
+    pairs = [_cli(capsys, http_coordinator, "agents", "add") for _ in range(2)]
+    spec = _two_agent_job(tmp_path)
+    with running(_http_runtimes(http_coordinator, pairs)):
+        job = _cli(capsys, http_coordinator, "jobs", "submit", str(spec))
+        assert main(["jobs", "show", job["id"], "--watch", "--format", "csv", *base]) == 0
+    watched = capsys.readouterr().out
+    assert main(["jobs", "show", job["id"], "--format", "csv", *base]) == 0
+    shown = capsys.readouterr().out
+    assert watched == shown  # streamed row by row, or all at once: the same CSV
+    rows = list(csv.DictReader(io.StringIO(shown)))
+    assert list(rows[0]) == [
+        "round", "test_accuracy", "loss", "uploads", "bytes_up", "bytes_down", "seconds"
+    ]  # fmt: skip
+    metrics = Client(http_coordinator.url, http_coordinator.token).job(job["id"]).metrics
+    assert [int(r["round"]) for r in rows] == [m.round for m in metrics] == [0, 1]
+    for row, closed in zip(rows, metrics, strict=True):
+        assert float(row["test_accuracy"]) == closed.test_accuracy
+        assert int(row["uploads"]) == closed.uploads == 2
+        assert int(row["bytes_up"]) == closed.bytes_up > 0
+    client = Client(http_coordinator.url, http_coordinator.token)
+    assert client.metrics_csv(job["id"]) == shown
+    assert main(["jobs", "show", job["id"], "--format", "csv", "--json", *base]) == 2
+    assert "choose one of --json and --format csv" in capsys.readouterr().err

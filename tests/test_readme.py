@@ -303,6 +303,8 @@ def walk_jobs(w: Walk) -> None:
     assert re.fullmatch(r"wrote model\.bfm \(\d+ bytes\)", lines[lines.index("completed") + 3])
     model, _ = load_model(w.cwd / "model.bfm")
     assert model.layer_sizes == [64, 64, 10]
+    rounds = (w.cwd / "rounds.csv").read_text().splitlines()
+    assert rounds[0].startswith("round,test_accuracy,") and len(rounds) == 1 + 2
     header = max(i for i, line in enumerate(lines) if line.split()[:2] == ["agent", "state"])
     listed = {line.split()[0]: line.split()[1] for line in lines[header + 1 :]}
     assert listed["pi-kitchen"] == "offline" and listed["jobs-0"] == "online", lines

@@ -14,7 +14,8 @@ from bitfleet.cliargs import (
     read_bounded,
     read_json_object,
 )
-from bitfleet.client import Client, Job, Round
+from bitfleet.client import Client, Job, Round, rounds_csv
+from bitfleet.errors import ConfigError
 from bitfleet.modelfile import save_model
 from bitfleet.server.cli.output import print_json
 from bitfleet.server.cli.service.client_options import add_client_options, client
@@ -42,6 +43,13 @@ def register(subparsers: Any) -> None:
     show = actions.add_parser("show", help="a job's status and per-round metrics")
     show.add_argument("job_id", type=job_id, help="the job id 'jobs submit' printed")
     show.add_argument("--watch", action="store_true", help="refresh until the job ends")
+    show.add_argument(
+        "--format",
+        choices=("table", "csv"),
+        default="table",
+        help="table (default), or csv: the per-round metrics, a header and a row per closed "
+        "round (with --watch, each row as its round closes)",
+    )
     show.set_defaults(func=run_show)
 
     cancel = actions.add_parser("cancel", help="cancel a job")
@@ -86,10 +94,17 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    if args.json and args.format == "csv":
+        raise ConfigError("choose one of --json and --format csv")
     api = client(args)
+    if args.watch and args.format == "csv":
+        return _watch_csv(api, args.job_id)
     if args.watch:
         return _watch(args, api, args.job_id)
     job = api.job(args.job_id)
+    if args.format == "csv":
+        print(rounds_csv(job.metrics), end="")
+        return 0
     if args.json:
         print_json(dataclasses.asdict(job))
         return 0
@@ -118,6 +133,14 @@ def _watch(args: argparse.Namespace, api: Client, job_id: str) -> int:
     if args.json:
         print_json(dataclasses.asdict(job))
     return 0 if job.status == "completed" else 1
+
+
+def _watch_csv(api: Client, job_id: str) -> int:
+    """The header, then each round's row as it closes; the exit code of :func:`_watch`."""
+    print(rounds_csv([]), end="", flush=True)
+    for closed in api.follow(job_id):
+        print(rounds_csv([closed], header=False), end="", flush=True)
+    return 0 if api.job(job_id).status == "completed" else 1
 
 
 def _print_header(job: Job) -> None:
