@@ -402,6 +402,25 @@ def walk_simulating(w: Walk) -> None:
     assert sides[0]["bytes_per_agent_round_up"] > sides[1]["bytes_per_agent_round_up"]
 
 
+def walk_export(w: Walk) -> None:
+    """The README's m.bfm and pre.bfm, small: a digits bit network and fixed-point model."""
+    for args in (["train", "--out", "m.bfm"], ["pretrain", "--out", "pre.bfm"]):
+        done = subprocess.run(
+            [str(VENV_BIN / "bitfleet"), *args, "--dataset", "digits", "--epochs", "1"],
+            cwd=w.cwd,
+            capture_output=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+    out = w.run()
+    assert re.search(r"^wrote firmware/bitfleet_model\.c \(\d+ bytes\)", out, re.M)
+    assert (w.cwd / "firmware/bitfleet_model.o").stat().st_size > 0
+    assert (w.cwd / "linux-board/bitfleet_model.h").exists()
+    assert (w.cwd / "arrays/bitfleet_model.npz").exists()
+    (bench,) = _json_values(out)
+    assert set(bench["models"]) == {"binary", "ternary", "int16"}
+
+
 def walk_speed(w: Walk) -> None:
     kernels, aggregate = _json_values(w.run())
     assert kernels["layer"] == "784->512" and kernels["binary_dense_speedup"] > 0
@@ -507,6 +526,10 @@ TABLE: dict[str, Covered | Runs] = {
             ("--rounds 20 --json\n", "--rounds 1 --json --layers 784,32,10\n"),
             ("--rounds 20 --json   #", "--rounds 1 --json --layers 784,32,10   #"),
         ),
+    ),
+    "On a device: C source, or plain arrays #1": Runs(
+        walk_export,
+        (("bench export --json", "bench export --json --samples 20"),),
     ),
     "Speed #1": Runs(
         walk_speed,

@@ -16,7 +16,7 @@ from bitfleet.bitmlp import PackedLayer
 from bitfleet.bitpack import pack_binary
 from bitfleet.cliargs import positive_int
 from bitfleet.floatmlp import FloatConfig, FloatTrainer
-from bitfleet.server.cli.local import bench_aggregate, bench_federated, bench_fleet
+from bitfleet.server.cli.local import bench_aggregate, bench_export, bench_federated, bench_fleet
 from bitfleet.server.cli.output import print_json
 
 
@@ -44,6 +44,7 @@ def register(subparsers: Any) -> None:
     bench_aggregate.register(benches)
     bench_federated.register(benches)
     bench_fleet.register(benches)
+    bench_export.register(benches)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,2 @@
+"""Trained models for other toolchains: C source for devices (:mod:`.c_source`), plain
+integer arrays (:mod:`.npz`)."""
