@@ -3,11 +3,12 @@
 # offline Fashion-MNIST data set, venv, shellcheck (the tests lint the shell scripts), and
 # the PostgreSQL server (the tests start throwaway servers of their own with its binaries,
 # from /usr/lib/postgresql/*/bin; the cluster Debian's package may start is not used), and
-# gcc-multilib (the tests compile exported C models for 32-bit x86 too).
+# gcc-multilib (the tests compile exported C models for 32-bit x86 too), and chromium (the
+# dashboard's tests drive it headless).
 # Idempotent: does nothing when all are present.
 set -euo pipefail
 
-packages=(mosquitto dataset-fashion-mnist python3-venv shellcheck postgresql gcc-multilib)
+packages=(mosquitto dataset-fashion-mnist python3-venv shellcheck postgresql gcc-multilib chromium)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

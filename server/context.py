@@ -16,6 +16,7 @@ from bitfleet.server.conditions import ConditionLog
 from bitfleet.server.fanout import Fanout
 from bitfleet.server.jobs import JobBook
 from bitfleet.server.metrics import Metrics
+from bitfleet.server.refusals import RefusalCounts
 from bitfleet.server.registry import AgentRegistry
 from bitfleet.server.rounds import OpenRounds
 from bitfleet.server.state import StateStore
@@ -33,3 +34,4 @@ class Context:
     clock: Callable[[], float]
     # Rings the engine's thread: a round may be ready to close.
     wake: Callable[[], None]
+    refusals: RefusalCounts

@@ -21,6 +21,7 @@ from bitfleet.server.engine import RoundEngine
 from bitfleet.server.fanout import Fanout, Publisher
 from bitfleet.server.jobs import JobBook
 from bitfleet.server.metrics import Metrics
+from bitfleet.server.refusals import RefusalCounts
 from bitfleet.server.registry import AgentRegistry
 from bitfleet.server.rounds import OpenRounds
 from bitfleet.server.scheduler import RoundScheduler, WorkerRole
@@ -82,6 +83,7 @@ class Coordinator:
         self.engine = RoundEngine(settings.tick_s, self.conditions)
         datasets = DatasetCache(settings.data_dir)
         self.rounds = OpenRounds()
+        self.refusals = RefusalCounts()
         self.registry = AgentRegistry(store, self.fanout, clock, settings.presence_timeout_s)
         self.jobs = JobBook(store, datasets, settings.max_model_weights)
         context = Context(
@@ -94,6 +96,7 @@ class Coordinator:
             self.conditions,
             clock,
             self.engine.wake,
+            self.refusals,
         )
         self.scheduler = RoundScheduler(context, datasets, settings.role)
         self.uploads = UploadDesk(context, settings.max_frame_bytes)

@@ -114,6 +114,7 @@ class UploadDesk:
             self._ctx.metrics.uploads_accepted.inc(transport=transport)
         else:
             self._ctx.metrics.uploads_refused.inc(reason=reason)
+            self._ctx.refusals.count(job_id, agent_id, reason)
         self._ctx.fanout.receipt(receipt)
         return receipt
 

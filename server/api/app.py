@@ -16,6 +16,7 @@ from bitfleet import __version__
 from bitfleet.errors import BitfleetError
 from bitfleet.jobstatus import JobConflict
 from bitfleet.protocol import FLEET_PREFIX, FLEET_UPDATES, ProtocolError
+from bitfleet.server import ui
 from bitfleet.server.api import control, fleet
 from bitfleet.server.api.auth import admin_guard, agent_of, is_admin
 from bitfleet.server.api.limits import (
@@ -76,6 +77,7 @@ def create_app(
     admin = [Depends(admin_guard(admin_token))]
     app.include_router(control.router, dependencies=admin)
     app.include_router(fleet.router)
+    app.include_router(ui.router)
     uploads = {FLEET_PREFIX + FLEET_UPDATES: coordinator.uploads.max_frame_bytes}
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_request_bytes, routes=uploads)
 

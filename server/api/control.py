@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Query, Response
 
 from bitfleet.client import Agent
 from bitfleet.protocol import check_id
-from bitfleet.server.api.deps import Jobs, Registry, Rounds, Scheduler
+from bitfleet.server.api.deps import Jobs, Refusals, Registry, Rounds, Scheduler
 from bitfleet.server.api.schemas import (
     AUTH_ERRORS,
     INVALID,
@@ -20,6 +20,7 @@ from bitfleet.server.api.schemas import (
     Error,
     JobCreated,
     JobView,
+    RefusalsView,
     agent_view,
 )
 from bitfleet.server.jobs import JobBook
@@ -142,3 +143,13 @@ def list_agents(registry: Registry) -> list[Agent]:
 )
 def revoke_agent(registry: Registry, agent_id: str) -> Agent:
     return agent_view(registry.revoke(agent_id), False)
+
+
+@router.get(
+    "/refusals",
+    response_model=RefusalsView,
+    tags=["agents"],
+    summary="Refused uploads since this coordinator started, per job and per agent, by reason",
+)
+def refusals(counts: Refusals) -> RefusalsView:
+    return RefusalsView(jobs=counts.by_job(), agents=counts.by_agent())

@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from bitfleet.server.jobs import JobBook
+from bitfleet.server.refusals import RefusalCounts
 from bitfleet.server.registry import AgentRegistry
 from bitfleet.server.rounds import OpenRounds
 from bitfleet.server.scheduler import RoundScheduler
@@ -48,9 +49,14 @@ def _uploads(request: Request) -> UploadDesk:
     return coordinator(request).uploads
 
 
+def _refusals(request: Request) -> RefusalCounts:
+    return coordinator(request).refusals
+
+
 Jobs = Annotated[JobBook, Depends(_jobs)]
 Registry = Annotated[AgentRegistry, Depends(_registry)]
 Scheduler = Annotated[RoundScheduler, Depends(_scheduler)]
 Rounds = Annotated[OpenRounds, Depends(_rounds)]
 Tasks = Annotated[TaskDesk, Depends(_tasks)]
 Uploads = Annotated[UploadDesk, Depends(_uploads)]
+Refusals = Annotated[RefusalCounts, Depends(_refusals)]

@@ -134,6 +134,13 @@ def agent_view(agent: AgentRecord, online: bool) -> Agent:
     return Agent(**{**{k: v for k, v in vars(agent).items() if k in shown}, "online": online})
 
 
+class RefusalsView(BaseModel):
+    """Refused uploads since this coordinator started: per job and per agent, by reason."""
+
+    jobs: dict[str, dict[str, int]] = Field(examples=[{"job-1a2b3c4d5e6f": {"late": 2}}])
+    agents: dict[str, dict[str, int]] = Field(examples=[{"pi-kitchen": {"late": 2}}])
+
+
 class Receipt(BaseModel):
     job_id: str
     round: int
