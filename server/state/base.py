@@ -252,12 +252,20 @@ class StateStore(ABC):
         """The job's declines; MUST return them in ``agent_id`` order."""
 
     @abstractmethod
+    def get_upload(self, job_id: str, round_index: int, agent_id: str) -> UploadRecord | None:
+        """The agent's stored upload to an open round; None if there is none."""
+
     def iter_uploads(
         self, job_id: str, round_index: int, agents: Collection[str] | None = None
     ) -> Iterator[UploadRecord]:
-        """Uploads one at a time, so a tally can be rebuilt without holding them all; MUST
-        yield them in the order of :meth:`upload_agents`, only those of ``agents`` if
-        given."""
+        """Uploads one at a time, so a tally can be rebuilt without holding them all, in
+        the order of :meth:`upload_agents`; only those of ``agents`` if given."""
+        wanted = None if agents is None else set(agents)
+        for agent_id in self.upload_agents(job_id, round_index):
+            if wanted is None or agent_id in wanted:
+                upload = self.get_upload(job_id, round_index, agent_id)
+                if upload is not None:
+                    yield upload
 
     @abstractmethod
     def close_round(

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -425,20 +425,15 @@ class PostgresStore(StateStore):
         )
         return [DeclineRecord(row["agent_id"], row["round"], row["reason"]) for row in rows]
 
-    def iter_uploads(
-        self, job_id: str, round_index: int, agents: Collection[str] | None = None
-    ) -> Iterator[UploadRecord]:
-        wanted = None if agents is None else set(agents)
-        for agent_id in self.upload_agents(job_id, round_index):
-            if wanted is not None and agent_id not in wanted:
-                continue
-            rows = self._query(
-                "SELECT samples, payload FROM uploads WHERE job_id = %s AND round = %s "
-                "AND agent_id = %s",
-                (job_id, round_index, agent_id),
-            )
-            if rows:
-                yield UploadRecord(agent_id, rows[0]["samples"], bytes(rows[0]["payload"]))
+    def get_upload(self, job_id: str, round_index: int, agent_id: str) -> UploadRecord | None:
+        rows = self._query(
+            "SELECT samples, payload FROM uploads WHERE job_id = %s AND round = %s "
+            "AND agent_id = %s",
+            (job_id, round_index, agent_id),
+        )
+        return (
+            UploadRecord(agent_id, rows[0]["samples"], bytes(rows[0]["payload"])) if rows else None
+        )
 
     def close_round(
         self,
