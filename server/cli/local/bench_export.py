@@ -3,7 +3,8 @@ packed kernel on the same samples in the same run.
 
 For a binary and a ternary 784-512-10 bit network and an int16 784-128-10 fixed-point one
 (random weights: speed does not depend on them), it writes the C source, compiles it with
-gcc (``-O2`` to time, ``-Os`` to size), times ``bitfleet_predict`` over N samples in a C
+gcc (``-O2``, and ``-O2 -march=native`` where vector units carry the masks, to time;
+``-Os`` to size), times ``bitfleet_predict`` over N samples in a C
 driver, and times the Python model on the same samples, one at a time (a device's case) and
 in one batch. It reports the const data and code bytes, and checks every C prediction
 equals Python's.
@@ -133,30 +134,37 @@ def _measure(model: BitMLP | FixedMLP, x: np.ndarray, directory: Path) -> dict[s
     obj = directory / "model.o"
     _gcc("-std=c99", "-Os", "-c", str(directory / SOURCE), "-o", str(obj))
     sections = _section_bytes(obj)
-    program = directory / "predict"
-    _gcc(
-        "-std=c99", "-O2", str(directory / SOURCE), str(directory / "driver.c"), "-o", str(program)
-    )
-    done = subprocess.run(
-        [str(program), str(len(x))], input=x.tobytes(), capture_output=True, check=True
-    )
-    lines = done.stdout.decode().split()
-    c_predicted, c_seconds = np.array(lines[:-1], dtype=np.int64), float(lines[-1])
-    if not np.array_equal(c_predicted, model.predict(x)):
-        raise BitfleetError("the C model's predictions differ from Python's")
+    c_seconds = _c_seconds(model, x, directory, "-O2")
+    native_seconds = _c_seconds(model, x, directory, "-O2", "-march=native")
     one = min(_timed(lambda: [model.predict(x[i : i + 1]) for i in range(200)]) for _ in range(3))
     batch = min(_timed(lambda: model.predict(x)) for _ in range(3))
     c_us = 1e6 * c_seconds / len(x)
+    native_us = 1e6 * native_seconds / len(x)
     return {
         "const_bytes": source.const_bytes,
         "code_bytes": sections.get(".text", 0),
         "rodata_bytes": sum(v for k, v in sections.items() if k.startswith(".rodata")),
         "c_us_per_sample": round(c_us, 2),
+        "c_march_native_us_per_sample": round(native_us, 2),
         "python_one_at_a_time_us_per_sample": round(1e6 * one / 200, 2),
         "python_batched_us_per_sample": round(1e6 * batch / len(x), 2),
         "c_vs_python_one_at_a_time": round(1e6 * one / 200 / c_us, 2),
         "c_vs_python_batched": round(1e6 * batch / len(x) / c_us, 2),
     }
+
+
+def _c_seconds(model: BitMLP | FixedMLP, x: np.ndarray, directory: Path, *flags: str) -> float:
+    """CPU seconds of the C driver over ``x`` built with ``flags``, its predictions checked."""
+    program = directory / f"predict{''.join(flags)}"
+    sources = [str(directory / SOURCE), str(directory / "driver.c")]
+    _gcc("-std=c99", *flags, *sources, "-o", str(program))
+    done = subprocess.run(
+        [str(program), str(len(x))], input=x.tobytes(), capture_output=True, check=True
+    )
+    lines = done.stdout.decode().split()
+    if not np.array_equal(np.array(lines[:-1], dtype=np.int64), model.predict(x)):
+        raise BitfleetError("the C model's predictions differ from Python's")
+    return float(lines[-1])
 
 
 def _timed(call: Any) -> float:
@@ -184,7 +192,8 @@ def run(args: argparse.Namespace) -> int:
     for name, r in results.items():
         print(
             f"{name:8s} const {r['const_bytes']:7d} B  code {r['code_bytes']:5d} B  "
-            f"C {r['c_us_per_sample']:8.2f} us  Python one at a time "
+            f"C {r['c_us_per_sample']:8.2f} us (-march=native "
+            f"{r['c_march_native_us_per_sample']:.2f})  Python one at a time "
             f"{r['python_one_at_a_time_us_per_sample']:8.2f} us "
             f"({r['c_vs_python_one_at_a_time']}x)  batched "
             f"{r['python_batched_us_per_sample']:6.2f} us ({r['c_vs_python_batched']}x)"
