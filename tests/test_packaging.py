@@ -167,6 +167,8 @@ def test_the_wheel_has_one_import_root_and_its_metadata(dist: Path) -> None:
     assert {f"bitfleet/{p}" for p in ("py.typed", "server/engine.py", "edge_agent/cli.py")} <= set(
         names
     )
+    dashboard = ("index.html", "dashboard.js", "uPlot.iife.min.js", "uPlot-LICENSE.txt")
+    assert {f"bitfleet/server/ui/static/{name}" for name in dashboard} <= set(names)  # offline
     assert f"Version: {bitfleet.__version__}" in metadata
     assert "License-Expression: Apache-2.0" in metadata
     assert "License-File: LICENSE" in metadata
