@@ -91,7 +91,11 @@ def wait_mid_round(coordinator: Coordinator, job_id: str, round_index: int) -> N
 def test_a_job_rides_out_coordinator_kills_and_broker_restarts(
     tmp_path: Path, broker: Broker, partitions: list[Path], tls_ca: ThrowawayCa
 ) -> None:
-    coordinator = Coordinator(tmp_path / "coordinator", broker, tls=tls_ca).start()
+    # A loaded machine (CI) can leave an HTTP agent silent past the harness' 5 s presence
+    # timeout, and out of a round's selection: 30 s keeps every agent in every round.
+    patient = ["--presence-timeout", "30"]
+    coordinator = Coordinator(tmp_path / "coordinator", broker, tls=tls_ca, extra_args=patient)
+    coordinator.start()
     transports = ["mqtt"] * (AGENTS - 1) + ["http"]
     agents = [
         coordinator.start_agent(
