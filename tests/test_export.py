@@ -17,7 +17,9 @@ from numpy.typing import NDArray
 from bitfleet.bitmlp import BitMLP
 from bitfleet.datasets import load_dataset
 from bitfleet.fixedpoint import FixedMLP
+from bitfleet.frames import decode_frame
 from bitfleet.modelfile import load_model
+from tests.inprocess import in_process
 
 DRIVER = r"""
 #include <stdio.h>
@@ -198,3 +200,27 @@ def test_what_cannot_be_exported_is_refused_with_exit_2(
         "export", str(trained["binary"]), "--out", str(tmp_path), "--word-bits", "16"
     )
     assert refused.returncode == 2 and "--word-bits" in refused.stderr
+
+
+def test_a_federated_jobs_model_exports_without_its_training_state(
+    tmp_path: Path, test_split: NDArray[np.uint8]
+) -> None:
+    """A job's model carries strength planes for its agents; the C model is the network."""
+    with in_process(tmp_path / "coordinator") as coordinator:
+        agents = coordinator.online(2)
+        job_id = coordinator.submit(agents_per_round=2, min_agents=2, rounds=1)
+        coordinator.tick()
+        model = coordinator.model(job_id, 0)
+        for agent in agents:
+            assert agent.upload(job_id, 0, agent.update(model, job_id, 0)).status_code == 200
+        coordinator.tick()
+        published = coordinator.coordinator.jobs.model(job_id)
+    assert any(name.startswith("strength_") for name in decode_frame(published).tensors)
+    path = tmp_path / "job.bfm"
+    path.write_bytes(published)
+    assert _bitfleet("export", str(path), "--out", str(tmp_path / "c")).returncode == 0
+    network, _ = load_model(path)
+    assert isinstance(network, BitMLP)
+    predicted, scores = _run(_compiled(tmp_path / "c", []), test_split)
+    assert np.array_equal(scores, network.scores(test_split))
+    assert np.array_equal(predicted, network.predict(test_split))
