@@ -36,6 +36,7 @@ D = ["--dataset", "digits"]
 PARTITION = ["data", "partition", *D, "--scheme", "iid", "--seed", "0"]
 FORWARD = ["train", "--algo", "forward", "--init", "{d}/fixed.bfm", *D, "--epochs", "1"]
 LASTMILE = ["lastmile", "--shift", "rotate30", *D, "--samples", "100", "--val-size", "50"]
+WORKER = ["coordinator", "--data-dir", "{state}", "--no-admin-token", "--port"]
 AGENT = ["--coordinator", UNREACHABLE, "--agent-id", "pi-1", "--secret", "s"]
 RUN = ["run", "--data", "digits", *AGENT]
 
@@ -280,6 +281,29 @@ CASES: list[tuple[str, list[str], str]] = [
         ],
         "--tls-cert /nothere: no such file",
     ),
+    # Several workers: what they share and how they log in (each case its own port: the
+    # coordinator checks it can listen before it reads the rest).
+    (S, [*WORKER, "59871", "--shared-subscription", "g"], "add --store postgresql://"),
+    (
+        S,
+        [*WORKER, "59872", "--shared-subscription", "g", "--store", "postgresql://u@127.0.0.1:1/d"],
+        "add --worker-id",
+    ),
+    (S, [*WORKER, "59873", "--worker-id", "Not An Id"], "--worker-id 'Not An Id' is not valid"),
+    (S, [*WORKER, "59874", "--store", "postgresql://u:pw@127.0.0.1:1/d"], "cannot connect"),
+    *[
+        (S, [*WORKER, str(59875 + i), "--broker-worker-logins", f"{{d}}/{name}"], expect)
+        for i, (name, expect) in enumerate(
+            [
+                ("logins-not-json.json", "expected a JSON list"),
+                ("logins-object.json", "expected a JSON list"),
+                ("logins-nested.json", "expected a JSON list"),
+                ("logins-huge.json", "larger than 1048576 bytes"),
+                ("logins-bad-user.json", "broker user 'Root User' is not valid"),
+                ("logins-missing.json", "No such file"),
+            ]
+        )
+    ],
     # argparse's own usage errors.
     (S, ["jobs", "frobnicate"], "invalid choice"),
     (S, ["train"], "--dataset"),
@@ -329,6 +353,11 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     np.savetxt(d / "huge.csv", np.column_stack([x, y]), fmt="%d", delimiter=",")
     (d / "job.json").write_text(json.dumps({"name": "j", "algorithm": "bitflip"}))
     (d / "afile").write_text("not a directory\n")
+    (d / "logins-not-json.json").write_text("[{not json")
+    (d / "logins-object.json").write_text('{"user": "w2", "password": "p"}')
+    (d / "logins-nested.json").write_text("[" * 100_000 + "]" * 100_000)
+    (d / "logins-huge.json").write_text(json.dumps([{"user": "w2", "password": "p" * (2 << 20)}]))
+    (d / "logins-bad-user.json").write_text(json.dumps([{"user": "Root User", "password": "p"}]))
     small = ["--layers", "64,8,10", "--epochs", "1", "--json"]
     for command, name in (("train", "bit"), ("pretrain", "fixed")):
         assert server_cli.main([command, *D, *small, "--out", str(d / f"{name}.bfm")]) == 0

@@ -8,6 +8,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
+
+from bitfleet.chunks import split_frame
+from bitfleet.protocol import update_topic
+from bitfleet.server.mqtt_bridge import MqttBridge
 from bitfleet.server.service import Coordinator
 from bitfleet.server.state.base import RoundMetrics
 from bitfleet.server.upload_batches import UploadBatches
@@ -91,3 +96,33 @@ def test_stopping_answers_what_waits(tmp_path: Path) -> None:
     batches.start()
     batches.stop()
     assert len(publisher.receipts) == 4
+
+
+def test_a_worker_sharing_uploads_refuses_a_chunk_and_takes_a_whole_upload(
+    tmp_path: Path,
+) -> None:
+    """The broker hands each message of a shared subscription to one worker, so the chunks of
+    one upload would be split between workers: a chunk is refused at once (``chunked``),
+    counted, and answered; a whole frame goes on to the desk."""
+    coordinator = _coordinator(tmp_path / "state.db")
+    publisher = FakePublisher()
+    coordinator.fanout.add(publisher)
+    job_id, agents = _open_round(coordinator, 2, min_agents=2, rounds=2)
+    url = "mqtt://worker-w1:pw@127.0.0.1:1"
+    bridge = MqttBridge(coordinator.fleet, url, shared_group="workers", worker_id="w1")
+    bridge._uploads.start()
+    chunked, whole = _uploads(coordinator, job_id, agents)
+    assert len(split_frame(chunked.data, 200)) > 1
+    try:
+        for upload, parts in ((chunked, split_frame(chunked.data, 200)), (whole, [whole.data])):
+            for part in parts:
+                message = mqtt.MQTTMessage(topic=update_topic(job_id, 0, upload.agent_id).encode())
+                message.payload = part
+                bridge._on_message(bridge.client, None, message)
+        _wait(lambda: len(publisher.receipts) >= len(split_frame(chunked.data, 200)) + 1)
+    finally:
+        bridge._uploads.stop()
+    by_agent = {(r.agent_id, r.reason) for r in publisher.receipts}
+    assert by_agent == {(chunked.agent_id, "chunked"), (whole.agent_id, "")}
+    assert coordinator.metrics.uploads_refused.value(reason="chunked") >= 1
+    assert coordinator.store.upload_agents(job_id, 0) == [whole.agent_id]
