@@ -51,6 +51,7 @@ class RoundScheduler:
         self._datasets = datasets
         self._role = role
         self.leading = False
+        self._renew_at = 0.0  # while leading, the lease is renewed from here on
         # Why an active job cannot open its round now (shown by the API, logged on change).
         self._waiting: dict[str, str] = {}
         self._checkpointed_at: dict[str, float] = {}
@@ -97,14 +98,20 @@ class RoundScheduler:
                     self._ctx.conditions.failing(f"job {job.job_id}", repr(error), traceback=True)
 
     def _hold_lead(self) -> bool:
-        """Renew (or take, once it ran out) the round engine's lease; True if this worker
-        has just taken it."""
+        """Renew the round engine's lease once half of it has passed (a store write, so not
+        every tick), or try to take it, once it ran out; True if this worker has just taken
+        it."""
         role = self._role
+        now = self._ctx.clock()
+        if self.leading and now < self._renew_at:
+            return False
         try:
             leading = self._ctx.store.hold_lease(ENGINE_LEASE, role.worker_id, role.lease_s)
         except StoreError as error:
             self._ctx.conditions.failing("round engine lease", str(error))
             leading = False
+        if leading:
+            self._renew_at = now + role.lease_s / 2
         if leading != self.leading:
             self.leading = leading
             self._ctx.metrics.lead_changes.inc()

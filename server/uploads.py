@@ -173,19 +173,15 @@ class UploadDesk:
             UploadRecord(p.upload.agent_id, int(p.frame.meta["samples"]), p.upload.data)
             for p in group
         ]
-        late = ""
         try:
             stored = self._ctx.store.add_uploads(first.job_id, first.round_index, records)
-        except UnknownRecord:  # another worker closed the round while these were checked
-            stored, late = [], LATE
         except Exception as error:
-            stored, late = [], self._refusal(first, error)
-        else:
-            self._ctx.conditions.cleared("storing uploads")
-        if not stored:
+            # UnknownRecord: another worker closed the round while these were checked.
+            refused = LATE if isinstance(error, UnknownRecord) else self._refusal(first, error)
             for passed in group:
-                reasons[passed.index] = late
+                reasons[passed.index] = refused
             return
+        self._ctx.conditions.cleared("storing uploads")
         state = group[0].state
         for passed, new in zip(group, stored, strict=True):
             if not new:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bitfleet.server.cli.local.bench_fleet import metric_total
 from bitfleet.server.tlsca import ThrowawayCa
 from tests.agents import AgentProcess
 from tests.cluster import Broker, Coordinator
@@ -51,19 +52,9 @@ def _worker(tmp_path: Path, broker: Broker, tls: ThrowawayCa, url: str, name: st
     )
 
 
-def _metric(worker: Coordinator, name: str) -> float:
-    """The sum of a /metrics sample over its labels."""
-    text = worker.api.request("GET", "/metrics").body.decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name) and not line.startswith("#")
-    )
-
-
 def _wait_leading(worker: Coordinator, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
-    while _metric(worker, "bitfleet_leading") != 1:
+    while metric_total(worker, "bitfleet_leading") != 1:
         assert time.monotonic() < deadline, "the worker never took the lead"
         time.sleep(0.1)
 
@@ -90,13 +81,13 @@ def test_two_workers_split_uploads_and_a_killed_leader_loses_none(
         follower.wait_online(AGENTS, agents=agents)
         job_id = follower.api.request("POST", "/api/v1/jobs", json_body=JOB).json()["id"]
         follower.wait_for(job_id, round_index=2, timeout=300)
-        split = [_metric(w, "bitfleet_uploads_accepted_total") for w in (leader, follower)]
+        split = [metric_total(w, "bitfleet_uploads_accepted_total") for w in (leader, follower)]
         assert min(split) > 0, f"the broker gave every upload to one worker: {split}"
         wait_mid_round(follower, job_id, 3)
         leader.kill(signal.SIGKILL)
         job = follower.wait_for(job_id, timeout=300)
         assert job["status"] == "completed", job
-        assert _metric(follower, "bitfleet_leading") == 1
+        assert metric_total(follower, "bitfleet_leading") == 1
         assert_counted_once(follower, agents, job)
         assert len(job["metrics"]) == ROUNDS
         print("round seconds:", [m["seconds"] for m in job["metrics"]], "uploads split", split)

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +168,7 @@ def _c_seconds(model: BitMLP | FixedMLP, x: np.ndarray, directory: Path, *flags:
     return float(lines[-1])
 
 
-def _timed(call: Any) -> float:
+def _timed(call: Callable[[], object]) -> float:
     started = time.perf_counter()
     call()
     return time.perf_counter() - started

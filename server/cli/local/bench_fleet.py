@@ -387,7 +387,7 @@ def _run_job(
     _settle(log, args.rounds, args.selected or args.agents)
     stored = {"state_bytes_before": stored_before}
     stored["state_bytes_after"] = _state_bytes(coordinator, args.store)
-    accepted = [_accepted_uploads(worker) for worker in workers]
+    accepted = [int(metric_total(worker, "bitfleet_uploads_accepted_total")) for worker in workers]
     return _figures(log, sampler, args.rounds) | stored | {"uploads_per_worker": accepted}
 
 
@@ -416,15 +416,13 @@ def _state_bytes(coordinator: Coordinator, store: str | None) -> int:
     return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())
 
 
-def _accepted_uploads(worker: Coordinator) -> int:
-    """Uploads this worker accepted, from its /metrics."""
-    text = worker.api.request("GET", "/metrics").body.decode()
-    return int(
-        sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("bitfleet_uploads_accepted_total{")
-        )
+def metric_total(coordinator: Coordinator, name: str) -> float:
+    """A metric of a coordinator's /metrics, summed over its labels."""
+    text = coordinator.api.request("GET", "/metrics").body.decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.split("{")[0].split(" ")[0] == name
     )
 
 
