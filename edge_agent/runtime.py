@@ -61,6 +61,13 @@ def capabilities(y: NDArray[np.integer]) -> dict[str, Any]:
     }
 
 
+# How long the agent waits for a new task before it looks at its outbox and link again
+# (MQTT wakes it at once for a task, or the coordinator coming or going), and the least
+# time between two asks of a transport that answers at once.
+TASK_WAIT_S = 1.0
+IDLE_POLL_S = 0.2
+
+
 @dataclass
 class AgentRuntime:
     agent_id: str
@@ -116,12 +123,16 @@ class AgentRuntime:
             len(self.y),
         )
         try:
+            seen: Task | None = None  # the current task, once served: wait for another
             while not self.stop.is_set():
                 self._watch()
                 self._flush_outbox()
-                task = self._next_task()
+                asked = time.monotonic()
+                task = self._next_task(seen)
                 if task is None or _key(task) in self.done:
-                    self.stop.wait(0.2)
+                    seen = task
+                    # A transport that answers at once is not asked again at once.
+                    self.stop.wait(max(0.0, IDLE_POLL_S - (time.monotonic() - asked)))
                     continue
                 self.serve(task)
         finally:
@@ -199,11 +210,12 @@ class AgentRuntime:
         )
         return receipt
 
-    def _next_task(self) -> Task | None:
-        """The transport's current task; None while the coordinator is unreachable (the
-        agent rides out the outage, backing off)."""
+    def _next_task(self, seen: Task | None) -> Task | None:
+        """The transport's current task, once it is not ``seen`` or a second has passed;
+        None while the coordinator is unreachable (the agent rides out the outage, backing
+        off)."""
         try:
-            task = self.transport.next_task(timeout=0.5)
+            task = self.transport.next_task(timeout=TASK_WAIT_S, seen=seen)
         except BitfleetError as error:
             self._poll_error = str(error)
             self._watch()

@@ -132,8 +132,8 @@ class TimedTransport:
     def announce(self, status: Any) -> None:
         self.inner.announce(status)
 
-    def next_task(self, timeout: float) -> Task | None:
-        task = self.inner.next_task(timeout)
+    def next_task(self, timeout: float, seen: Task | None = None) -> Task | None:
+        task = self.inner.next_task(timeout, seen)
         if task is not None and (task.job_id, task.round) not in self._seen:
             self._seen.add((task.job_id, task.round))
             self.events.emit("task", self.agent_id, task)

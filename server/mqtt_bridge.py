@@ -6,8 +6,8 @@ restarted without persistence gets its retained models and tasks back.
 
 Every inbound message is hostile until checked: whatever it holds, it is refused with a
 reason counted in ``bitfleet_messages_refused_total`` (or answered with a receipt), and
-nothing it does can stop the network thread. Each selected agent gets the round's model on
-its own topic, which only it may read.
+nothing it does can stop the network thread. A round's model is published once, sealed
+(:mod:`bitfleet.sealing`); each selected agent's task, on its own topic, carries the key.
 
 Several workers of one deployment subscribe to uploads in one shared-subscription group, so
 the broker hands each upload message to one of them. Each keeps the coordinator's status
@@ -20,12 +20,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from bitfleet.chunks import CHUNK_MAGIC, DEFAULT_CHUNK_BYTES, Reassembler, split_frame
+from bitfleet.chunks import CHUNK_MAGIC, DEFAULT_CHUNK_BYTES, Reassembler
 from bitfleet.errors import BitfleetError
 from bitfleet.frames import FrameError
 from bitfleet.mqttclient import QOS, connect_in_background, new_client
@@ -41,14 +41,15 @@ from bitfleet.protocol import (
     Task,
     UploadReceipt,
     agent_events_topic,
-    agent_model_topic,
     agent_tasks_topic,
     encode_message,
     parse_message,
     parse_mqtt_url,
     parse_status_topic,
     parse_update_topic,
+    round_model_topic,
 )
+from bitfleet.sealing import SealedModel, seal
 from bitfleet.server.service import FleetHandlers
 from bitfleet.server.upload_batches import UploadBatches
 from bitfleet.server.uploads import Upload
@@ -56,6 +57,23 @@ from bitfleet.server.uploads import Upload
 log = logging.getLogger("bitfleet.mqtt")
 # At most one log line per refusal reason in this many seconds: a flood stays a counter.
 REFUSAL_LOG_INTERVAL_S = 10.0
+
+
+@dataclass(frozen=True)
+class _SealedRound:
+    """A round's model, sealed, and the retained messages that carry it."""
+
+    model: bytes
+    sealed: SealedModel
+    messages: list[tuple[str, bytes]]
+
+    @classmethod
+    def of(cls, model: bytes, topic: str, max_message_bytes: int) -> _SealedRound:
+        sealed = seal(model)
+        slices = sealed.slices(max_message_bytes)
+        if len(slices) == 1:
+            return cls(model, sealed, [(topic, slices[0])])
+        return cls(model, sealed, [(f"{topic}/{i}", part) for i, part in enumerate(slices)])
 
 
 class MqttBridge:
@@ -81,8 +99,9 @@ class MqttBridge:
         self.connected = threading.Event()
         self._reassembler = Reassembler(max_frame_bytes=fleet.uploads.max_frame_bytes)
         self._uploads = UploadBatches(fleet.uploads, fleet.conditions)
-        # Per open round, each agent's retained model topics (to clear when it closes).
-        self._model_topics: dict[tuple[str, int], list[str]] = {}
+        # Per open round, its sealed model and the retained topics it is on: a republished
+        # round keeps its key, so tasks already out stay good.
+        self._sealed: dict[tuple[str, int], _SealedRound] = {}
         self._refusals_logged: dict[str, float] = {}
         self.client = new_client(
             self.address,
@@ -223,27 +242,37 @@ class MqttBridge:
     def publish_round(
         self, job_id: str, round_index: int, model: bytes, tasks: dict[str, Task]
     ) -> None:
-        """Each agent's model on its own retained topic (chunked if needed), then its task."""
-        self._clear_models(job_id, round_index - 1)
-        chunks = split_frame(model, self.max_message_bytes)
-        published = self._model_topics.setdefault((job_id, round_index), [])
+        """The round's sealed model on its retained topic (in slices if needed), then each
+        agent's task with the key."""
+        self._clear_model(job_id, round_index - 1)
+        held = self._sealed_round(job_id, round_index, model)
+        for topic, part in held.messages:
+            self.client.publish(topic, part, qos=QOS, retain=True)
         for agent_id, task in tasks.items():
-            topic = agent_model_topic(agent_id, job_id, round_index)
-            parts = (
-                [(topic, model)]
-                if len(chunks) == 1
-                else [(f"{topic}/{index}", chunk) for index, chunk in enumerate(chunks)]
+            keyed = replace(
+                task,
+                model_chunks=len(held.messages),
+                model_key=held.sealed.key,
+                model_sha256=held.sealed.sha256,
             )
-            for name, part in parts:
-                self.client.publish(name, part, qos=QOS, retain=True)
-                published.append(name)
-            message = encode_message(replace(task, model_chunks=len(chunks)))
+            message = encode_message(keyed)
             self.client.publish(agent_tasks_topic(agent_id), message, qos=QOS, retain=True)
 
-    def _clear_models(self, job_id: str, round_index: int) -> None:
-        """Drop a finished round's retained models so the broker does not keep every round."""
-        for name in set(self._model_topics.pop((job_id, round_index), [])):
-            self.client.publish(name, b"", qos=QOS, retain=True)
+    def _sealed_round(self, job_id: str, round_index: int, model: bytes) -> _SealedRound:
+        """The round's model sealed once (sealed anew only if the model changed)."""
+        held = self._sealed.get((job_id, round_index))
+        if held is None or held.model != model:
+            held = _SealedRound.of(
+                model, round_model_topic(job_id, round_index), self.max_message_bytes
+            )
+            self._sealed[(job_id, round_index)] = held
+        return held
+
+    def _clear_model(self, job_id: str, round_index: int) -> None:
+        """Drop a finished round's retained model so the broker does not keep every round."""
+        held = self._sealed.pop((job_id, round_index), None)
+        for topic, _ in held.messages if held else []:
+            self.client.publish(topic, b"", qos=QOS, retain=True)
 
     def withdraw_tasks(self, agent_ids: list[str]) -> None:
         for agent_id in agent_ids:

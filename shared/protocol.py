@@ -1,20 +1,21 @@
 """The agent protocol, shared by coordinator and agents: version, topics, message schemas.
 
 MQTT topics live under one versioned root, lowercase, no leading slash; an agent writes only
-under its own id and reads only under its own id (the broker's ACL enforces both), so an
-agent sees only the jobs and rounds it was selected for::
+under its own id and reads only under its own id, and the sealed round models (the broker's
+ACL enforces both), so an agent learns only of the jobs and rounds it was selected for::
 
-    bitfleet/v1/agents/{agent}/status            agent: retained; "offline" as Last Will
-    bitfleet/v1/agents/{agent}/tasks             coordinator: retained, the agent's current task
-    bitfleet/v1/agents/{agent}/events            coordinator: upload receipts
-    bitfleet/v1/agents/{agent}/models/{job}/{r}  coordinator: retained global model of a round
-                                                 the agent was selected for (or /{i} per chunk
-                                                 when it needs several messages)
-    bitfleet/v1/coordinator/status               coordinator: retained "online"; "offline" as
+    bitfleet/v2/agents/{agent}/status            agent: retained; "offline" as Last Will
+    bitfleet/v2/agents/{agent}/tasks             coordinator: retained, the agent's current task
+    bitfleet/v2/agents/{agent}/events            coordinator: upload receipts
+    bitfleet/v2/coordinator/status               coordinator: retained "online"; "offline" as
                                                  Last Will (agents resend held uploads when it
                                                  comes back)
-    bitfleet/v1/jobs/{job}/rounds/{r}/updates/{agent}   agent: signed update frames
-    bitfleet/v1/jobs/{job}/rounds/{r}/declines/{agent}  agent: a task it cannot take, and why
+    bitfleet/v2/jobs/{job}/rounds/{r}/model      coordinator: retained, the round's model sealed
+                                                 under a key only the selected agents' tasks
+                                                 carry (or /{i} per slice when it needs several
+                                                 messages); every agent may read it
+    bitfleet/v2/jobs/{job}/rounds/{r}/updates/{agent}   agent: signed update frames
+    bitfleet/v2/jobs/{job}/rounds/{r}/declines/{agent}  agent: a task it cannot take, and why
 
 The HTTP fallback carries the same frames and JSON bodies (see ``server/api/fleet.py``).
 Messages are JSON objects; ``parse_*`` functions validate them and raise
@@ -30,8 +31,10 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from bitfleet.errors import BitfleetError
+from bitfleet.sealing import is_hex_key
 
-PROTOCOL_VERSION = 1
+# 2: one sealed model per round (jobs/{job}/rounds/{r}/model), not one copy per agent.
+PROTOCOL_VERSION = 2
 TOPIC_ROOT = f"bitfleet/v{PROTOCOL_VERSION}"
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 AGENT_STATES = ("online", "training", "offline")
@@ -40,6 +43,9 @@ AGENT_STATES = ("online", "training", "offline")
 MAX_SAMPLES = 2**31 - 1
 # The largest JSON message (status, task, receipt, decline) either side parses.
 MAX_MESSAGE_BYTES = 64 * 1024
+# The most messages one round's model may take: a 64 MiB frame (the largest) in 1 KiB
+# messages (the smallest --max-message-bytes).
+MAX_MODEL_CHUNKS = 65536
 
 
 class ProtocolError(BitfleetError):
@@ -86,12 +92,9 @@ def agent_events_topic(agent_id: str) -> str:
     return f"{TOPIC_ROOT}/agents/{check_id(agent_id, 'agent id')}/events"
 
 
-def agent_model_topic(agent_id: str, job_id: str, round_index: int) -> str:
-    """Chunk ``i`` of a model that needs several messages is at ``{topic}/{i}``."""
-    return (
-        f"{TOPIC_ROOT}/agents/{check_id(agent_id, 'agent id')}/models/"
-        f"{check_id(job_id, 'job id')}/{int(round_index)}"
-    )
+def round_model_topic(job_id: str, round_index: int) -> str:
+    """Slice ``i`` of a sealed model that needs several messages is at ``{topic}/{i}``."""
+    return f"{TOPIC_ROOT}/jobs/{check_id(job_id, 'job id')}/rounds/{int(round_index)}/model"
 
 
 def update_topic(job_id: str, round_index: int, agent_id: str) -> str:
@@ -144,7 +147,8 @@ AGENT_PUBLISHES = (
 AGENT_SUBSCRIBES = (
     f"{TOPIC_ROOT}/agents/%u/tasks",
     f"{TOPIC_ROOT}/agents/%u/events",
-    f"{TOPIC_ROOT}/agents/%u/models/#",
+    f"{TOPIC_ROOT}/jobs/+/rounds/+/model",
+    f"{TOPIC_ROOT}/jobs/+/rounds/+/model/+",
     COORDINATOR_STATUS_TOPIC,
 )
 
@@ -187,7 +191,10 @@ class Task:
     algorithm: str
     deadline: float
     attempt: int = 0
+    # MQTT only: how many messages the sealed model takes, its key and its SHA-256 (hex).
     model_chunks: int = 1
+    model_key: str = ""
+    model_sha256: str = ""
     local_epochs: int = 1
     seed: int = 0
     hyperparameters: dict[str, Any] = field(default_factory=dict)
@@ -288,7 +295,18 @@ def parse_message(kind: type[Message], raw: bytes | str | dict[str, Any]) -> Mes
             check_id(getattr(message, name), name.replace("_", " "))
     if isinstance(message, AgentStatus) and message.state not in AGENT_STATES:
         raise ProtocolError(f"agent state {message.state!r} is not one of {AGENT_STATES}")
+    if isinstance(message, Task):
+        _check_task_model(message)
     return message
+
+
+def _check_task_model(task: Task) -> None:
+    if not 1 <= task.model_chunks <= MAX_MODEL_CHUNKS:
+        raise ProtocolError(f"Task.model_chunks must be 1 to {MAX_MODEL_CHUNKS}")
+    for name in ("model_key", "model_sha256"):
+        value = getattr(task, name)
+        if value and not is_hex_key(value):
+            raise ProtocolError(f"Task.{name} must be empty or 64 lowercase hex digits")
 
 
 _TYPES: dict[str, tuple[type, ...]] = {

@@ -26,7 +26,15 @@ from bitfleet.edge_agent.runtime import AgentRuntime
 from bitfleet.edge_agent.transports.mqtt import MqttTransport
 from bitfleet.frames import FORMAT_VERSION, KIND_UPDATE, MAGIC
 from bitfleet.httpclient import ApiClient, ApiError
-from bitfleet.protocol import MAX_SAMPLES, TOPIC_ROOT, update_topic
+from bitfleet.protocol import (
+    MAX_SAMPLES,
+    TOPIC_ROOT,
+    Task,
+    parse_message,
+    round_model_topic,
+    update_topic,
+)
+from bitfleet.sealing import unseal
 from bitfleet.server.tlsca import ThrowawayCa
 from bitfleet.tls import mqtt_tls_options
 from tests.cluster import Broker, Coordinator
@@ -127,9 +135,11 @@ def test_reserved_agent_ids_are_refused(coordinator: Coordinator, broker: Broker
         pass
 
 
-def test_an_agent_sees_only_the_models_of_rounds_it_was_selected_for(
+def test_an_agent_learns_only_the_models_of_rounds_it_was_selected_for(
     coordinator: Coordinator, broker: Broker
 ) -> None:
+    """Every agent may read a round's sealed model, but only the selected agents' tasks
+    (on their own topics, which no other agent may read) carry the key that opens it."""
     chosen = enroll_as(coordinator, "chosen")
     snoop = enroll_as(coordinator, "snoop")
     status = {"agent_id": "chosen", "state": "online", "capabilities": {"samples": 10}}
@@ -137,21 +147,30 @@ def test_an_agent_sees_only_the_models_of_rounds_it_was_selected_for(
         raw_client(broker, "chosen", chosen, "chosen") as (chosen_client, chosen_seen, _),
         raw_client(broker, "snoop", snoop, "snoop") as (snoop_client, snoop_seen, _),
     ):
-        snoop_client.subscribe(
-            [(f"{TOPIC_ROOT}/agents/+/models/#", 1), (f"{TOPIC_ROOT}/jobs/#", 1)]
+        snoop_client.subscribe([(f"{TOPIC_ROOT}/agents/+/tasks", 1), (f"{TOPIC_ROOT}/jobs/#", 1)])
+        chosen_client.subscribe(
+            [(f"{TOPIC_ROOT}/agents/chosen/#", 1), (f"{TOPIC_ROOT}/jobs/+/rounds/+/model", 1)]
         )
-        chosen_client.subscribe(f"{TOPIC_ROOT}/agents/chosen/#", 1)
         chosen_client.publish(
             f"{TOPIC_ROOT}/agents/chosen/status", json.dumps(status), qos=1, retain=True
         )
         assert _online(coordinator, "chosen")
         job_id = submit(coordinator, agents_per_round=1, min_agents=1, rounds=1)
+        model_topic = round_model_topic(job_id, 0)
         deadline = time.monotonic() + 20
-        while not any("/models/" in t for t, _ in chosen_seen) and time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (
+            any(t == model_topic for t, _ in snoop_seen)
+            and any(t.endswith("/tasks") for t, _ in chosen_seen)
+        ):
             time.sleep(0.1)
         time.sleep(0.5)
-    assert any(t.startswith(f"{TOPIC_ROOT}/agents/chosen/models/{job_id}") for t, _ in chosen_seen)
-    assert snoop_seen == []
+    model = coordinator.api.request("GET", f"/api/v1/jobs/{job_id}/model?round=0").body
+    task = next(parse_message(Task, p) for t, p in chosen_seen if t.endswith("/tasks"))
+    sealed = next(p for t, p in chosen_seen if t == model_topic)
+    assert unseal(sealed, task.model_key, task.model_sha256) == model
+    # The snoop got the sealed bytes and nothing else: no task, no model it can open.
+    assert {t for t, _ in snoop_seen} == {model_topic}
+    assert all(p == sealed and model[:64] not in p for _, p in snoop_seen)
     snoop_api = ApiClient(coordinator.url, f"snoop:{snoop}")
     with pytest.raises(ApiError) as hidden:
         snoop_api.request("GET", f"/api/v1/fleet/jobs/{job_id}/rounds/0/model")

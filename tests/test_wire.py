@@ -12,16 +12,18 @@ from bitfleet.protocol import (
     ProtocolError,
     Task,
     UploadReceipt,
-    agent_model_topic,
     encode_message,
     parse_message,
     parse_mqtt_url,
     parse_status_topic,
     parse_update_topic,
+    round_model_topic,
     update_topic,
 )
+from bitfleet.sealing import seal, unseal
 
 SECRET = b"agent-secret"
+SEALED = seal(b"a round's model" * 1000)
 
 
 def _frame(size: int = 1000, secret: bytes | None = SECRET) -> bytes:
@@ -112,14 +114,14 @@ def test_reassembly_is_bounded_and_refuses_bad_chunks() -> None:
 
 def test_topics_round_trip_and_reject_bad_ids() -> None:
     assert parse_update_topic(update_topic("job-1", 4, "pi_7")) == ("job-1", 4, "pi_7")
-    assert parse_status_topic("bitfleet/v1/agents/pi-1/status") == "pi-1"
-    assert agent_model_topic("a1", "job-1", 2) == "bitfleet/v1/agents/a1/models/job-1/2"
+    assert parse_status_topic("bitfleet/v2/agents/pi-1/status") == "pi-1"
+    assert round_model_topic("job-1", 2) == "bitfleet/v2/jobs/job-1/rounds/2/model"
     for bad in ("Upper", "with/slash", "", "-lead", "x" * 65, "+", "#"):
         with pytest.raises(ProtocolError):
             update_topic("job-1", 0, bad)
     for topic in (
-        "bitfleet/v1/jobs/j/rounds/x/updates/a",
-        "bitfleet/v2/jobs/j/rounds/1/updates/a",
+        "bitfleet/v2/jobs/j/rounds/x/updates/a",
+        "bitfleet/v1/jobs/j/rounds/1/updates/a",
         "a/b",
     ):
         with pytest.raises(ProtocolError):
@@ -140,7 +142,18 @@ def test_messages_round_trip_and_validate() -> None:
         (Task, b'{"job_id": "j", "round": true, "algorithm": "a", "deadline": 1}', "must be int"),
         (AgentStatus, b'{"agent_id": "a", "state": "dancing"}', "agent state"),
         (AgentStatus, b'{"agent_id": "A!", "state": "online"}', "agent id"),
-        (AgentStatus, b'{"agent_id": "a", "state": "online", "protocol": 2}', "protocol version 2"),
+        (AgentStatus, b'{"agent_id": "a", "state": "online", "protocol": 1}', "protocol version 1"),
+    ]
+    task = b'"job_id": "j", "round": 0, "algorithm": "a", "deadline": 1'
+    cases += [
+        (Task, b"{%s, %s}" % (task, field), "Task.model_")
+        for field in (
+            b'"model_chunks": 0',
+            b'"model_chunks": 65537',
+            b'"model_key": "00"',
+            b'"model_key": "%s"' % (b"A" * 64),
+            b'"model_sha256": "%s"' % (b"g" * 64),
+        )
     ]
     for kind, raw, message in cases:
         with pytest.raises(ProtocolError, match=message):
@@ -159,3 +172,26 @@ def test_broker_urls() -> None:
     for bad in ("http://x", "mqtt://", "mqtt://h:notaport"):
         with pytest.raises(ProtocolError):
             parse_mqtt_url(bad)
+
+
+def test_a_sealed_model_opens_only_with_its_key_and_digest() -> None:
+    model = b"a round's model" * 1000
+    assert SEALED.sealed != model and model[:64] not in SEALED.sealed
+    assert unseal(SEALED.sealed, SEALED.key, SEALED.sha256) == model
+    again = seal(model)
+    assert again.key != SEALED.key and again.sealed != SEALED.sealed  # a fresh key each time
+    assert b"".join(SEALED.slices(4000)) == SEALED.sealed
+    assert [len(part) for part in SEALED.slices(4000)] == [4000] * 3 + [3000]
+    flipped = bytes([SEALED.sealed[0] ^ 1]) + SEALED.sealed[1:]
+    wrong_key = seal(b"").key
+    for sealed, key, digest in (
+        (flipped, SEALED.key, SEALED.sha256),  # damaged or replaced bytes
+        (SEALED.sealed[:-1], SEALED.key, SEALED.sha256),  # a slice missing
+        (SEALED.sealed, "", SEALED.sha256),  # a task without a key
+        (SEALED.sealed, SEALED.key, "0" * 63),
+    ):
+        with pytest.raises(FrameError) as refused:
+            unseal(sealed, key, digest)
+        assert refused.value.reason == "sealed"
+    # The right digest with another key opens to noise, never to the model.
+    assert unseal(SEALED.sealed, wrong_key, SEALED.sha256) != model

@@ -39,8 +39,10 @@ class Transport(Protocol):
 
     def announce(self, status: AgentStatus) -> None: ...
 
-    def next_task(self, timeout: float) -> Task | None:
-        """The current task, waiting up to ``timeout`` seconds; None if there is none."""
+    def next_task(self, timeout: float, seen: Task | None = None) -> Task | None:
+        """The current task, waiting up to ``timeout`` seconds for one other than ``seen``
+        (the one the agent already served); at the timeout, the current one (``seen``
+        again, or None if there is none)."""
 
     def fetch_model(self, task: Task, timeout: float) -> bytes: ...
 

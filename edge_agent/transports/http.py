@@ -84,14 +84,13 @@ class HttpTransport:
             content_type="application/json",
         )
 
-    def next_task(self, timeout: float) -> Task | None:
+    def next_task(self, timeout: float, seen: Task | None = None) -> Task | None:
         deadline = time.monotonic() + timeout
         while True:
             reply = self._request("GET", fleet_path(FLEET_TASK))
-            if reply.status == 200:
-                return parse_message(Task, reply.body)
-            if time.monotonic() + self.poll_s > deadline:
-                return None
+            task = parse_message(Task, reply.body) if reply.status == 200 else None
+            if (task is not None and task != seen) or time.monotonic() + self.poll_s > deadline:
+                return task
             time.sleep(self.poll_s)
 
     def fetch_model(self, task: Task, timeout: float) -> bytes:

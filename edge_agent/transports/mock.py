@@ -35,6 +35,7 @@ class Announce:
 @dataclass(frozen=True)
 class Poll:
     timeout: float
+    seen: Task | None = None
 
 
 @dataclass(frozen=True)
@@ -130,8 +131,8 @@ class MockTransport:
     def announce(self, status: AgentStatus) -> None:
         self._ask(Announce(status))
 
-    def next_task(self, timeout: float) -> Task | None:
-        answer = self._ask(Poll(timeout))
+    def next_task(self, timeout: float, seen: Task | None = None) -> Task | None:
+        answer = self._ask(Poll(timeout, seen))
         assert answer is None or isinstance(answer, Task)
         return answer
 

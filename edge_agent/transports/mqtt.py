@@ -1,4 +1,4 @@
-"""The MQTT transport: retained tasks and models in, chunked signed updates out.
+"""The MQTT transport: retained tasks and sealed round models in, chunked signed updates out.
 
 Presence is a retained status with an "offline" Last Will; subscriptions are made in
 ``on_connect`` so every reconnect restores them. paho reconnects on its own; how long it
@@ -14,7 +14,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from bitfleet.chunks import DEFAULT_CHUNK_BYTES, Reassembler, split_frame
+from bitfleet.chunks import DEFAULT_CHUNK_BYTES, split_frame
 from bitfleet.edge_agent.backoff import Backoff
 from bitfleet.edge_agent.transports import TransportTimeout
 from bitfleet.errors import BitfleetError
@@ -28,15 +28,16 @@ from bitfleet.protocol import (
     Task,
     UploadReceipt,
     agent_events_topic,
-    agent_model_topic,
     agent_status_topic,
     agent_tasks_topic,
     decline_topic,
     encode_message,
     parse_message,
     parse_mqtt_url,
+    round_model_topic,
     update_topic,
 )
+from bitfleet.sealing import unseal
 
 log = logging.getLogger("bitfleet.agent.mqtt")
 
@@ -188,14 +189,25 @@ class MqttTransport:
             self._models[topic] = payload
 
     # work
-    def next_task(self, timeout: float) -> Task | None:
+    def next_task(self, timeout: float, seen: Task | None = None) -> Task | None:
+        """Also returns early when the coordinator comes or goes, for the agent to resend
+        what it holds (or note the outage) at once."""
         with self._changed:
-            self._changed.wait_for(lambda: self._task is not None, timeout)
+            coordinator = (self.coordinator_returns, self._coordinator_offline)
+            self._changed.wait_for(
+                lambda: (
+                    (self._task is not None and self._task != seen)
+                    or (self.coordinator_returns, self._coordinator_offline) != coordinator
+                ),
+                timeout,
+            )
             return self._task
 
     def fetch_model(self, task: Task, timeout: float) -> bytes:
-        """Subscribe to the round's retained model (or its chunks) and reassemble it."""
-        base = agent_model_topic(self.agent_id, task.job_id, task.round)
+        """Subscribe to the round's retained sealed model (or its slices) and open it with
+        the task's key. If the task is replaced meanwhile (the round was published anew,
+        under another key), the download is given up at once: an outage, retried."""
+        base = round_model_topic(task.job_id, task.round)
         topics = (
             [base] if task.model_chunks == 1 else [f"{base}/{i}" for i in range(task.model_chunks)]
         )
@@ -206,22 +218,23 @@ class MqttTransport:
         self.client.subscribe(subscription, QOS)
         try:
             with self._changed:
-                complete = self._changed.wait_for(
-                    lambda: all(t in self._models for t in topics), timeout
+                self._changed.wait_for(
+                    lambda: self._task != task or all(t in self._models for t in topics),
+                    timeout,
                 )
-                parts = [self._models[t] for t in topics] if complete else []
+                replaced = self._task != task
+                parts = [self._models.get(t) for t in topics]
         finally:
             self._model_subscription = None
             self.client.unsubscribe(subscription)
-        if not complete:
-            raise TransportTimeout(f"model of {task.job_id} round {task.round} did not arrive")
-        reassembler = Reassembler()
-        frame = None
-        for part in parts:
-            frame = reassembler.feed(part, source=base)
-        if frame is None:
-            raise TransportTimeout(f"model of {task.job_id} round {task.round} is incomplete")
-        return frame
+        where = f"model of {task.job_id} round {task.round}"
+        if replaced:
+            raise TransportTimeout(f"{where}: the task changed while it downloaded")
+        if any(part is None for part in parts):
+            raise TransportTimeout(f"{where} did not arrive")
+        return unseal(
+            b"".join(p for p in parts if p is not None), task.model_key, task.model_sha256
+        )
 
     def decline(self, decline: Decline) -> None:
         topic = decline_topic(decline.job_id, decline.round, self.agent_id)
