@@ -138,6 +138,13 @@ class BrokerFiles:
     pid: Path
 
 
+# Per client, what the broker holds for it while its in-flight window is full: a round's
+# uploads at several thousand agents. An agent flooding its update topic can make the
+# coordinator's queue this big, no bigger; past it, mosquitto drops (agents resend).
+MAX_QUEUED_MESSAGES = 200_000
+MAX_QUEUED_BYTES = 512 << 20
+
+
 def write_broker_files(
     directory: Path,
     port: int,
@@ -170,6 +177,12 @@ def write_broker_files(
         f"password_file {files.passwords}\n"
         f"acl_file {files.acl}\n"
         f"max_packet_size {max_packet_bytes}\n"
+        # mosquitto queues 1,000 messages per client by default and drops the rest: the
+        # coordinator, taking a round's uploads and statuses in a burst, lost uploads at
+        # 1,000 agents (each then resent after the agent's 15 s receipt wait). Bound the
+        # queue by bytes instead.
+        f"max_queued_messages {MAX_QUEUED_MESSAGES}\n"
+        f"max_queued_bytes {MAX_QUEUED_BYTES}\n"
     )
     write_atomic(
         files.include,
