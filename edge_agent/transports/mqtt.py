@@ -8,6 +8,7 @@ to a restarted broker in step), set before each wait from the connection callbac
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from typing import Any
@@ -18,6 +19,7 @@ from bitfleet.chunks import DEFAULT_CHUNK_BYTES, split_frame
 from bitfleet.edge_agent.backoff import Backoff
 from bitfleet.edge_agent.transports import TransportTimeout
 from bitfleet.errors import BitfleetError
+from bitfleet.frames import FrameError
 from bitfleet.mqttclient import QOS, connect_in_background, new_client
 from bitfleet.protocol import (
     COORDINATOR_OFFLINE,
@@ -205,8 +207,10 @@ class MqttTransport:
 
     def fetch_model(self, task: Task, timeout: float) -> bytes:
         """Subscribe to the round's retained sealed model (or its slices) and open it with
-        the task's key. If the task is replaced meanwhile (the round was published anew,
-        under another key), the download is given up at once: an outage, retried."""
+        the task's key. A round published anew (a restarted coordinator seals it under
+        another key) replaces the slices first and the task after: slices that do not
+        match the task are waited past, and once the task changes the download is given
+        up at once (an outage: the agent takes the new task)."""
         base = round_model_topic(task.job_id, task.round)
         topics = (
             [base] if task.model_chunks == 1 else [f"{base}/{i}" for i in range(task.model_chunks)]
@@ -216,25 +220,33 @@ class MqttTransport:
             self._models = {}
         self._model_subscription = subscription
         self.client.subscribe(subscription, QOS)
+        opened: list[bytes] = []
+
+        def ready() -> bool:
+            if self._task != task:
+                return True
+            if not all(t in self._models for t in topics):
+                return False
+            with contextlib.suppress(FrameError):  # not this task's: wait for its own
+                opened[:] = [_unseal_parts([self._models[t] for t in topics], task)]
+            return bool(opened)
+
         try:
             with self._changed:
-                self._changed.wait_for(
-                    lambda: self._task != task or all(t in self._models for t in topics),
-                    timeout,
-                )
+                self._changed.wait_for(ready, timeout)
                 replaced = self._task != task
                 parts = [self._models.get(t) for t in topics]
         finally:
             self._model_subscription = None
             self.client.unsubscribe(subscription)
         where = f"model of {task.job_id} round {task.round}"
+        if opened:
+            return opened[0]
         if replaced:
             raise TransportTimeout(f"{where}: the task changed while it downloaded")
         if any(part is None for part in parts):
             raise TransportTimeout(f"{where} did not arrive")
-        return unseal(
-            b"".join(p for p in parts if p is not None), task.model_key, task.model_sha256
-        )
+        return _unseal_parts(parts, task)  # arrived, but not the model the task names: raises
 
     def decline(self, decline: Decline) -> None:
         topic = decline_topic(decline.job_id, decline.round, self.agent_id)
@@ -262,3 +274,9 @@ class MqttTransport:
                 lambda: key in self._receipts or self.coordinator_returns != returns, timeout
             )
             return self._receipts.get(key)
+
+
+def _unseal_parts(parts: list[bytes | None], task: Task) -> bytes:
+    """The model in a round's sealed slices, opened with ``task``'s key (FrameError if
+    they are not the model it names)."""
+    return unseal(b"".join(p for p in parts if p is not None), task.model_key, task.model_sha256)
