@@ -28,6 +28,7 @@ from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 from bitfleet import __version__, kernels
+from bitfleet.chunks import DEFAULT_CHUNK_BYTES
 from bitfleet.cliargs import (
     EXIT_FAILURE,
     CliParser,
@@ -373,6 +374,20 @@ def run_swarm_command(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    if args.transport == "mqtt":  # one loop thread drives every client (edge_agent/loopswarm.py)
+        from bitfleet.edge_agent.loopswarm import LoopSwarm
+
+        if not base.mqtt_url:
+            raise ConfigError("--transport mqtt needs a broker URL: --mqtt-url mqtt://host:port")
+        tls = {
+            "ca_file": base.ca_file,
+            "client_cert": base.client_cert,
+            "client_key": base.client_key,
+        }
+        address = parse_mqtt_url(base.mqtt_url)
+        LoopSwarm(agents, address, args.samples, DEFAULT_CHUNK_BYTES, tls).run(stop)
+        return 0
 
     def transport(agent_id: str, secret: str) -> Transport:
         config = replace(base, agent_id=agent_id, secret=secret)

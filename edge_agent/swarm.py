@@ -78,13 +78,19 @@ class EchoJobs(LocalJobs):
         y: NDArray[np.integer],
         should_stop: Callable[[], bool] = lambda: False,
     ) -> tuple[list[Tensor], dict[str, Any]]:
+        return self.echo(task, global_frame, len(y))
+
+    def echo(
+        self, task: Task, global_frame: Frame, samples: int
+    ) -> tuple[list[Tensor], dict[str, Any]]:
+        """The round's echo update (computed once per round) and its meta."""
         key = (task.job_id, task.round)
         with self._lock:
             if key not in self._shared:
                 self._shared.clear()  # only the current round's is ever asked for
                 self._shared[key] = echo_tensors(global_frame)
             tensors, meta = self._shared[key]
-        return tensors, {**meta, "samples": len(y), "round": task.round, "job_id": task.job_id}
+        return tensors, {**meta, "samples": samples, "round": task.round, "job_id": task.job_id}
 
 
 class Events:
