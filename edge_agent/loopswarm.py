@@ -66,6 +66,7 @@ class SimulatedAgent:
     task: Task | None = None
     parts: dict[str, bytes] = field(default_factory=dict)
     done: set[tuple[str, int, int]] = field(default_factory=set)
+    receipt_wait_s: float = RECEIPT_WAIT_S
     held: tuple[Task, bytes, float] | None = None  # the upload awaiting its receipt
     lost: bool = False  # the broker link dropped: reconnect at the next tick
 
@@ -173,7 +174,7 @@ class SimulatedAgent:
         self.announce("online")
 
     def resend_overdue(self, now: float) -> None:
-        if self.held is not None and now - self.held[2] >= RECEIPT_WAIT_S:
+        if self.held is not None and now - self.held[2] >= self.receipt_wait_s:
             self._send(*self.held[:2])
 
 
@@ -187,6 +188,7 @@ class LoopSwarm:
         samples: int,
         max_message_bytes: int,
         tls: dict[str, str | None],
+        receipt_wait_s: float = RECEIPT_WAIT_S,
     ) -> None:
         self.address = address
         self.events = Events()
@@ -205,11 +207,19 @@ class LoopSwarm:
                 **tls,
             )
             agent = SimulatedAgent(
-                agent_id, secret, declared, client, self.events, jobs, max_message_bytes
+                agent_id,
+                secret,
+                declared,
+                client,
+                self.events,
+                jobs,
+                max_message_bytes,
+                receipt_wait_s=receipt_wait_s,
             )
             client.on_connect = agent.on_connect
             client.on_disconnect = agent.on_disconnect
             client.on_message = agent.on_message
+            client.enable_logger()  # paho logs an exception a callback raised
             client.on_socket_open = self._opened
             client.on_socket_close = self._closed
             client.on_socket_register_write = self._want_write
