@@ -42,7 +42,7 @@ from bitfleet.protocol import (
     agent_tasks_topic,
     encode_message,
     parse_message,
-    round_model_topic,
+    round_model_topics,
     update_topic,
 )
 from bitfleet.sealing import unseal
@@ -121,26 +121,22 @@ class SimulatedAgent:
 
     def _new_task(self, task: Task | None) -> None:
         if self.task is not None and self.task != task:
-            self.client.unsubscribe(self._model_subscription(self.task))
+            self.client.unsubscribe(self._model_topics(self.task)[0])
         self.task, self.parts = task, {}
         if task is None or (task.job_id, task.round, task.attempt) in self.done:
             return
         self.events.emit("task", self.agent_id, task)
         self.announce("training")
-        self.client.subscribe(self._model_subscription(task), QOS)
+        self.client.subscribe(self._model_topics(task)[0], QOS)
 
     @staticmethod
-    def _model_subscription(task: Task) -> str:
-        base = round_model_topic(task.job_id, task.round)
-        return base if task.model_chunks == 1 else f"{base}/+"
+    def _model_topics(task: Task) -> tuple[str, list[str]]:
+        return round_model_topics(task.job_id, task.round, task.model_chunks)
 
     def _open_model(self) -> None:
         task = self.task
         assert task is not None
-        base = round_model_topic(task.job_id, task.round)
-        names = (
-            [base] if task.model_chunks == 1 else [f"{base}/{i}" for i in range(task.model_chunks)]
-        )
+        subscription, names = self._model_topics(task)
         if not all(name in self.parts for name in names):
             return
         try:
@@ -149,7 +145,7 @@ class SimulatedAgent:
             )
         except BitfleetError:
             return  # slices of a round sealed anew: its task follows
-        self.client.unsubscribe(self._model_subscription(task))
+        self.client.unsubscribe(subscription)
         self.parts = {}
         self.done.add((task.job_id, task.round, task.attempt))
         self.events.emit("model", self.agent_id, task, bytes=len(model))

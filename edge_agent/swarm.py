@@ -1,8 +1,10 @@
 """Many simulated agents in one process, for load tests (``bitfleet bench fleet``).
 
-Each is a real :class:`~bitfleet.edge_agent.runtime.AgentRuntime` on a real transport (its
-own MQTT client, or HTTP session): it announces itself, takes tasks, downloads the round's
-model in chunks, uploads a signed update and waits for the receipt — all a board does but
+Over HTTP each is a real :class:`~bitfleet.edge_agent.runtime.AgentRuntime` on its own
+session and thread (:func:`run_swarm`); over MQTT they run on one loop thread
+(:mod:`bitfleet.edge_agent.loopswarm`), since a thread per agent spent the generator's CPU
+on switching threads. Either way an agent announces itself, takes tasks, downloads the
+round's model, uploads a signed update and waits for the receipt — all a board does but
 train. Its update votes the round's own weights (:func:`echo_update`): valid, so the
 coordinator tallies, votes, evaluates and stores it as any other. Each step is printed as
 a JSON line (``event``, ``agent``, ``job``, ``round``, ``t``) for the bench to time rounds.

@@ -47,7 +47,7 @@ from bitfleet.protocol import (
     parse_mqtt_url,
     parse_status_topic,
     parse_update_topic,
-    round_model_topic,
+    round_model_topics,
 )
 from bitfleet.sealing import SealedModel, seal
 from bitfleet.server.service import FleetHandlers
@@ -68,12 +68,13 @@ class _SealedRound:
     messages: list[tuple[str, bytes]]
 
     @classmethod
-    def of(cls, model: bytes, topic: str, max_message_bytes: int) -> _SealedRound:
+    def of(
+        cls, model: bytes, job_id: str, round_index: int, max_message_bytes: int
+    ) -> _SealedRound:
         sealed = seal(model)
         slices = sealed.slices(max_message_bytes)
-        if len(slices) == 1:
-            return cls(model, sealed, [(topic, slices[0])])
-        return cls(model, sealed, [(f"{topic}/{i}", part) for i, part in enumerate(slices)])
+        _, topics = round_model_topics(job_id, round_index, len(slices))
+        return cls(model, sealed, list(zip(topics, slices, strict=True)))
 
 
 class MqttBridge:
@@ -262,9 +263,7 @@ class MqttBridge:
         """The round's model sealed once (sealed anew only if the model changed)."""
         held = self._sealed.get((job_id, round_index))
         if held is None or held.model != model:
-            held = _SealedRound.of(
-                model, round_model_topic(job_id, round_index), self.max_message_bytes
-            )
+            held = _SealedRound.of(model, job_id, round_index, self.max_message_bytes)
             self._sealed[(job_id, round_index)] = held
         return held
 

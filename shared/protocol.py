@@ -97,6 +97,15 @@ def round_model_topic(job_id: str, round_index: int) -> str:
     return f"{TOPIC_ROOT}/jobs/{check_id(job_id, 'job id')}/rounds/{int(round_index)}/model"
 
 
+def round_model_topics(job_id: str, round_index: int, messages: int) -> tuple[str, list[str]]:
+    """The subscription that takes a round's sealed model in ``messages`` messages, and the
+    topic of each message in order."""
+    base = round_model_topic(job_id, round_index)
+    if messages == 1:
+        return base, [base]
+    return f"{base}/+", [f"{base}/{index}" for index in range(messages)]
+
+
 def update_topic(job_id: str, round_index: int, agent_id: str) -> str:
     return (
         f"{TOPIC_ROOT}/jobs/{check_id(job_id, 'job id')}/rounds/{int(round_index)}"

@@ -36,7 +36,7 @@ from bitfleet.protocol import (
     encode_message,
     parse_message,
     parse_mqtt_url,
-    round_model_topic,
+    round_model_topics,
     update_topic,
 )
 from bitfleet.sealing import unseal
@@ -211,11 +211,7 @@ class MqttTransport:
         another key) replaces the slices first and the task after: slices that do not
         match the task are waited past, and once the task changes the download is given
         up at once (an outage: the agent takes the new task)."""
-        base = round_model_topic(task.job_id, task.round)
-        topics = (
-            [base] if task.model_chunks == 1 else [f"{base}/{i}" for i in range(task.model_chunks)]
-        )
-        subscription = base if task.model_chunks == 1 else f"{base}/+"
+        subscription, topics = round_model_topics(task.job_id, task.round, task.model_chunks)
         with self._changed:
             self._models = {}
         self._model_subscription = subscription
