@@ -67,6 +67,11 @@ class Live:
         return {"Authorization": f"Bearer {token}"}
 
 
+# What uvicorn answers to bytes that are not HTTP (negative cases can make a header h11
+# cannot parse, e.g. an empty Content-Length): no route is involved, so no schema applies.
+UNPARSEABLE_HTTP = "Invalid HTTP request received."
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     coordinator = Coordinator(tmp_path_factory.mktemp("schema") / "coordinator").start()
@@ -104,8 +109,11 @@ def _probe(operation: APIOperation, mode: GenerationMode, live: Live) -> None:
             known = case.path_parameters or {}
             known.update((k, v) for k, v in ids.items() if k in known)
         for headers in ({}, live.credentials(case)):
-            response = case.call_and_validate(headers=headers, checks=CHECKS)
+            response = case.call(headers=headers)
             live.statuses[response.status_code] += 1
+            if response.status_code == 400 and response.text == UNPARSEABLE_HTTP:
+                continue  # uvicorn refused the bytes before the app saw a request
+            case.validate_response(response, checks=CHECKS)
 
     probe()
 
