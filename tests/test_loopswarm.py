@@ -1,6 +1,7 @@
 """The load generator's single-loop MQTT agents against a real mosquitto, with a bare client
 playing the coordinator: they announce, take a task, open the sealed model, upload a signed
-echo update, report the receipt, and resend an upload left unanswered."""
+echo update, report the receipt, resend an upload left unanswered, and survive a message
+they cannot read."""
 
 from __future__ import annotations
 
@@ -69,6 +70,8 @@ def test_loop_agents_run_a_round_and_resend_what_was_not_answered(
             loop.start()
             online = {f"{TOPIC_ROOT}/agents/{a}/status" for a in AGENTS}
             _until(lambda: online <= {t for t, p in seen if b'"online"' in p})
+            # A message no agent can read costs that agent nothing but an event.
+            coord.publish(agent_tasks_topic("sim-b"), b"not json", qos=1).wait_for_publish(5)
             sealed = seal(_model())
             coord.publish(round_model_topic("job-1", 0), sealed.sealed, qos=1, retain=True)
             task = Task(
@@ -111,3 +114,4 @@ def test_loop_agents_run_a_round_and_resend_what_was_not_answered(
     for agent in AGENTS:
         assert {("task", agent), ("model", agent), ("upload", agent)} <= kinds
     assert {a for kind, a in kinds if kind == "receipt"} == set(answered)
+    assert ("failed", "sim-b") in kinds
