@@ -41,11 +41,11 @@ from bitfleet.protocol import (
     agent_status_topic,
     agent_tasks_topic,
     encode_message,
+    open_round_model,
     parse_message,
     round_model_topics,
     update_topic,
 )
-from bitfleet.sealing import unseal
 
 RECEIPT_WAIT_S = 15.0  # as the agent runtime's receipt_wait_s
 TICK_S = 0.5  # keepalives and overdue resends are looked at this often
@@ -121,31 +121,28 @@ class SimulatedAgent:
 
     def _new_task(self, task: Task | None) -> None:
         if self.task is not None and self.task != task:
-            self.client.unsubscribe(self._model_topics(self.task)[0])
+            self.client.unsubscribe(self._model_subscription(self.task))
         self.task, self.parts = task, {}
         if task is None or (task.job_id, task.round, task.attempt) in self.done:
             return
         self.events.emit("task", self.agent_id, task)
         self.announce("training")
-        self.client.subscribe(self._model_topics(task)[0], QOS)
+        self.client.subscribe(self._model_subscription(task), QOS)
 
     @staticmethod
-    def _model_topics(task: Task) -> tuple[str, list[str]]:
-        return round_model_topics(task.job_id, task.round, task.model_chunks)
+    def _model_subscription(task: Task) -> str:
+        return round_model_topics(task.job_id, task.round, task.model_chunks)[0]
 
     def _open_model(self) -> None:
         task = self.task
         assert task is not None
-        subscription, names = self._model_topics(task)
-        if not all(name in self.parts for name in names):
-            return
         try:
-            model = unseal(
-                b"".join(self.parts[n] for n in names), task.model_key, task.model_sha256
-            )
+            model = open_round_model(task, self.parts)
         except BitfleetError:
             return  # slices of a round sealed anew: its task follows
-        self.client.unsubscribe(subscription)
+        if model is None:
+            return
+        self.client.unsubscribe(self._model_subscription(task))
         self.parts = {}
         self.done.add((task.job_id, task.round, task.attempt))
         self.events.emit("model", self.agent_id, task, bytes=len(model))

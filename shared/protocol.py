@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from bitfleet.errors import BitfleetError
-from bitfleet.sealing import is_hex_key
+from bitfleet.sealing import is_hex_key, unseal
 
 # 2: one sealed model per round (jobs/{job}/rounds/{r}/model), not one copy per agent.
 PROTOCOL_VERSION = 2
@@ -104,6 +104,15 @@ def round_model_topics(job_id: str, round_index: int, messages: int) -> tuple[st
     if messages == 1:
         return base, [base]
     return f"{base}/+", [f"{base}/{index}" for index in range(messages)]
+
+
+def open_round_model(task: Task, received: dict[str, bytes]) -> bytes | None:
+    """The model ``task`` names, from the sealed slices received so far (by topic): None
+    while one is missing; FrameError("sealed") if they are not that model."""
+    _, topics = round_model_topics(task.job_id, task.round, task.model_chunks)
+    if not all(topic in received for topic in topics):
+        return None
+    return unseal(b"".join(received[t] for t in topics), task.model_key, task.model_sha256)
 
 
 def update_topic(job_id: str, round_index: int, agent_id: str) -> str:

@@ -34,12 +34,12 @@ from bitfleet.protocol import (
     agent_tasks_topic,
     decline_topic,
     encode_message,
+    open_round_model,
     parse_message,
     parse_mqtt_url,
     round_model_topics,
     update_topic,
 )
-from bitfleet.sealing import unseal
 
 log = logging.getLogger("bitfleet.agent.mqtt")
 
@@ -211,7 +211,7 @@ class MqttTransport:
         another key) replaces the slices first and the task after: slices that do not
         match the task are waited past, and once the task changes the download is given
         up at once (an outage: the agent takes the new task)."""
-        subscription, topics = round_model_topics(task.job_id, task.round, task.model_chunks)
+        subscription, _ = round_model_topics(task.job_id, task.round, task.model_chunks)
         with self._changed:
             self._models = {}
         self._model_subscription = subscription
@@ -221,17 +221,16 @@ class MqttTransport:
         def ready() -> bool:
             if self._task != task:
                 return True
-            if not all(t in self._models for t in topics):
-                return False
-            with contextlib.suppress(FrameError):  # not this task's: wait for its own
-                opened[:] = [_unseal_parts([self._models[t] for t in topics], task)]
+            with contextlib.suppress(FrameError):  # not this task's model: wait for its own
+                model = open_round_model(task, self._models)
+                opened[:] = [model] if model is not None else []
             return bool(opened)
 
         try:
             with self._changed:
                 self._changed.wait_for(ready, timeout)
                 replaced = self._task != task
-                parts = [self._models.get(t) for t in topics]
+                received = dict(self._models)
         finally:
             self._model_subscription = None
             self.client.unsubscribe(subscription)
@@ -240,9 +239,10 @@ class MqttTransport:
             return opened[0]
         if replaced:
             raise TransportTimeout(f"{where}: the task changed while it downloaded")
-        if any(part is None for part in parts):
+        model = open_round_model(task, received)  # raises if it is not the task's model
+        if model is None:
             raise TransportTimeout(f"{where} did not arrive")
-        return _unseal_parts(parts, task)  # arrived, but not the model the task names: raises
+        return model
 
     def decline(self, decline: Decline) -> None:
         topic = decline_topic(decline.job_id, decline.round, self.agent_id)
@@ -270,9 +270,3 @@ class MqttTransport:
                 lambda: key in self._receipts or self.coordinator_returns != returns, timeout
             )
             return self._receipts.get(key)
-
-
-def _unseal_parts(parts: list[bytes | None], task: Task) -> bytes:
-    """The model in a round's sealed slices, opened with ``task``'s key (FrameError if
-    they are not the model it names)."""
-    return unseal(b"".join(p for p in parts if p is not None), task.model_key, task.model_sha256)
